@@ -1,0 +1,197 @@
+"""Immutable formula nodes.
+
+A formula is a tree (in practice a DAG, since equal sub-trees compare and hash
+equal) of :class:`Node` values.  Every node carries an operation name (a key of
+the op table in :mod:`polykeops.formula.ops`), its arguments, hashable static
+parameters, and its *vector dimension* ``dim`` (the length of the value the
+formula produces for one (i, j) pair).
+
+Leaves are:
+
+* ``Var``   -- ``params = (index, dim, cat)``, ``cat`` in :data:`CATEGORIES`;
+* ``Const`` -- ``params = (value, dim)``: an exact ``int`` or ``Fraction`` (or a
+  float produced by rewriting) repeated ``dim`` times;
+* ``Zero``  -- ``params = (dim,)``;
+* ``Leaf``  -- ``params = (uid, dim, cat)``: a not-yet-numbered variable used by
+  the LazyTensor front ends while a formula is being built.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+from ..errors import FormulaError
+
+#: variable categories: indexed by i, indexed by j, or a parameter (no index)
+CAT_I, CAT_J, CAT_P = 0, 1, 2
+CATEGORIES = (CAT_I, CAT_J, CAT_P)
+CATEGORY_NAMES = {CAT_I: "Vi", CAT_J: "Vj", CAT_P: "Pm"}
+
+LEAF_OPS = frozenset({"Var", "Const", "Zero", "Leaf"})
+
+
+class Node:
+    """One immutable node of a formula, compared and hashed by structure."""
+
+    __slots__ = ("op", "args", "params", "dim", "_hash")
+
+    def __init__(self, op: str, args: tuple = (), params: tuple = (), dim: int | None = None):
+        if dim is None:
+            from .ops import infer_dim
+
+            dim = infer_dim(op, args, params)
+        object.__setattr__(self, "op", op)
+        object.__setattr__(self, "args", tuple(args))
+        object.__setattr__(self, "params", tuple(params))
+        object.__setattr__(self, "dim", int(dim))
+        object.__setattr__(self, "_hash", hash((op, self.args, self.params)))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("formula nodes are immutable")
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Node) or self._hash != other._hash:
+            return False
+        return self.op == other.op and self.params == other.params and self.args == other.args
+
+    def __reduce__(self):
+        return (Node, (self.op, self.args, self.params, self.dim))
+
+    def __repr__(self) -> str:
+        from .printing import to_string
+
+        return to_string(self)
+
+    # -- convenience accessors for leaves -------------------------------
+    @property
+    def is_leaf(self) -> bool:
+        return self.op in LEAF_OPS
+
+    @property
+    def index(self) -> int:
+        """Variable index (``Var`` nodes only)."""
+        if self.op != "Var":
+            raise FormulaError(f"{self!r} is not a variable")
+        return self.params[0]
+
+    @property
+    def cat(self) -> int:
+        """Variable category (``Var`` and ``Leaf`` nodes only)."""
+        if self.op not in ("Var", "Leaf"):
+            raise FormulaError(f"{self!r} is not a variable")
+        return self.params[2]
+
+    @property
+    def value(self):
+        """Constant value (``Const`` and ``Zero`` nodes only)."""
+        if self.op == "Zero":
+            return 0
+        if self.op != "Const":
+            raise FormulaError(f"{self!r} is not a constant")
+        return self.params[0]
+
+
+def Var(index: int, dim: int, cat: int) -> Node:
+    """A numbered variable: ``index`` >= 0, ``dim`` >= 1, ``cat`` in 0 (i), 1 (j), 2 (parameter)."""
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise FormulaError(f"variable index must be a non-negative int, got {index!r}")
+    _check_dim(dim, "variable")
+    if cat not in CATEGORIES:
+        raise FormulaError(f"variable category must be 0 (i), 1 (j) or 2 (parameter), got {cat!r}")
+    return Node("Var", (), (index, int(dim), cat), dim)
+
+
+def Leaf(uid: int, dim: int, cat: int) -> Node:
+    """An un-numbered variable (front-end placeholder identified by ``uid``)."""
+    _check_dim(dim, "variable")
+    return Node("Leaf", (), (uid, int(dim), cat), dim)
+
+
+def Const(value, dim: int = 1) -> Node:
+    """A constant vector: ``value`` repeated ``dim`` times (exact for int and Fraction)."""
+    _check_dim(dim, "constant")
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, Fraction) and value.denominator == 1:
+        value = int(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        value = int(value)
+    if not isinstance(value, (int, Fraction, float)):
+        raise FormulaError(f"constants must be int, Fraction or float, got {type(value).__name__}")
+    if value == 0:
+        return Zero(dim)
+    return Node("Const", (), (value, int(dim)), dim)
+
+
+def Zero(dim: int = 1) -> Node:
+    """The zero vector of dimension ``dim``."""
+    _check_dim(dim, "zero")
+    return Node("Zero", (), (int(dim),), dim)
+
+
+def _check_dim(dim, what: str) -> None:
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise FormulaError(f"{what} dimension must be a positive int, got {dim!r}")
+
+
+def is_zero(node: Node) -> bool:
+    return node.op == "Zero"
+
+
+def is_const(node: Node, value=None) -> bool:
+    """True for a ``Const``/``Zero`` node (with the given value, if one is given)."""
+    if node.op not in ("Const", "Zero"):
+        return False
+    return value is None or node.value == value
+
+
+def walk(node: Node):
+    """Yield every distinct node of the DAG once, children before parents."""
+    seen: set[Node] = set()
+    stack: list[tuple[Node, bool]] = [(node, False)]
+    while stack:
+        n, expanded = stack.pop()
+        if expanded:
+            yield n
+            continue
+        if n in seen:
+            continue
+        seen.add(n)
+        stack.append((n, True))
+        for a in reversed(n.args):
+            if a not in seen:
+                stack.append((a, False))
+
+
+def variables(*nodes: Node) -> list[Node]:
+    """The distinct ``Var`` nodes of one or several formulas, sorted by index."""
+    found = {n for node in nodes for n in walk(node) if n.op == "Var"}
+    by_index: dict[int, Node] = {}
+    for v in found:
+        other = by_index.get(v.index)
+        if other is not None and other != v:
+            raise FormulaError(
+                f"variable index {v.index} is used with two signatures: {other!r} and {v!r}"
+            )
+        by_index[v.index] = v
+    return [by_index[k] for k in sorted(by_index)]
+
+
+def substitute(node: Node, mapping: dict[Node, Node]) -> Node:
+    """Replace sub-trees according to ``mapping`` (memoised, DAG-preserving)."""
+    memo: dict[Node, Node] = {}
+    for n in walk(node):
+        if n in mapping:
+            memo[n] = mapping[n]
+        elif n.args:
+            new_args = tuple(memo[a] for a in n.args)
+            memo[n] = n if new_args == n.args else Node(n.op, new_args, n.params)
+        else:
+            memo[n] = n
+    return memo[node]

@@ -1,0 +1,813 @@
+"""The op table: every formula operation, with its rules side by side.
+
+Each entry (:class:`OpDef`) gives, for one operation:
+
+* ``arity`` and the names of its static parameters;
+* ``dim``: the dimension rule (vector dimension of the result from those of the
+  arguments and the parameters), which also validates the operands;
+* ``vjp``: the derivative rule, as a vector-Jacobian product: given the node and
+  a cotangent ``g`` (a node of the node's dimension), the cotangent of each
+  argument (``None`` where the op does not depend differentiably on it);
+* ``ref``: a reference implementation on dense arrays, written against the small
+  array namespace described in :mod:`polykeops.formula.arrays` (so the same code
+  evaluates NumPy arrays and torch tensors);
+* ``domain``: for each argument, the input domain used by test generators
+  ("real", "positive", "unit" for |x| < 1, "nonzero");
+* ``random_params``: how test generators draw valid static parameters.
+
+Composite operations (``SqDist``, ``Norm2``, ``WeightedSqNorm``...) are not
+entries: they are built from these by :mod:`polykeops.formula.composite`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable
+
+from ..errors import FormulaError
+from . import algebra as A
+from .nodes import Node, Zero
+
+# ---------------------------------------------------------------------------
+# the OpDef record and the registry
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    arity: int
+    dim: Callable[..., int]
+    ref: Callable
+    vjp: Callable | None = None
+    params: tuple[str, ...] = ()
+    domain: tuple[str, ...] = ()
+    random_params: Callable | None = None
+    linear: bool = False  # linear in each argument: a zero argument gives zero
+    build: Callable | None = None  # smart constructor, if the op has one
+    smooth: bool = True  # False for piecewise-constant ops (zero derivative a.e.)
+    public: bool = True  # False for ops that only derivative rules create
+    doc: str = ""
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def register_op(opdef: OpDef) -> OpDef:
+    """Add an operation to the op table (third parties may add their own)."""
+    if opdef.name in OPS:
+        raise FormulaError(f"operation {opdef.name!r} is already registered")
+    OPS[opdef.name] = opdef
+    return opdef
+
+
+def infer_dim(op: str, args: tuple, params: tuple) -> int:
+    """Dimension of ``op(*args)`` with ``params``; raises FormulaError on bad operands."""
+    opdef = OPS.get(op)
+    if opdef is None:
+        from .nodes import LEAF_OPS
+
+        if op in LEAF_OPS:
+            raise FormulaError(f"leaf {op} needs an explicit dimension")
+        raise FormulaError(f"unknown operation {op!r}; known: {', '.join(sorted(OPS))}")
+    if len(args) != opdef.arity:
+        raise FormulaError(f"{op} takes {opdef.arity} argument(s), got {len(args)}")
+    if len(params) != len(opdef.params):
+        raise FormulaError(
+            f"{op} takes {len(opdef.params)} parameter(s) ({', '.join(opdef.params) or 'none'}), "
+            f"got {len(params)}"
+        )
+    for a in args:
+        if not isinstance(a, Node):
+            raise FormulaError(f"{op}: argument {a!r} is not a formula node")
+    return opdef.dim(*[a.dim for a in args], *params)
+
+
+# ---------------------------------------------------------------------------
+# dimension rules
+# ---------------------------------------------------------------------------
+
+
+def _same(d: int) -> int:
+    return d
+
+
+def _broadcast(da: int, db: int, *rest) -> int:
+    dims = {da, db, *rest} - {1}
+    if len(dims) > 1:
+        raise FormulaError(
+            f"incompatible vector dimensions {sorted({da, db, *rest})}: "
+            "dimensions must be equal or 1 (KeOps broadcasting rule)"
+        )
+    return dims.pop() if dims else 1
+
+
+def _one(*_args) -> int:
+    return 1
+
+
+def _check_int(name, value, lo=None, hi=None):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise FormulaError(f"parameter {name} must be an int, got {value!r}")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise FormulaError(f"parameter {name}={value} out of range [{lo}, {hi}]")
+    return value
+
+
+# ---------------------------------------------------------------------------
+# helpers for derivative rules
+# ---------------------------------------------------------------------------
+
+
+def _unb(g: Node, arg: Node) -> Node:
+    """Cotangent ``g`` brought back to the dimension of ``arg`` (sums broadcast components)."""
+    return A.unbroadcast(g, arg.dim)
+
+
+# ---------------------------------------------------------------------------
+# elementwise unary ops
+# ---------------------------------------------------------------------------
+
+
+def _unary(
+    name, ref, vjp, domain="real", smooth=True, doc="", public=True, linear=False, build=None
+):
+    register_op(
+        OpDef(
+            name,
+            1,
+            _same,
+            ref,
+            vjp,
+            domain=(domain,),
+            smooth=smooth,
+            doc=doc,
+            public=public,
+            linear=linear,
+            build=build,
+        )
+    )
+
+
+_unary("Minus", lambda xp, a: -a, lambda n, g: (A.neg(g),), linear=True, build=A.neg, doc="-x")
+_unary("Exp", lambda xp, a: xp.exp(a), lambda n, g: (A.mul(g, n),), doc="exp(x)")
+_unary(
+    "Log",
+    lambda xp, a: xp.log(a),
+    lambda n, g: (A.div(g, n.args[0]),),
+    domain="positive",
+    doc="natural logarithm",
+)
+_unary(
+    "XLogX",
+    lambda xp, a: xp.where(a == 0, a * 0, a * xp.log(a)),
+    lambda n, g: (A.mul(g, A.add(A.node("Log", n.args[0]), A.const(1))),),
+    domain="positive",
+    doc="x log(x), 0 at 0",
+)
+_unary("Sin", lambda xp, a: xp.sin(a), lambda n, g: (A.mul(g, A.node("Cos", n.args[0])),))
+_unary("Cos", lambda xp, a: xp.cos(a), lambda n, g: (A.neg(A.mul(g, A.node("Sin", n.args[0]))),))
+_unary(
+    "SinXDivX",
+    lambda xp, a: xp.where(a == 0, a * 0 + 1, xp.sin(a) / xp.where(a == 0, a * 0 + 1, a)),
+    lambda n, g: (A.mul(g, A.node("SinXDivXDeriv", n.args[0])),),
+    doc="sin(x)/x, 1 at 0",
+)
+_unary(
+    "SinXDivXDeriv",
+    lambda xp, a: xp.where(
+        a == 0,
+        a * 0,
+        (xp.cos(a) - xp.sin(a) / xp.where(a == 0, a * 0 + 1, a)) / xp.where(a == 0, a * 0 + 1, a),
+    ),
+    lambda n, g: (
+        A.mul(
+            g,
+            A.sub(
+                A.neg(A.node("SinXDivX", n.args[0])),
+                A.mul(A.const(2), A.div(A.node("SinXDivXDeriv", n.args[0]), n.args[0])),
+            ),
+        ),
+    ),
+    public=False,
+    doc="derivative of sin(x)/x: (cos x - sin(x)/x)/x, 0 at 0",
+)
+_unary(
+    "Asin",
+    lambda xp, a: xp.asin(a),
+    lambda n, g: (A.mul(g, A.node("Rsqrt", A.sub(A.const(1), A.square(n.args[0])))),),
+    domain="unit",
+)
+_unary(
+    "Acos",
+    lambda xp, a: xp.acos(a),
+    lambda n, g: (A.neg(A.mul(g, A.node("Rsqrt", A.sub(A.const(1), A.square(n.args[0]))))),),
+    domain="unit",
+)
+_unary(
+    "Atan",
+    lambda xp, a: xp.atan(a),
+    lambda n, g: (A.div(g, A.add(A.const(1), A.square(n.args[0]))),),
+)
+_unary(
+    "Sqrt",
+    lambda xp, a: xp.sqrt(a),
+    lambda n, g: (A.mul(A.mul(A.const(Fraction(1, 2)), g), A.node("Rsqrt", n.args[0])),),
+    domain="positive",
+)
+_unary(
+    "Rsqrt",
+    lambda xp, a: xp.where(a == 0, a * 0, 1 / xp.sqrt(xp.where(a == 0, a * 0 + 1, a))),
+    lambda n, g: (
+        A.mul(A.mul(A.const(Fraction(-1, 2)), g), A.mul(n, A.node("Inv", n.args[0]))),
+    ),
+    domain="positive",
+    doc="1/sqrt(x), 0 at 0 (KeOps convention)",
+)
+_unary(
+    "Inv",
+    lambda xp, a: 1 / a,
+    lambda n, g: (A.neg(A.mul(g, A.square(n))),),
+    domain="nonzero",
+    doc="1/x",
+)
+register_op(
+    OpDef(
+        "Square",
+        1,
+        _same,
+        lambda xp, a: a * a,
+        lambda n, g: (A.mul(A.mul(A.const(2), g), n.args[0]),),
+        domain=("real",),
+        build=A.square,
+    )
+)
+_unary("Abs", lambda xp, a: xp.abs(a), lambda n, g: (A.mul(g, A.node("Sign", n.args[0])),))
+_unary("Sign", lambda xp, a: xp.sign(a), None, smooth=False, doc="-1, 0 or 1")
+_unary(
+    "Step", lambda xp, a: xp.cast(a >= 0, a), None, smooth=False, doc="0 for x < 0, 1 for x >= 0"
+)
+_unary(
+    "ReLU",
+    lambda xp, a: xp.where(a > 0, a, a * 0),
+    lambda n, g: (A.mul(g, A.node("Step", n.args[0])),),
+    doc="max(x, 0)",
+)
+_unary("Floor", lambda xp, a: xp.floor(a), None, smooth=False, public=False, doc="floor(x)")
+
+
+# ---------------------------------------------------------------------------
+# elementwise binary ops (KeOps broadcasting: equal dimensions, or 1)
+# ---------------------------------------------------------------------------
+
+
+def _binary(name, ref, vjp, domain=("real", "real"), smooth=True, doc="", linear=False, build=None):
+    register_op(
+        OpDef(
+            name,
+            2,
+            _broadcast,
+            ref,
+            vjp,
+            domain=domain,
+            smooth=smooth,
+            doc=doc,
+            linear=linear,
+            build=build,
+        )
+    )
+
+
+def _vjp_add(n, g):
+    a, b = n.args
+    return (_unb(g, a), _unb(g, b))
+
+
+def _vjp_sub(n, g):
+    a, b = n.args
+    return (_unb(g, a), _unb(A.neg(g), b))
+
+
+def _vjp_mult(n, g):
+    a, b = n.args
+    return (_unb(A.mul(g, b), a), _unb(A.mul(g, a), b))
+
+
+def _vjp_div(n, g):
+    a, b = n.args
+    ga = A.div(g, b)
+    return (_unb(ga, a), _unb(A.neg(A.mul(ga, n)), b))
+
+
+_binary("Add", lambda xp, a, b: a + b, _vjp_add, build=A.add)
+_binary("Subtract", lambda xp, a, b: a - b, _vjp_sub, build=A.sub)
+_binary("Mult", lambda xp, a, b: a * b, _vjp_mult, linear=True, build=A.mul)
+_binary("Divide", lambda xp, a, b: a / b, _vjp_div, domain=("real", "nonzero"), build=A.div)
+
+
+def _vjp_powf(n, g):
+    a, b = n.args
+    ga = A.mul(g, A.mul(b, A.node("Powf", a, A.sub(b, A.const(1)))))
+    gb = A.mul(g, A.mul(A.node("Log", a), n))
+    return (_unb(ga, a), _unb(gb, b))
+
+
+_binary(
+    "Powf",
+    lambda xp, a, b: a**b,
+    _vjp_powf,
+    domain=("positive", "real"),
+    doc="x ** y for real y (x > 0)",
+)
+
+
+def _vjp_atan2(n, g):
+    y, x = n.args
+    r2 = A.add(A.square(y), A.square(x))
+    return (_unb(A.div(A.mul(g, x), r2), y), _unb(A.neg(A.div(A.mul(g, y), r2)), x))
+
+
+_binary("Atan2", lambda xp, y, x: xp.atan2(y, x), _vjp_atan2, doc="atan2(y, x)")
+
+for _name, _fn in (
+    ("Equal", lambda xp, a, b: xp.cast(a == b, a + b)),
+    ("NotEqual", lambda xp, a, b: xp.cast(a != b, a + b)),
+    ("LessThan", lambda xp, a, b: xp.cast(a < b, a + b)),
+    ("GreaterThan", lambda xp, a, b: xp.cast(a > b, a + b)),
+    ("LessOrEqual", lambda xp, a, b: xp.cast(a <= b, a + b)),
+    ("GreaterOrEqual", lambda xp, a, b: xp.cast(a >= b, a + b)),
+):
+    _binary(_name, _fn, None, smooth=False, doc="comparison: 1 where true, 0 elsewhere")
+
+
+# ---------------------------------------------------------------------------
+# ternary and parametrised elementwise ops
+# ---------------------------------------------------------------------------
+
+
+def _vjp_ifelse(n, g):
+    c, a, b = n.args
+    z = Zero(g.dim)
+    return (
+        None,
+        _unb(A.node("IfElse", c, g, z), a),
+        _unb(A.node("IfElse", c, z, g), b),
+    )
+
+
+def _build_ifelse(c, a, b):
+    if a == b:
+        return A.broadcast_to(a, _broadcast(c.dim, a.dim, b.dim))
+    return Node("IfElse", (c, a, b))
+
+
+register_op(
+    OpDef(
+        "IfElse",
+        3,
+        _broadcast,
+        lambda xp, c, a, b: xp.where(c >= 0, a + 0 * b, b + 0 * a),
+        _vjp_ifelse,
+        domain=("real", "real", "real"),
+        build=_build_ifelse,
+        doc="a where x >= 0, b elsewhere",
+    )
+)
+
+
+def _vjp_clamp(n, g):
+    x, a, b = n.args
+    inside = A.mul(A.node("GreaterOrEqual", x, a), A.node("LessOrEqual", x, b))
+    return (
+        _unb(A.mul(g, inside), x),
+        _unb(A.mul(g, A.node("LessThan", x, a)), a),
+        _unb(A.mul(g, A.mul(A.node("GreaterThan", x, b), A.node("GreaterOrEqual", x, a))), b),
+    )
+
+
+register_op(
+    OpDef(
+        "Clamp",
+        3,
+        _broadcast,
+        lambda xp, x, a, b: xp.where(x < a, a + 0 * x, xp.where(x > b, b + 0 * x, x + 0 * a + 0 * b)),
+        _vjp_clamp,
+        domain=("real", "real", "real"),
+        doc="min(max(x, a), b)",
+    )
+)
+
+
+def _dim_clampint(d, a, b):
+    _check_int("a", a)
+    _check_int("b", b)
+    return d
+
+
+register_op(
+    OpDef(
+        "ClampInt",
+        1,
+        _dim_clampint,
+        lambda xp, x, a, b: xp.where(x < a, x * 0 + a, xp.where(x > b, x * 0 + b, x)),
+        lambda n, g: (
+            A.mul(
+                g,
+                A.mul(
+                    A.node("GreaterOrEqual", n.args[0], A.const(n.params[0])),
+                    A.node("LessOrEqual", n.args[0], A.const(n.params[1])),
+                ),
+            ),
+        ),
+        params=("a", "b"),
+        domain=("real",),
+        random_params=lambda dims, rnd: tuple(sorted((rnd.randint(-2, 1), rnd.randint(0, 2)))),
+        doc="clamp to the integer bounds [a, b]",
+    )
+)
+
+
+def _vjp_mod(n, g):
+    x, m, off = n.args
+    q = A.node("Floor", A.div(A.sub(x, off), m))
+    return (_unb(g, x), _unb(A.neg(A.mul(g, q)), m), None)
+
+
+register_op(
+    OpDef(
+        "Mod",
+        3,
+        _broadcast,
+        lambda xp, x, m, off: x - m * xp.floor((x - off) / m),
+        _vjp_mod,
+        domain=("real", "positive", "real"),
+        doc="x - m * floor((x - offset) / m): x modulo m, in [offset, offset + m)",
+    )
+)
+
+
+def _dim_round(d, decimals):
+    _check_int("decimals", decimals, -10, 10)
+    return d
+
+
+def _ref_round(xp, x, decimals):
+    s = 10.0**decimals
+    return xp.sign(x) * xp.floor(xp.abs(x) * s + 0.5) / s
+
+
+register_op(
+    OpDef(
+        "Round",
+        1,
+        _dim_round,
+        _ref_round,
+        None,
+        params=("decimals",),
+        domain=("real",),
+        random_params=lambda dims, rnd: (rnd.randint(0, 2),),
+        smooth=False,
+        doc="round to `decimals` decimals, halves away from zero",
+    )
+)
+
+
+def _dim_pow(d, n):
+    _check_int("n", n)
+    return d
+
+
+register_op(
+    OpDef(
+        "Pow",
+        1,
+        _dim_pow,
+        lambda xp, x, n: x**n,
+        lambda node, g: (
+            A.mul(g, A.mul(A.const(node.params[0]), A.power(node.args[0], node.params[0] - 1))),
+        ),
+        params=("n",),
+        domain=("nonzero",),
+        build=A.power,
+        random_params=lambda dims, rnd: (rnd.choice([-2, -1, 3, 4]),),
+        doc="x ** n for an integer n",
+    )
+)
+
+
+# ---------------------------------------------------------------------------
+# vector ops
+# ---------------------------------------------------------------------------
+
+register_op(
+    OpDef(
+        "Sum",
+        1,
+        _one,
+        lambda xp, x: xp.sum(x),
+        lambda n, g: (A.broadcast_to(g, n.args[0].dim),),
+        domain=("real",),
+        linear=True,
+        build=A.vsum,
+        doc="sum of the components",
+    )
+)
+
+
+def _dim_sumt(d, dim):
+    if d != 1:
+        raise FormulaError(f"SumT broadcasts a scalar; got an argument of dimension {d}")
+    _check_int("dim", dim, 1)
+    return dim
+
+
+register_op(
+    OpDef(
+        "SumT",
+        1,
+        _dim_sumt,
+        lambda xp, x, dim: x + xp.const(0, dim),
+        lambda n, g: (A.vsum(g),),
+        params=("dim",),
+        domain=("real",),
+        linear=True,
+        public=False,
+        random_params=lambda dims, rnd: (rnd.randint(1, 4),),
+        doc="broadcast a scalar to a vector of dimension dim (adjoint of Sum)",
+    )
+)
+
+
+def _vjp_vmax(n, g):
+    x = n.args[0]
+    arg = A.node("ArgMax" if n.op == "Max" else "ArgMin", x)
+    return (A.mul(g, Node("OneHot", (arg,), (x.dim,))),)
+
+
+register_op(
+    OpDef("Max", 1, _one, lambda xp, x: xp.amax(x), _vjp_vmax, domain=("real",), doc="largest component")
+)
+register_op(
+    OpDef("Min", 1, _one, lambda xp, x: xp.amin(x), _vjp_vmax, domain=("real",), doc="smallest component")
+)
+register_op(
+    OpDef(
+        "ArgMax",
+        1,
+        _one,
+        lambda xp, x: xp.argmax(x),
+        None,
+        domain=("real",),
+        smooth=False,
+        doc="index of the largest component (first one on ties)",
+    )
+)
+register_op(
+    OpDef(
+        "ArgMin",
+        1,
+        _one,
+        lambda xp, x: xp.argmin(x),
+        None,
+        domain=("real",),
+        smooth=False,
+        doc="index of the smallest component (first one on ties)",
+    )
+)
+
+
+def _dim_onehot(d, dim):
+    if d != 1:
+        raise FormulaError(f"OneHot needs a scalar argument, got dimension {d}")
+    _check_int("dim", dim, 1)
+    return dim
+
+
+register_op(
+    OpDef(
+        "OneHot",
+        1,
+        _dim_onehot,
+        lambda xp, x, dim: xp.cast(_ref_round(xp, x, 0) == xp.arange(dim), x),
+        None,
+        params=("dim",),
+        domain=("real",),
+        smooth=False,
+        random_params=lambda dims, rnd: (rnd.randint(1, 5),),
+        doc="one-hot encoding of round(x) in dimension dim",
+    )
+)
+
+
+def _dim_elem(d, m):
+    _check_int("m", m, 0, d - 1)
+    return 1
+
+
+register_op(
+    OpDef(
+        "Elem",
+        1,
+        _dim_elem,
+        lambda xp, x, m: x[..., m : m + 1],
+        lambda n, g: (Node("ElemT", (g,), (n.params[0], n.args[0].dim)),),
+        params=("m",),
+        domain=("real",),
+        linear=True,
+        random_params=lambda dims, rnd: (rnd.randrange(dims[0]),),
+        doc="component m",
+    )
+)
+
+
+def _dim_elemt(d, m, dim):
+    if d != 1:
+        raise FormulaError(f"ElemT needs a scalar argument, got dimension {d}")
+    _check_int("m", m, 0, dim - 1)
+    return dim
+
+
+register_op(
+    OpDef(
+        "ElemT",
+        1,
+        _dim_elemt,
+        lambda xp, x, m, dim: xp.concat(
+            [x * xp.const(0, m), x, x * xp.const(0, dim - m - 1)] if dim > 1 else [x]
+        ),
+        lambda n, g: (Node("Elem", (g,), (n.params[0],)),),
+        params=("m", "dim"),
+        domain=("real",),
+        linear=True,
+        public=False,
+        random_params=lambda dims, rnd: (lambda d: (rnd.randrange(d), d))(rnd.randint(1, 4)),
+        doc="vector of dimension dim with x at position m, zeros elsewhere",
+    )
+)
+
+
+def _dim_extract(d, start, length):
+    _check_int("start", start, 0, d - 1)
+    _check_int("length", length, 1, d - start)
+    return length
+
+
+register_op(
+    OpDef(
+        "Extract",
+        1,
+        _dim_extract,
+        lambda xp, x, start, length: x[..., start : start + length],
+        lambda n, g: (Node("ExtractT", (g,), (n.params[0], n.args[0].dim)),),
+        params=("start", "length"),
+        domain=("real",),
+        linear=True,
+        random_params=lambda dims, rnd: (lambda s: (s, rnd.randint(1, dims[0] - s)))(
+            rnd.randrange(dims[0])
+        ),
+        doc="components start .. start+length-1",
+    )
+)
+
+
+def _dim_extractt(d, start, dim):
+    _check_int("start", start, 0)
+    _check_int("dim", dim, start + d, None)
+    return dim
+
+
+def _ref_extractt(xp, x, start, dim):
+    parts = []
+    if start:
+        parts.append(x[..., :1] * xp.const(0, start))
+    parts.append(x)
+    tail = dim - start - x.shape[-1]
+    if tail:
+        parts.append(x[..., :1] * xp.const(0, tail))
+    return xp.concat(parts) if len(parts) > 1 else x
+
+
+register_op(
+    OpDef(
+        "ExtractT",
+        1,
+        _dim_extractt,
+        _ref_extractt,
+        lambda n, g: (Node("Extract", (g,), (n.params[0], n.args[0].dim)),),
+        params=("start", "dim"),
+        domain=("real",),
+        linear=True,
+        public=False,
+        random_params=lambda dims, rnd: (lambda s: (s, s + dims[0] + rnd.randint(0, 2)))(
+            rnd.randint(0, 2)
+        ),
+        doc="adjoint of Extract: x placed at start in a zero vector of dimension dim",
+    )
+)
+
+
+register_op(
+    OpDef(
+        "Concat",
+        2,
+        lambda da, db: da + db,
+        lambda xp, a, b: xp.concat([a, b]),
+        lambda n, g: (
+            Node("Extract", (g,), (0, n.args[0].dim)),
+            Node("Extract", (g,), (n.args[0].dim, n.args[1].dim)),
+        ),
+        domain=("real", "real"),
+        doc="concatenation of two vectors",
+    )
+)
+
+
+def _dim_matvec(da, dx):
+    if da % dx:
+        raise FormulaError(
+            f"MatVecMult: the matrix dimension {da} is not a multiple of the vector dimension {dx}"
+        )
+    return da // dx
+
+
+def _dim_vecmat(dx, da):
+    if da % dx:
+        raise FormulaError(
+            f"VecMatMult: the matrix dimension {da} is not a multiple of the vector dimension {dx}"
+        )
+    return da // dx
+
+
+def _ref_matvec(xp, a, x):
+    n = x.shape[-1]
+    m = a.shape[-1] // n
+    return xp.sum_axis(xp.reshape(a, a.shape[:-1] + (m, n)) * x[..., None, :], -1)
+
+
+def _ref_vecmat(xp, x, a):
+    m = x.shape[-1]
+    n = a.shape[-1] // m
+    return xp.sum_axis(xp.reshape(a, a.shape[:-1] + (m, n)) * x[..., :, None], -2)
+
+
+def _ref_tensorprod(xp, a, b):
+    m, n = a.shape[-1], b.shape[-1]
+    p = a[..., :, None] * b[..., None, :]
+    return xp.reshape(p, p.shape[:-2] + (m * n,))
+
+
+register_op(
+    OpDef(
+        "MatVecMult",
+        2,
+        _dim_matvec,
+        _ref_matvec,
+        lambda n, g: (
+            Node("TensorProd", (g, n.args[1])),
+            Node("VecMatMult", (g, n.args[0])),
+        ),
+        domain=("real", "real"),
+        linear=True,
+        doc="A x with A (m x n, row-major, dimension m*n) and x (dimension n)",
+    )
+)
+register_op(
+    OpDef(
+        "VecMatMult",
+        2,
+        _dim_vecmat,
+        _ref_vecmat,
+        lambda n, g: (
+            Node("MatVecMult", (n.args[1], g)),
+            Node("TensorProd", (n.args[0], g)),
+        ),
+        domain=("real", "real"),
+        linear=True,
+        doc="x^T A with x (dimension m) and A (m x n, row-major, dimension m*n)",
+    )
+)
+register_op(
+    OpDef(
+        "TensorProd",
+        2,
+        lambda da, db: da * db,
+        _ref_tensorprod,
+        lambda n, g: (
+            Node("MatVecMult", (g, n.args[1])),
+            Node("VecMatMult", (n.args[0], g)),
+        ),
+        domain=("real", "real"),
+        linear=True,
+        doc="outer product, row-major (dimension m*n)",
+    )
+)
+
+
+def public_ops() -> list[OpDef]:
+    """The ops a user can write (derivative-only helpers excluded)."""
+    return [o for o in OPS.values() if o.public]
+
+
+PI = Fraction(math.pi)  # exact rational image of the double nearest pi

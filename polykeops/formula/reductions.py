@@ -1,0 +1,334 @@
+"""Reductions: how the values F(i, j) of a formula are combined along j.
+
+Each reduction is defined once, by four rules that let any backend split the
+work along j (tiles, threads, GPU blocks) and along i:
+
+* ``init``      -- the neutral partial state (documented per class);
+* ``tile``      -- the partial state of one tile of values ``F[..., i, j, d]``;
+* ``combine``   -- merge two partial states (the first one covers smaller j);
+* ``finalize``  -- turn the final state into the output array(s).
+
+The reference implementations below run on arrays through the ``xp`` namespace
+(:mod:`polykeops.formula.arrays`) plus a few reduction helpers:
+``rsum rmax rmin`` (over axis -2, keeping nothing), ``rargmin rargmax``
+(first index, NaN first), ``rargsort_nanfirst`` (stable, over axis -2),
+``take(x, idx)`` (along axis -2), ``isnan isfinite maximum``, ``cat_j(list)``
+(concatenation along axis -2), ``acc(x)`` (cast to the accumulation dtype),
+``out(x)`` (cast to the output dtype), ``index_offset(idx, j0)``.
+
+Conventions users can rely on (every backend must follow them):
+
+* Min/Max/ArgMin/ArgMax/KMin are taken component-wise for vector formulas;
+  ties go to the smallest j; a NaN value *wins* (Min is NaN and ArgMin is the
+  index of the first NaN), so NaNs are never silently dropped.
+* KMin returns the K smallest values in ascending order (NaNs first), ArgKMin
+  their indices; the output has dimension ``K * D`` with entry ``k * D + d``.
+* LogSumExp of an all ``-inf`` row is ``-inf``; with a ``+inf`` value it is
+  ``+inf``.
+* Index outputs are int64 (no limit on N).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import FormulaError
+
+FLOAT, INDEX = "float", "index"
+
+
+@dataclass(frozen=True)
+class Output:
+    dim: int
+    kind: str  # FLOAT or INDEX
+
+
+class Reduction:
+    """Base class: one reduction, defined by its init/tile/combine/finalize rules."""
+
+    name = ""
+    n_formulas = 1  # 2 for weighted reductions (formula, weight)
+    uses_k = False
+    scalar_formula = False  # F must have dimension 1
+    is_sum_like = False  # gradient is a Sum reduction of the symbolic gradient
+    is_selection = False  # Min/Max/KMin family (gradient through the selected index)
+    selection_kind = ""  # "min" or "max"
+    differentiable = True
+
+    def validate(self, fdims: tuple[int, ...], k: int | None) -> None:
+        if len(fdims) != self.n_formulas:
+            raise FormulaError(
+                f"reduction {self.name} takes {self.n_formulas} formula(s), got {len(fdims)}"
+            )
+        if self.scalar_formula and fdims[0] != 1:
+            raise FormulaError(
+                f"reduction {self.name} needs a scalar formula (dimension 1), "
+                f"got dimension {fdims[0]}"
+            )
+        if self.uses_k:
+            if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+                raise FormulaError(f"reduction {self.name} needs a positive int K, got {k!r}")
+        elif k is not None:
+            raise FormulaError(f"reduction {self.name} takes no K")
+
+    def outputs(self, fdims: tuple[int, ...], k: int | None) -> tuple[Output, ...]:
+        raise NotImplementedError
+
+    # reference rules ------------------------------------------------------
+    def tile(self, xp, values: list, j0: int):
+        raise NotImplementedError
+
+    def combine(self, xp, s1, s2):
+        raise NotImplementedError
+
+    def finalize(self, xp, state) -> tuple:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<reduction {self.name}>"
+
+
+# ---------------------------------------------------------------------------
+
+
+class Sum(Reduction):
+    """Sum over j. init 0; combine: addition (Kahan-compensated with sum_scheme='kahan_scheme')."""
+
+    name = "Sum"
+    is_sum_like = True
+
+    def outputs(self, fdims, k):
+        return (Output(fdims[0], FLOAT),)
+
+    def tile(self, xp, values, j0):
+        return (xp.rsum(xp.acc(values[0])), None)
+
+    def combine(self, xp, s1, s2):
+        if not xp.kahan:
+            return (s1[0] + s2[0], None)
+        # Kahan-Babuska (Neumaier) compensated addition of the tile sums
+        a, b = s1[0], s2[0]
+        comp = s1[1] if s1[1] is not None else a * 0
+        t = a + b
+        big = xp.abs(a) >= xp.abs(b)
+        comp = comp + xp.where(big, (a - t) + b, (b - t) + a)
+        return (t, comp)
+
+    def finalize(self, xp, state):
+        total = state[0] if state[1] is None else state[0] + state[1]
+        return (xp.out(total),)
+
+
+def _safe_max(xp, m):
+    """The max shift actually used: 0 where the running max is infinite or NaN."""
+    return xp.where(xp.isfinite(m), m, m * 0)
+
+
+class MaxSumShiftExp(Reduction):
+    """Online max-shifted sum of exponentials: state (m, s) with s = sum_j exp(F - m).
+
+    init (-inf, 0); combine rescales both sums to the larger max.
+    Output: (m, s) for Max_SumShiftExp, m + log(s) for LogSumExp; with a weight
+    formula G, s = sum_j exp(F - m) G (dimension of G).
+    """
+
+    scalar_formula = True
+    is_sum_like = True
+
+    def __init__(self, name: str, weighted: bool, log: bool):
+        self.name = name
+        self.n_formulas = 2 if weighted else 1
+        self.weighted = weighted
+        self.log = log
+        self.differentiable = log
+
+    def outputs(self, fdims, k):
+        dg = fdims[1] if self.weighted else 1
+        return (Output(dg if self.log else 1 + dg, FLOAT),)
+
+    def tile(self, xp, values, j0):
+        f = xp.acc(values[0])
+        m = xp.rmax(f)
+        e = xp.exp(f - _safe_max(xp, m)[..., None, :])
+        if self.weighted:
+            e = e * xp.acc(values[1])
+        return (m, xp.rsum(e))
+
+    def combine(self, xp, s1, s2):
+        m1, a1 = s1
+        m2, a2 = s2
+        m = xp.maximum(m1, m2)
+        ms = _safe_max(xp, m)
+        return (m, a1 * xp.exp(_safe_max(xp, m1) - ms) + a2 * xp.exp(_safe_max(xp, m2) - ms))
+
+    def finalize(self, xp, state):
+        m, s = state
+        if self.log:
+            return (xp.out(_safe_max(xp, m) + xp.log(s)),)
+        return (xp.out(xp.concat([m, s])),)
+
+
+class SumSoftMaxWeight(Reduction):
+    """sum_j softmax_j(F) G_j: state (m, s, t), s = sum exp(F - m), t = sum exp(F - m) G."""
+
+    name = "SumSoftMaxWeight"
+    n_formulas = 2
+    scalar_formula = True
+    is_sum_like = True
+
+    def outputs(self, fdims, k):
+        return (Output(fdims[1], FLOAT),)
+
+    def tile(self, xp, values, j0):
+        f = xp.acc(values[0])
+        m = xp.rmax(f)
+        e = xp.exp(f - _safe_max(xp, m)[..., None, :])
+        return (m, xp.rsum(e), xp.rsum(e * xp.acc(values[1])))
+
+    def combine(self, xp, s1, s2):
+        m = xp.maximum(s1[0], s2[0])
+        ms = _safe_max(xp, m)
+        c1 = xp.exp(_safe_max(xp, s1[0]) - ms)
+        c2 = xp.exp(_safe_max(xp, s2[0]) - ms)
+        return (m, s1[1] * c1 + s2[1] * c2, s1[2] * c1 + s2[2] * c2)
+
+    def finalize(self, xp, state):
+        return (xp.out(state[2] / state[1]),)
+
+
+class Select(Reduction):
+    """Min / Max / ArgMin / ArgMax / Min_ArgMin / Max_ArgMax (component-wise).
+
+    State (value, index); init (+inf or -inf, -1).  combine keeps the first state
+    unless the second is strictly better or is NaN while the first is not.
+    """
+
+    is_selection = True
+
+    def __init__(self, name: str, kind: str, want_value: bool, want_index: bool):
+        self.name = name
+        self.selection_kind = kind
+        self.want_value = want_value
+        self.want_index = want_index
+        self.differentiable = want_value
+
+    def outputs(self, fdims, k):
+        outs = []
+        if self.want_value:
+            outs.append(Output(fdims[0], FLOAT))
+        if self.want_index:
+            outs.append(Output(fdims[0], INDEX))
+        return tuple(outs)
+
+    def tile(self, xp, values, j0):
+        f = values[0]
+        idx = xp.rargmin(f) if self.selection_kind == "min" else xp.rargmax(f)
+        return (xp.take(f, idx[..., None, :])[..., 0, :], xp.index_offset(idx, j0))
+
+    def combine(self, xp, s1, s2):
+        v1, i1 = s1
+        v2, i2 = s2
+        better = (v2 < v1) if self.selection_kind == "min" else (v2 > v1)
+        take2 = better | (xp.isnan(v2) & ~xp.isnan(v1))
+        return (xp.where(take2, v2, v1), xp.where(take2, i2, i1))
+
+    def finalize(self, xp, state):
+        outs = []
+        if self.want_value:
+            outs.append(xp.out(state[0]))
+        if self.want_index:
+            outs.append(state[1])
+        return tuple(outs)
+
+
+class KMin(Reduction):
+    """K smallest values (ascending, NaN first) and/or their indices, component-wise.
+
+    State: candidate values and indices of shape (..., K', D), K' <= K, sorted;
+    init: no candidate; combine: stable merge keeping the K first.
+    """
+
+    uses_k = True
+    is_selection = True
+    selection_kind = "min"
+
+    def __init__(self, name: str, want_value: bool, want_index: bool):
+        self.name = name
+        self.want_value = want_value
+        self.want_index = want_index
+        self.differentiable = want_value
+
+    def outputs(self, fdims, k):
+        outs = []
+        if self.want_value:
+            outs.append(Output(k * fdims[0], FLOAT))
+        if self.want_index:
+            outs.append(Output(k * fdims[0], INDEX))
+        return tuple(outs)
+
+    def _keep(self, xp, vals, idx):
+        order = xp.rargsort_nanfirst(vals)[..., : xp.k, :]
+        return (xp.take(vals, order), xp.take(idx, order))
+
+    def tile(self, xp, values, j0):
+        f = values[0]
+        idx = xp.index_offset(xp.jrange(f), j0)
+        return self._keep(xp, f, idx)
+
+    def combine(self, xp, s1, s2):
+        return self._keep(xp, xp.cat_j([s1[0], s2[0]]), xp.cat_j([s1[1], s2[1]]))
+
+    def finalize(self, xp, state):
+        vals, idx = state
+        if vals.shape[-2] < xp.k:
+            raise FormulaError(f"K = {xp.k} is larger than the number of reduced elements {vals.shape[-2]}")
+        flat = vals.shape[:-2] + (vals.shape[-2] * vals.shape[-1],)
+        outs = []
+        if self.want_value:
+            outs.append(xp.out(xp.reshape(vals, flat)))
+        if self.want_index:
+            outs.append(xp.reshape(idx, flat))
+        return tuple(outs)
+
+
+REDUCTIONS: dict[str, Reduction] = {}
+
+
+def _add(red: Reduction) -> None:
+    REDUCTIONS[red.name] = red
+
+
+_add(Sum())
+_add(MaxSumShiftExp("Max_SumShiftExp", weighted=False, log=False))
+_add(MaxSumShiftExp("Max_SumShiftExpWeight", weighted=True, log=False))
+_add(MaxSumShiftExp("LogSumExp", weighted=False, log=True))
+_add(MaxSumShiftExp("LogSumExpWeight", weighted=True, log=True))
+_add(SumSoftMaxWeight())
+_add(Select("Min", "min", True, False))
+_add(Select("Max", "max", True, False))
+_add(Select("ArgMin", "min", False, True))
+_add(Select("ArgMax", "max", False, True))
+_add(Select("Min_ArgMin", "min", True, True))
+_add(Select("Max_ArgMax", "max", True, True))
+_add(KMin("KMin", True, False))
+_add(KMin("ArgKMin", False, True))
+_add(KMin("KMin_ArgKMin", True, True))
+
+_ALIASES = {"SumSoftMax": "SumSoftMaxWeight", "LogSumExp_Weight": "LogSumExpWeight"}
+
+
+def get_reduction(name: str, weighted: bool = False) -> Reduction:
+    """The reduction called ``name`` (pykeops spelling); ``weighted`` selects the weighted LogSumExp."""
+    key = _ALIASES.get(name, name)
+    if weighted and key in ("LogSumExp", "Max_SumShiftExp"):
+        key += "Weight"
+    red = REDUCTIONS.get(key)
+    if red is None:
+        from difflib import get_close_matches
+
+        close = get_close_matches(name, REDUCTIONS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise FormulaError(
+            f"unknown reduction {name!r}{hint}; known: {', '.join(sorted(REDUCTIONS))}"
+        )
+    return red
