@@ -1,0 +1,71 @@
+"""polykeops: symbolic kernel and distance matrices with linear memory.
+
+Import :mod:`polykeops.torch` or :mod:`polykeops.numpy` for the LazyTensor API.
+Importing this package compiles nothing, detects no GPU and imports neither
+torch nor any CUDA library.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    BackendError,
+    ConfigError,
+    DeviceError,
+    DTypeError,
+    FormulaError,
+    FormulaSyntaxError,
+    NotDifferentiableError,
+    PolyKeopsError,
+    ShapeError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "ConfigError",
+    "DTypeError",
+    "DeviceError",
+    "FormulaError",
+    "FormulaSyntaxError",
+    "NotDifferentiableError",
+    "PolyKeopsError",
+    "ShapeError",
+    "__version__",
+    "check_health",
+]
+
+
+def check_health(verbose: bool = True) -> dict:
+    """Report the Python environment and every backend: available or not, and why.
+
+    Returns a dict ``{"version", "python", "numpy", "torch", "backends": {name: (ok, reason)}}``
+    and prints it as a table when ``verbose``.
+    """
+    import importlib.util
+    import platform
+
+    from .backends import available
+
+    report = {
+        "version": __version__,
+        "python": platform.python_version(),
+        "numpy": _version_of("numpy"),
+        "torch": _version_of("torch") if importlib.util.find_spec("torch") else None,
+        "backends": available(),
+    }
+    if verbose:
+        print(f"polykeops {report['version']} (Python {report['python']}, numpy {report['numpy']}, "
+              f"torch {report['torch'] or 'not installed'})")
+        for name, (ok, reason) in report["backends"].items():
+            print(f"  {name:<12} {'OK ' if ok else 'off'}  {reason}")
+    return report
+
+
+def _version_of(module: str):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return None

@@ -1,0 +1,83 @@
+"""The backend contract: what a polykeops backend is and must do.
+
+A backend is an object with:
+
+* ``name`` (str) and ``priority`` (int; the highest available one that
+  supports a call is chosen automatically);
+* ``capabilities``: a :class:`Capabilities` value (dtypes, array kinds,
+  devices, batch support, reductions);
+* ``availability()`` -> ``(bool, reason)``: whether it can run on this machine
+  (and why not);
+* ``evaluate(spec, args, *, nx, ny, batch_shape)`` -> tuple of arrays.
+
+``evaluate`` receives a *canonical* :class:`~polykeops.formula.spec.ReductionSpec`
+(``axis == 1``: reduce over j, output indexed by i) and one array per entry of
+``spec.variables``, all of dtype ``spec.dtype``, C-contiguous, of the same kind
+(NumPy arrays, or torch tensors on one device), shaped
+
+* ``(*b, nx, dim)`` for an i-variable, ``(*b, ny, dim)`` for a j-variable,
+* ``(*b, dim)`` for a parameter,
+
+where ``b`` has ``len(batch_shape)`` entries, each 1 or equal to the matching
+entry of ``batch_shape`` (broadcasting).  It returns one array per entry of
+``spec.outputs()``: ``(*batch_shape, nx, out.dim)``, of dtype ``spec.dtype``
+for values and int64 for indices, of the same kind and device as the inputs.
+Reduction semantics (ties, NaN, infinities) are those documented in
+:mod:`polykeops.formula.reductions`.
+
+Third-party packages register a backend with an entry point in the group
+``polykeops.backends`` whose object is a zero-argument factory returning a
+backend, or at run time with :func:`polykeops.backends.register_backend`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ARRAY_KINDS = ("numpy", "torch")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend claims to support; the registry and the conformance suite trust it."""
+
+    dtypes: frozenset = frozenset({"float32", "float64"})
+    array_kinds: frozenset = frozenset({"numpy", "torch"})
+    devices: frozenset = frozenset({"cpu"})  # "cpu", "cuda"
+    batch: bool = True
+    reductions: frozenset | None = None  # None: every reduction of the formula layer
+    sum_schemes: frozenset = frozenset({"block_sum", "kahan_scheme", "direct_sum"})
+    notes: tuple[str, ...] = field(default=())
+
+    def unsupported(self, spec, array_kind: str, device: str, batched: bool) -> str | None:
+        """Why this backend cannot run ``spec`` on these arrays, or None if it can."""
+        if spec.dtype not in self.dtypes:
+            return f"dtype {spec.dtype} not supported (supports {sorted(self.dtypes)})"
+        if array_kind not in self.array_kinds:
+            return f"{array_kind} arrays not supported"
+        if device not in self.devices:
+            return f"device {device} not supported (supports {sorted(self.devices)})"
+        if batched and not self.batch:
+            return "batch dimensions not supported"
+        if self.reductions is not None and spec.reduction not in self.reductions:
+            return f"reduction {spec.reduction} not supported"
+        if spec.sum_scheme not in self.sum_schemes:
+            return f"sum_scheme {spec.sum_scheme} not supported"
+        return None
+
+
+class Backend:
+    """Base class for backends (subclassing it is optional: the contract is structural)."""
+
+    name = "abstract"
+    priority = 0
+    capabilities = Capabilities()
+
+    def availability(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    def evaluate(self, spec, args, *, nx: int, ny: int, batch_shape: tuple):
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<polykeops backend {self.name!r}>"

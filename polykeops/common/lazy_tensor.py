@@ -1,0 +1,500 @@
+"""GenericLazyTensor: the symbolic tensor shared by the NumPy and torch front ends.
+
+A LazyTensor holds a formula (a :class:`~polykeops.formula.nodes.Node` whose
+leaves stand for the user's arrays) and the arrays themselves.  Arithmetic
+builds bigger formulas; reductions (``sum``, ``logsumexp``, ``argKmin``...)
+turn them into a :class:`~polykeops.formula.spec.ReductionSpec` and evaluate it
+with a backend.  Subclasses set ``_tools``, the array-library glue (see
+:mod:`polykeops.numpy.tools` and :mod:`polykeops.torch.tools`).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from ..errors import DeviceError, DTypeError, FormulaError, ShapeError
+from ..formula import algebra as A
+from ..formula import composite as C
+from ..formula.derivative import diff as _diff
+from ..formula.derivative import grad as _grad
+from ..formula.nodes import CAT_I, CAT_J, CAT_P, CATEGORY_NAMES, Const, Node
+from ..formula.printing import to_string
+from . import leaves as L
+from .reduce import ReductionMixin
+
+
+def _broadcast_batch(a: tuple, b: tuple, left, right) -> tuple:
+    n = max(len(a), len(b))
+    a = (1,) * (n - len(a)) + tuple(a)
+    b = (1,) * (n - len(b)) + tuple(b)
+    out = []
+    for x, y in zip(a, b):
+        if x != y and 1 not in (x, y):
+            raise ShapeError(
+                f"incompatible batch dimensions {a} and {b} between {left!r} and {right!r}"
+            )
+        out.append(max(x, y))
+    return tuple(out)
+
+
+class GenericLazyTensor(ReductionMixin):
+    """Symbolic wrapper for arrays; see :class:`polykeops.torch.LazyTensor`."""
+
+    _tools = None  # set by subclasses
+    __array_priority__ = 1000  # NumPy defers binary operators to us
+    __hash__ = object.__hash__
+
+    def __init__(self, x=None, axis=None):
+        self.leaves: dict[Node, L.LeafData] = {}
+        self.ni = None
+        self.nj = None
+        self.batch: tuple = ()
+        self.dtype_name = None
+        self.device = None
+        self.array_kind = None
+        self.placeholders: dict[int, Node] = {}
+        if x is None:
+            self.formula = None
+            return
+        tools = self._tools
+        if isinstance(x, tuple):
+            if len(x) != 3 or not all(isinstance(t, int) for t in x):
+                raise ShapeError(
+                    f"a LazyTensor placeholder is a tuple (index, dim, category) of ints, got {x!r}"
+                )
+            var = L.placeholder(*x)
+            self.formula = var
+            self.placeholders[var.index] = var
+            return
+        if isinstance(x, bool):
+            raise FormulaError("booleans are not valid LazyTensor values")
+        if isinstance(x, int):
+            self.formula = Const(x)
+            return
+        if isinstance(x, float):
+            leaf = L.scalar_leaf(x)
+            self.formula = leaf.node
+            self.leaves[leaf.node] = leaf
+            return
+        if isinstance(x, Fraction):
+            self.formula = Const(x)
+            return
+        if not tools.is_array(x):
+            raise FormulaError(
+                f"cannot make a LazyTensor from {type(x).__name__}; expected a "
+                f"{tools.array_kind} array, an int, a float or an (index, dim, category) tuple"
+            )
+        shape = tools.shape(x)
+        if 0 in shape:
+            raise ShapeError(f"cannot make a LazyTensor from an empty array of shape {shape}")
+        self.dtype_name = tools.dtype_name(x, "LazyTensor input")
+        self.device = tools.device_name(x)
+        self.array_kind = tools.array_kind
+        cat, n, batch, dim = L.classify(shape, axis, "LazyTensor")
+        leaf = L.make_leaf(x, cat, dim, n, batch)
+        self.formula = leaf.node
+        self.leaves[leaf.node] = leaf
+        self.batch = batch
+        if cat == CAT_I:
+            self.ni = n
+        elif cat == CAT_J:
+            self.nj = n
+
+    # ------------------------------------------------------------------
+    # symbolic metadata
+    # ------------------------------------------------------------------
+    @property
+    def nbatchdims(self) -> int:
+        return len(self.batch)
+
+    @property
+    def axis(self):
+        """Category of a single-variable LazyTensor (0: i, 1: j, 2: parameter)."""
+        cats = {leaf.cat for leaf in self.leaves.values()} | {v.cat for v in self.placeholders.values()}
+        return cats.pop() if len(cats) == 1 else None
+
+    @property
+    def shape(self) -> tuple:
+        """``(*batch, M, N)`` or ``(*batch, M, N, D)`` for D > 1 (as in pykeops)."""
+        ni = self.ni if self.ni is not None else 1
+        nj = self.nj if self.nj is not None else 1
+        shape = tuple(self.batch) + (ni, nj)
+        return shape if self.formula.dim == 1 else shape + (self.formula.dim,)
+
+    @property
+    def ndim(self) -> int:
+        """The vector dimension of the formula (pykeops' meaning of ``ndim``)."""
+        return self.formula.dim
+
+    @property
+    def dtype(self):
+        return self._tools.dtype_object(self.dtype_name)
+
+    def __len__(self):  # pragma: no cover - mirrors pykeops
+        return self.shape[0]
+
+    def _summary(self) -> str:
+        return f"LazyTensor {to_string(self.formula)} of shape {self.shape}"
+
+    def __repr__(self) -> str:
+        from ..backends import select_backend_name_for_display
+
+        lines = [
+            f"{self._tools.array_kind.capitalize() if self._tools else ''} polykeops LazyTensor",
+            f"    formula: {self.formula_string()}",
+            f"    shape: {self.shape}",
+            f"    dtype: {self.dtype_name or 'unset (from the arrays at reduction time)'}",
+            f"    device: {self.device or 'cpu'}",
+            f"    backend: {select_backend_name_for_display(self)}",
+        ]
+        return "\n".join(lines)
+
+    __str__ = __repr__
+
+    def formula_string(self) -> str:
+        """The formula in KeOps syntax, variables named by category and order of appearance."""
+        names = {}
+        counters = {CAT_I: 0, CAT_J: 0, CAT_P: 0}
+        from ..formula.nodes import walk
+
+        for n in walk(self.formula):
+            if n.op == "Leaf":
+                c = n.cat
+                names[n] = f"{CATEGORY_NAMES[c]}_{counters[c]}({n.dim})" if n not in names else names[n]
+                counters[c] += 1
+        return to_string(self.formula, names)
+
+    # ------------------------------------------------------------------
+    # building formulas
+    # ------------------------------------------------------------------
+    def _new(self, formula: Node, *others: "GenericLazyTensor") -> "GenericLazyTensor":
+        res = type(self)()
+        res.formula = formula
+        res.leaves = dict(self.leaves)
+        res.placeholders = dict(self.placeholders)
+        res.ni, res.nj, res.batch = self.ni, self.nj, self.batch
+        res.dtype_name, res.device, res.array_kind = self.dtype_name, self.device, self.array_kind
+        for o in others:
+            res._merge(o)
+        return res
+
+    def _merge(self, other: "GenericLazyTensor") -> None:
+        if other.array_kind and self.array_kind and other.array_kind != self.array_kind:
+            raise DTypeError(f"cannot combine {self._summary()} and {other._summary()}: array kinds differ")
+        if other.dtype_name and self.dtype_name and other.dtype_name != self.dtype_name:
+            raise DTypeError(
+                f"cannot combine {self._summary()} (dtype {self.dtype_name}) with "
+                f"{other._summary()} (dtype {other.dtype_name}); convert one of them first"
+            )
+        if other.device and self.device and other.device != self.device:
+            raise DeviceError(
+                f"cannot combine {self._summary()} (device {self.device}) with "
+                f"{other._summary()} (device {other.device}); move them to one device"
+            )
+        for attr, label in (("ni", "M (the i axis)"), ("nj", "N (the j axis)")):
+            a, b = getattr(self, attr), getattr(other, attr)
+            if a is not None and b is not None and a != b:
+                raise ShapeError(
+                    f"incompatible sizes along {label}: {a} for {self._summary()} "
+                    f"and {b} for {other._summary()}"
+                )
+            if a is None:
+                setattr(self, attr, b)
+        self.batch = _broadcast_batch(self.batch, other.batch, self, other)
+        self.dtype_name = self.dtype_name or other.dtype_name
+        self.device = self.device or other.device
+        self.array_kind = self.array_kind or other.array_kind
+        self.leaves.update(other.leaves)
+        for k, v in other.placeholders.items():
+            if k in self.placeholders and self.placeholders[k] != v:
+                raise FormulaError(
+                    f"placeholder index {k} is used as {self.placeholders[k]!r} and as {v!r}"
+                )
+            self.placeholders[k] = v
+
+    def _lift(self, other) -> "GenericLazyTensor":
+        if isinstance(other, GenericLazyTensor):
+            return other
+        if isinstance(other, (int, float, Fraction)) and not isinstance(other, bool):
+            return type(self)(other)
+        if self._tools.is_array(other):
+            raise FormulaError(
+                f"cannot combine {self._summary()} with a raw array of shape "
+                f"{self._tools.shape(other)}; wrap it in a LazyTensor first"
+            )
+        raise FormulaError(f"cannot combine {self._summary()} with {type(other).__name__}")
+
+    def _binary(self, other, build, reverse=False):
+        other = self._lift(other)
+        a, b = (other, self) if reverse else (self, other)
+        try:
+            formula = build(a.formula, b.formula)
+        except FormulaError as exc:
+            raise FormulaError(f"{exc} (while combining {a._summary()} and {b._summary()})") from None
+        return self._new(formula, other)
+
+    def _unary(self, op: str, *params) -> "GenericLazyTensor":
+        return self._new(A.node(op, self.formula, params=tuple(params)))
+
+    # arithmetic
+    def __add__(self, other):
+        return self._binary(other, A.add)
+
+    def __radd__(self, other):
+        return self._binary(other, A.add, reverse=True)
+
+    def __sub__(self, other):
+        return self._binary(other, A.sub)
+
+    def __rsub__(self, other):
+        return self._binary(other, A.sub, reverse=True)
+
+    def __mul__(self, other):
+        return self._binary(other, A.mul)
+
+    def __rmul__(self, other):
+        return self._binary(other, A.mul, reverse=True)
+
+    def __truediv__(self, other):
+        return self._binary(other, A.div)
+
+    def __rtruediv__(self, other):
+        return self._binary(other, A.div, reverse=True)
+
+    def __neg__(self):
+        return self._new(A.neg(self.formula))
+
+    def __abs__(self):
+        return self.abs()
+
+    def __pow__(self, other):
+        if isinstance(other, int) and not isinstance(other, bool):
+            return self._new(A.power(self.formula, other))
+        if isinstance(other, float) and other == 0.5:
+            return self.sqrt()
+        if isinstance(other, float) and other == -0.5:
+            return self.rsqrt()
+        if isinstance(other, float) and other.is_integer():
+            return self._new(A.power(self.formula, int(other)))
+        return self._binary(other, lambda a, b: A.node("Powf", a, b))
+
+    def power(self, other):
+        """``self ** other`` (pykeops' Powf for a LazyTensor exponent)."""
+        return self.__pow__(other)
+
+    # comparisons (0/1 values)
+    def __eq__(self, other):
+        return self._binary(other, lambda a, b: A.node("Equal", a, b))
+
+    def __ne__(self, other):
+        return self._binary(other, lambda a, b: A.node("NotEqual", a, b))
+
+    def __lt__(self, other):
+        return self._binary(other, lambda a, b: A.node("LessThan", a, b))
+
+    def __gt__(self, other):
+        return self._binary(other, lambda a, b: A.node("GreaterThan", a, b))
+
+    def __le__(self, other):
+        return self._binary(other, lambda a, b: A.node("LessOrEqual", a, b))
+
+    def __ge__(self, other):
+        return self._binary(other, lambda a, b: A.node("GreaterOrEqual", a, b))
+
+    # elementwise maths
+    def abs(self):
+        return self._unary("Abs")
+
+    def exp(self):
+        return self._unary("Exp")
+
+    def log(self):
+        return self._unary("Log")
+
+    def xlogx(self):
+        return self._unary("XLogX")
+
+    def cos(self):
+        return self._unary("Cos")
+
+    def sin(self):
+        return self._unary("Sin")
+
+    def sinxdivx(self):
+        return self._unary("SinXDivX")
+
+    def sinc(self):
+        """sin(pi x) / (pi x), 1 at 0."""
+        return self._new(C.sinc(self.formula))
+
+    def asin(self):
+        return self._unary("Asin")
+
+    def acos(self):
+        return self._unary("Acos")
+
+    def atan(self):
+        return self._unary("Atan")
+
+    def atan2(self, other):
+        """atan2(self, other): the angle of the point (other, self)."""
+        return self._binary(other, lambda a, b: A.node("Atan2", a, b))
+
+    def sqrt(self):
+        return self._unary("Sqrt")
+
+    def rsqrt(self):
+        return self._unary("Rsqrt")
+
+    def square(self):
+        return self._new(A.square(self.formula))
+
+    def inv(self):
+        return self._unary("Inv")
+
+    def sign(self):
+        return self._unary("Sign")
+
+    def step(self):
+        return self._unary("Step")
+
+    def relu(self):
+        return self._unary("ReLU")
+
+    def round(self, decimals: int = 0):
+        return self._unary("Round", int(decimals))
+
+    def clamp(self, a, b):
+        """min(max(self, a), b); integer bounds give ClampInt."""
+        if all(isinstance(t, int) and not isinstance(t, bool) for t in (a, b)):
+            return self._unary("ClampInt", a, b)
+        a, b = self._lift(a), self._lift(b)
+        return self._new(A.node("Clamp", self.formula, a.formula, b.formula), a, b)
+
+    def clampint(self, a: int, b: int):
+        return self._unary("ClampInt", int(a), int(b))
+
+    def ifelse(self, a, b):
+        """``a`` where self >= 0, ``b`` elsewhere."""
+        a, b = self._lift(a), self._lift(b)
+        return self._new(A.node("IfElse", self.formula, a.formula, b.formula), a, b)
+
+    def mod(self, modulus, offset=0):
+        """self - modulus * floor((self - offset) / modulus)."""
+        m, o = self._lift(modulus), self._lift(offset)
+        return self._new(A.node("Mod", self.formula, m.formula, o.formula), m, o)
+
+    # vector operations
+    def sqnorm2(self):
+        return self._new(C.sqnorm2(self.formula))
+
+    def norm2(self):
+        return self._new(C.norm2(self.formula))
+
+    def norm(self, dim=-1):
+        if dim not in (-1, self.nbatchdims + 2):
+            raise ShapeError(f"norm() is taken over the vector dimension (dim=-1), got dim={dim}")
+        return self.norm2()
+
+    def normalize(self):
+        return self._new(C.normalize(self.formula))
+
+    def sqdist(self, other):
+        return self._binary(other, C.sqdist)
+
+    def weightedsqnorm(self, other):
+        """Squared norm of ``other`` weighted by ``self`` (KeOps' argument order)."""
+        return self._binary(other, C.weightedsqnorm)
+
+    def weightedsqdist(self, g, s):
+        """|self - g|^2 weighted by ``s``."""
+        g, s = self._lift(g), self._lift(s)
+        return self._new(C.weightedsqdist(s.formula, self.formula, g.formula), g, s)
+
+    def __or__(self, other):
+        return self._binary(other, A.scalprod)
+
+    def __ror__(self, other):
+        return self._binary(other, A.scalprod, reverse=True)
+
+    def elem(self, i: int):
+        return self._unary("Elem", int(i))
+
+    def extract(self, start: int, length: int):
+        return self._unary("Extract", int(start), int(length))
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            if len(key) == 0:
+                raise FormulaError("empty index")
+            lead, key = key[:-1], key[-1]
+            if any(k is not Ellipsis and k != slice(None) for k in lead):
+                raise FormulaError("LazyTensors can only be indexed along the vector dimension")
+        d = self.formula.dim
+        if isinstance(key, int) and not isinstance(key, bool):
+            if not -d <= key < d:
+                raise FormulaError(f"index {key} out of range for vector dimension {d}")
+            return self.elem(key % d)
+        if isinstance(key, slice):
+            start, stop, step = key.indices(d)
+            if step != 1 or stop <= start:
+                raise FormulaError(f"unsupported slice {key} for vector dimension {d}")
+            return self.extract(start, stop - start)
+        raise FormulaError(f"unsupported index {key!r}")
+
+    def one_hot(self, dim: int):
+        return self._unary("OneHot", int(dim))
+
+    def concat(self, other):
+        return self._binary(other, C.concat)
+
+    def matvecmult(self, other):
+        return self._binary(other, C.matvecmult)
+
+    def vecmatmult(self, other):
+        return self._binary(other, C.vecmatmult)
+
+    def tensorprod(self, other):
+        return self._binary(other, C.tensorprod)
+
+    def grad(self, other: "GenericLazyTensor", gradin):
+        """Symbolic gradient of self with respect to the variable ``other``, applied to ``gradin``."""
+        var = other.formula
+        if var.op not in ("Leaf", "Var"):
+            raise FormulaError(f"grad: {other._summary()} is not a variable")
+        e = self._lift(gradin)
+        return self._new(_grad(self.formula, var, e.formula), other, e)
+
+    def diff(self, other: "GenericLazyTensor", direction):
+        """Directional derivative of self with respect to the variable ``other``."""
+        var = other.formula
+        if var.op not in ("Leaf", "Var"):
+            raise FormulaError(f"diff: {other._summary()} is not a variable")
+        u = self._lift(direction)
+        return self._new(_diff(self.formula, var, u.formula), other, u)
+
+    # ------------------------------------------------------------------
+    # reductions (defined in reduce_mixin to keep this module focused)
+    # ------------------------------------------------------------------
+    def t(self):
+        """The transposed LazyTensor (i and j exchanged)."""
+        mapping = {}
+        res = self._new(self.formula)
+        res.leaves = {}
+        for node, leaf in self.leaves.items():
+            new = L.swapped(leaf, self._tools)
+            mapping[node] = new.node
+            res.leaves[new.node] = new
+        from ..formula.nodes import substitute
+        from ..formula.spec import swap_category
+
+        for k, v in self.placeholders.items():
+            mapping[v] = swap_category(v)
+        res.placeholders = {k: swap_category(v) for k, v in self.placeholders.items()}
+        res.formula = substitute(self.formula, mapping)
+        res.ni, res.nj = self.nj, self.ni
+        return res
+
+    @property
+    def T(self):
+        return self.t()

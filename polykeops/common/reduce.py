@@ -1,0 +1,377 @@
+"""Reductions of LazyTensors: from a formula to a ReductionSpec to arrays.
+
+:class:`ReductionMixin` gives :class:`~polykeops.common.lazy_tensor.GenericLazyTensor`
+its reduction methods; :func:`run_spec` evaluates a spec on user arrays (shape
+normalisation, backend call, output shapes) and is shared with ``Genred``.
+"""
+
+from __future__ import annotations
+
+from ..errors import FormulaError, ShapeError
+from ..formula import algebra as A
+from ..formula.nodes import CAT_I, CAT_J, CAT_P, Node, Var, substitute, walk
+from ..formula.spec import SUM_SCHEMES, ReductionSpec
+
+_KNOWN_OPTIONS = {"backend", "dtype_acc", "sum_scheme", "use_double_acc", "device_id", "ranges",
+                  "enable_chunks", "use_fast_math", "optional_flags", "out"}
+
+
+def _options(kwargs: dict) -> dict:
+    unknown = set(kwargs) - _KNOWN_OPTIONS
+    if unknown:
+        raise FormulaError(
+            f"unknown reduction option(s) {sorted(unknown)}; known: {sorted(_KNOWN_OPTIONS)}"
+        )
+    opts = {"backend": kwargs.get("backend"), "dtype_acc": kwargs.get("dtype_acc") or "auto"}
+    if kwargs.get("use_double_acc"):
+        opts["dtype_acc"] = "float64"
+    scheme = kwargs.get("sum_scheme") or "block_sum"
+    if scheme == "auto":
+        scheme = "block_sum"
+    if scheme not in SUM_SCHEMES:
+        raise FormulaError(f"sum_scheme must be one of {SUM_SCHEMES}, got {scheme!r}")
+    opts["sum_scheme"] = scheme
+    if opts["dtype_acc"] not in ("auto", "float16", "float32", "float64"):
+        raise FormulaError(f"dtype_acc must be 'auto', 'float32' or 'float64', got {opts['dtype_acc']!r}")
+    if kwargs.get("ranges") is not None:
+        raise FormulaError("block-sparse `ranges` are not supported yet")
+    return opts
+
+
+class ReductionMixin:
+    """Reduction methods of LazyTensors (pykeops names and signatures)."""
+
+    # -- axis handling ---------------------------------------------------
+    def _reduction_axis(self, dim, axis, what: str):
+        """0 (over i), 1 (over j) or None (over the vector dimension)."""
+        if dim is None:
+            dim = axis
+        if dim is None:
+            raise FormulaError(f"{what}: pass dim=0 or dim=1 (the axis to reduce over)")
+        nb = self.nbatchdims
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise FormulaError(f"{what}: dim must be an int, got {dim!r}")
+        full = nb + 3
+        if dim < 0:
+            dim += full
+        if dim == nb:
+            return 0
+        if dim == nb + 1:
+            return 1
+        if dim == nb + 2:
+            return None
+        raise FormulaError(
+            f"{what}: dim={dim} is not valid for a LazyTensor with {nb} batch dimension(s); "
+            f"use {nb} (reduce over i), {nb + 1} (over j) or -1 (vector dimension)"
+        )
+
+    def _reduce(self, reduction: str, dim=None, axis=None, *, k=None, weight=None, **kwargs):
+        red_axis = self._reduction_axis(dim, axis, reduction)
+        if red_axis is None:
+            raise FormulaError(f"{reduction} is a reduction over i or j; dim=-1 is not allowed here")
+        return self._reduce_axis(reduction, red_axis, k=k, weight=weight, **kwargs)
+
+    def _reduce_axis(self, reduction: str, red_axis: int, *, k=None, weight=None, call=True, **kwargs):
+        opts = _options(kwargs)
+        lt = self
+        if weight is not None:
+            weight = self._lift(weight)
+            lt = self._new(self.formula, weight)
+        formulas = [self.formula] + ([weight.formula] if weight is not None else [])
+        spec, leaves = _number(lt, formulas, reduction, red_axis, k, opts)
+        if lt.placeholders:
+            return _PlaceholderReduction(type(self), spec, leaves, opts, lt)
+        if not call:
+            raise FormulaError("call=False needs placeholder variables")
+        arrays = [leaf.array for leaf in leaves]
+        return run_spec(self._tools, spec, arrays, opts["backend"], leaves=leaves,
+                        out=kwargs.get("out"))
+
+    # -- public reductions ----------------------------------------------
+    def sum(self, dim=None, axis=None, **kwargs):
+        """Sum over i (dim=0), j (dim=1) or the vector dimension (dim=-1, symbolic)."""
+        if dim is None and axis is None:
+            dim = -1
+        if self._reduction_axis(dim, axis, "sum") is None:
+            return self._new(A.vsum(self.formula))
+        return self._reduce("Sum", dim, axis, **kwargs)
+
+    def sum_reduction(self, dim=None, axis=None, **kwargs):
+        return self._reduce("Sum", dim, axis, **kwargs)
+
+    def logsumexp(self, dim=None, axis=None, weight=None, **kwargs):
+        """log sum exp of a scalar formula; with ``weight``, log sum exp(F) * weight."""
+        name = "LogSumExpWeight" if weight is not None else "LogSumExp"
+        return self._reduce(name, dim, axis, weight=weight, **kwargs)
+
+    logsumexp_reduction = logsumexp
+
+    def lse(self, dim=None, axis=None, weight=None, **kwargs):
+        return self.logsumexp(dim, axis, weight, **kwargs)
+
+    def max_sumshiftexp(self, dim=None, axis=None, weight=None, **kwargs):
+        """The raw (max, sum of shifted exponentials) pair of a scalar formula."""
+        name = "Max_SumShiftExpWeight" if weight is not None else "Max_SumShiftExp"
+        return self._reduce(name, dim, axis, weight=weight, **kwargs)
+
+    def sumsoftmaxweight(self, weight, dim=None, axis=None, **kwargs):
+        """sum_j softmax_j(F) weight_j."""
+        return self._reduce("SumSoftMaxWeight", dim, axis, weight=weight, **kwargs)
+
+    softmax_weighted_sum = sumsoftmaxweight
+
+    def _select(self, reduction, vector_op, dim, axis, **kwargs):
+        if dim is None and axis is None and vector_op is not None:
+            dim = -1
+        red_axis = self._reduction_axis(dim, axis, reduction)
+        if red_axis is None:
+            if vector_op is None:
+                raise FormulaError(f"{reduction} has no vector (dim=-1) form")
+            return self._unary(vector_op)
+        return self._reduce_axis(reduction, red_axis, **kwargs)
+
+    def min(self, dim=None, axis=None, **kwargs):
+        return self._select("Min", "Min", dim, axis, **kwargs)
+
+    def max(self, dim=None, axis=None, **kwargs):
+        return self._select("Max", "Max", dim, axis, **kwargs)
+
+    def argmin(self, dim=None, axis=None, **kwargs):
+        return self._select("ArgMin", "ArgMin", dim, axis, **kwargs)
+
+    def argmax(self, dim=None, axis=None, **kwargs):
+        return self._select("ArgMax", "ArgMax", dim, axis, **kwargs)
+
+    def min_argmin(self, dim=None, axis=None, **kwargs):
+        return self._select("Min_ArgMin", None, dim, axis, **kwargs)
+
+    def max_argmax(self, dim=None, axis=None, **kwargs):
+        return self._select("Max_ArgMax", None, dim, axis, **kwargs)
+
+    min_reduction = min
+    max_reduction = max
+    argmin_reduction = argmin
+    argmax_reduction = argmax
+    min_argmin_reduction = min_argmin
+    max_argmax_reduction = max_argmax
+
+    def Kmin(self, K, dim=None, axis=None, **kwargs):
+        """The K smallest values along i or j, ascending."""
+        return self._reduce("KMin", dim, axis, k=K, **kwargs)
+
+    def argKmin(self, K, dim=None, axis=None, **kwargs):
+        """The indices (int64) of the K smallest values along i or j."""
+        return self._reduce("ArgKMin", dim, axis, k=K, **kwargs)
+
+    def Kmin_argKmin(self, K, dim=None, axis=None, **kwargs):
+        return self._reduce("KMin_ArgKMin", dim, axis, k=K, **kwargs)
+
+    Kmin_reduction = Kmin
+    argKmin_reduction = argKmin
+    Kmin_argKmin_reduction = Kmin_argKmin
+
+    # -- linear algebra ----------------------------------------------------
+    def __matmul__(self, v):
+        """``K @ v``: sum_j K_ij v_j for an array v of shape (N,), (N, E) or (*batch, N, E)."""
+        tools = self._tools
+        if not tools.is_array(v):
+            raise FormulaError(f"K @ v needs an array v, got {type(v).__name__}")
+        shape = tools.shape(v)
+        squeeze = len(shape) == 1
+        if squeeze:
+            v = tools.reshape(v, (shape[0], 1))
+        vj = type(self)(tools.insert_j_axis(v))
+        res = (self * vj).sum(dim=self.nbatchdims + 1)
+        return tools.reshape(res, tools.shape(res)[:-1]) if squeeze else res
+
+    def matvec(self, v):
+        """``K @ v`` (for scipy's LinearOperator)."""
+        return self @ v
+
+    def rmatvec(self, v):
+        """``K.T @ v``."""
+        return self.t() @ v
+
+
+def _number(lt, formulas: list[Node], reduction, red_axis, k, opts):
+    """The spec of a reduction, and the data leaves in argument order."""
+    leaves_in_order = []
+    seen = set()
+    for f in formulas:
+        for n in walk(f):
+            if n.op == "Leaf" and n not in seen:
+                seen.add(n)
+                leaves_in_order.append(lt.leaves[n])
+    base = max(lt.placeholders) + 1 if lt.placeholders else 0
+    mapping = {}
+    for pos, leaf in enumerate(leaves_in_order):
+        mapping[leaf.node] = Var(base + pos, leaf.dim, leaf.cat)
+    numbered = tuple(substitute(f, mapping) for f in formulas)
+    placeholder_vars = []
+    for idx in range(base):
+        if idx not in lt.placeholders:
+            raise FormulaError(
+                f"placeholder variables must use indices 0..{base - 1} without gaps; index {idx} is missing"
+            )
+        placeholder_vars.append(lt.placeholders[idx])
+    variables = tuple(placeholder_vars) + tuple(mapping[leaf.node] for leaf in leaves_in_order)
+    dtype = lt.dtype_name or "float32"
+    spec = ReductionSpec(
+        reduction=reduction,
+        formulas=numbered,
+        variables=variables,
+        axis=red_axis,
+        k=k,
+        dtype=dtype,
+        dtype_acc=opts["dtype_acc"],
+        sum_scheme=opts["sum_scheme"],
+    )
+    return spec, leaves_in_order
+
+
+class _PlaceholderReduction:
+    """A reduction over placeholder variables: call it with the arrays, in index order."""
+
+    def __init__(self, cls, spec, leaves, opts, lt):
+        self.cls, self.spec, self.leaves, self.opts = cls, spec, leaves, opts
+        self.n_placeholders = len(spec.variables) - len(leaves)
+
+    def __call__(self, *arrays, backend=None, **kwargs):
+        tools = self.cls._tools
+        if len(arrays) != self.n_placeholders:
+            raise FormulaError(
+                f"this reduction takes {self.n_placeholders} array(s) (placeholders 0.."
+                f"{self.n_placeholders - 1}), got {len(arrays)}"
+            )
+        dtypes = {tools.dtype_name(a, f"argument {i}") for i, a in enumerate(arrays)}
+        if len(dtypes) > 1:
+            from ..errors import DTypeError
+
+            raise DTypeError(f"arguments have mixed dtypes {sorted(dtypes)}")
+        spec = self.spec.with_(dtype=dtypes.pop()) if dtypes else self.spec
+        all_arrays = list(arrays) + [leaf.array for leaf in self.leaves]
+        return run_spec(tools, spec, all_arrays, backend or self.opts["backend"], leaves=None)
+
+    def __repr__(self):
+        return f"<polykeops reduction {self.spec}>"
+
+
+def signature_sizes(tools, spec: ReductionSpec, arrays, leaves=None):
+    """``[(variable, n, batch, array)]`` for ``arrays`` matching ``spec.variables``.
+
+    The last ``len(leaves)`` arrays belong to LazyTensor leaves (sizes known);
+    the others are in Genred layout: ``(*batch, n, dim)`` for i- and
+    j-variables, ``(*batch, dim)`` for parameters.
+    """
+    infos = []
+    first_leaf = len(spec.variables) - (len(leaves) if leaves is not None else 0)
+    for pos, (v, a) in enumerate(zip(spec.variables, arrays)):
+        if pos >= first_leaf:
+            leaf = leaves[pos - first_leaf]
+            infos.append((v, None if leaf.is_scalar else leaf.n, leaf.batch, a))
+            continue
+        if isinstance(a, float):
+            infos.append((v, None, (), a))
+            continue
+        if not tools.is_array(a):
+            raise ShapeError(
+                f"argument {pos} ({_describe(v)}) must be a {tools.array_kind} array, "
+                f"got {type(a).__name__}"
+            )
+        shape = tuple(tools.shape(a))
+        if 0 in shape:
+            raise ShapeError(f"argument {pos} ({_describe(v)}) is empty: shape {shape}")
+        if v.cat == CAT_P:
+            if len(shape) < 1:
+                raise ShapeError(f"argument {pos} ({_describe(v)}) must be at least 1-D, got a scalar")
+            n, batch, dim = None, shape[:-1], shape[-1]
+        else:
+            if len(shape) < 2:
+                raise ShapeError(
+                    f"argument {pos} ({_describe(v)}) must have shape (..., n, {v.dim}), got {shape}"
+                )
+            n, batch, dim = shape[-2], shape[:-2], shape[-1]
+        if dim != v.dim:
+            raise ShapeError(
+                f"argument {pos} ({_describe(v)}) has vector dimension {dim} (shape {shape}), "
+                f"expected {v.dim}"
+            )
+        infos.append((v, n, batch, a))
+    return infos
+
+
+def _describe(v: Node) -> str:
+    return f"{ {CAT_I: 'Vi', CAT_J: 'Vj', CAT_P: 'Pm'}[v.cat]}({v.index}, {v.dim})".replace(" ", "")
+
+
+def run_spec(tools, spec: ReductionSpec, arrays, backend=None, leaves=None, out=None):
+    """Evaluate ``spec`` (any axis) on user arrays; returns arrays shaped as pykeops does."""
+    infos = signature_sizes(tools, spec, arrays, leaves)
+    sizes = {CAT_I: None, CAT_J: None}
+    for v, n, _, _ in infos:
+        if v.cat in sizes and n is not None:
+            if sizes[v.cat] is not None and sizes[v.cat] != n:
+                axis_name = "M (i)" if v.cat == CAT_I else "N (j)"
+                raise ShapeError(
+                    f"variables indexed by {axis_name[-2]} have different sizes {sizes[v.cat]} and {n} "
+                    f"(argument {v.index}, {_describe(v)})"
+                )
+            sizes[v.cat] = n
+    ni = sizes[CAT_I] if sizes[CAT_I] is not None else 1
+    nj = sizes[CAT_J] if sizes[CAT_J] is not None else 1
+    nbatch = max([len(b) for _, _, b, _ in infos] + [0])
+    batch = [1] * nbatch
+    for v, _, b, _ in infos:
+        padded = (1,) * (nbatch - len(b)) + tuple(b)
+        for pos, (x, y) in enumerate(zip(batch, padded)):
+            if x != y and 1 not in (x, y):
+                raise ShapeError(
+                    f"batch dimensions do not broadcast: argument {v.index} ({_describe(v)}) "
+                    f"has batch shape {tuple(b)}, others {tuple(batch)}"
+                )
+            batch[pos] = max(x, y)
+    batch = tuple(batch)
+    red_n = nj if spec.axis == 1 else ni
+    if spec.k is not None and spec.k > red_n:
+        raise ShapeError(
+            f"{spec.reduction}: K = {spec.k} is larger than the number of reduced elements {red_n}"
+        )
+    normalised = []
+    for v, n, b, a in infos:
+        padded = (1,) * (nbatch - len(b)) + tuple(b)
+        if isinstance(a, float):
+            normalised.append(tools.scalar_array(a, spec.dtype, like=_first_array(tools, arrays),
+                                                 shape=padded + (1,)))
+        elif v.cat == CAT_P:
+            normalised.append(tools.as_arg(a, padded + (v.dim,), spec.dtype))
+        else:
+            normalised.append(tools.as_arg(a, padded + (n, v.dim), spec.dtype))
+    cspec = spec.canonical()
+    nx, ny = (ni, nj) if spec.axis == 1 else (nj, ni)
+    outputs = tools.run(cspec, normalised, nx=nx, ny=ny, batch_shape=batch, backend=backend)
+    return finish_outputs(tools, spec, outputs, out)
+
+
+def _first_array(tools, arrays):
+    for a in arrays:
+        if tools.is_array(a):
+            return a
+    return None
+
+
+def finish_outputs(tools, spec: ReductionSpec, outputs, out=None):
+    """Reshape backend outputs as pykeops returns them (K-reductions get a K axis)."""
+    res = []
+    for o in outputs:
+        if spec.k is not None:
+            shape = tools.shape(o)
+            d = shape[-1] // spec.k
+            new = shape[:-1] + ((spec.k,) if d == 1 else (spec.k, d))
+            o = tools.reshape(o, new)
+        res.append(o)
+    if out is not None:
+        if len(res) != 1:
+            raise FormulaError("out= is only supported for reductions with one output")
+        tools.copy_into(out, res[0])
+        return out
+    return res[0] if len(res) == 1 else tuple(res)

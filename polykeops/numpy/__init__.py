@@ -1,0 +1,37 @@
+"""The NumPy front end: ``LazyTensor``, ``Vi``, ``Vj``, ``Pm``, ``Genred``.
+
+Imports nothing but NumPy (torch is not needed).
+"""
+
+from __future__ import annotations
+
+from ..common.lazy_tensor import GenericLazyTensor
+from .tools import NumpyTools
+
+
+class LazyTensor(GenericLazyTensor):
+    """Symbolic wrapper for NumPy arrays (see :class:`polykeops.torch.LazyTensor`)."""
+
+    _tools = NumpyTools()
+
+
+def Vi(x_or_ind, dim=None):
+    """An i-variable: ``Vi(array)`` with an (M, D) array, or the placeholder ``Vi(index, dim)``."""
+    return LazyTensor(x_or_ind, axis=0) if dim is None else LazyTensor((x_or_ind, dim, 0))
+
+
+def Vj(x_or_ind, dim=None):
+    """A j-variable: ``Vj(array)`` with an (N, D) array, or the placeholder ``Vj(index, dim)``."""
+    return LazyTensor(x_or_ind, axis=1) if dim is None else LazyTensor((x_or_ind, dim, 1))
+
+
+def Pm(x_or_ind, dim=None):
+    """A parameter: ``Pm(array or float)``, or the placeholder ``Pm(index, dim)``."""
+    if dim is not None:
+        return LazyTensor((x_or_ind, dim, 2))
+    if isinstance(x_or_ind, (int, float)) and not isinstance(x_or_ind, bool):
+        return LazyTensor(float(x_or_ind))
+    return LazyTensor(x_or_ind, axis=2)
+
+
+__all__ = ["LazyTensor", "Vi", "Vj", "Pm"]

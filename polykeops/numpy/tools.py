@@ -1,0 +1,68 @@
+"""NumPy glue: how the shared front end handles NumPy arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backends import select_backend
+from ..common.tools import check_float_dtype
+from ..errors import DTypeError
+
+
+class NumpyTools:
+    array_kind = "numpy"
+
+    @staticmethod
+    def is_array(x) -> bool:
+        return isinstance(x, np.ndarray)
+
+    @staticmethod
+    def shape(x):
+        return tuple(x.shape)
+
+    @staticmethod
+    def ndim(x) -> int:
+        return x.ndim
+
+    @staticmethod
+    def reshape(x, shape):
+        return np.reshape(x, shape)
+
+    @staticmethod
+    def dtype_name(x, what: str) -> str:
+        return check_float_dtype(str(x.dtype), what, x.shape)
+
+    @staticmethod
+    def dtype_object(name):
+        return np.dtype(name) if name else None
+
+    @staticmethod
+    def device_name(x) -> str:
+        return "cpu"
+
+    @staticmethod
+    def swap_ij(x):
+        return np.swapaxes(x, -3, -2)
+
+    @staticmethod
+    def insert_j_axis(v):
+        return v[..., None, :, :]
+
+    @staticmethod
+    def scalar_array(value, dtype, like=None, shape=(1,)):
+        return np.full(shape, value, dtype=dtype)
+
+    @staticmethod
+    def as_arg(a, shape, dtype):
+        if str(a.dtype) != dtype:
+            raise DTypeError(f"argument of shape {a.shape} has dtype {a.dtype}, expected {dtype}")
+        return np.ascontiguousarray(np.reshape(a, shape))
+
+    @staticmethod
+    def copy_into(out, res):
+        out[...] = res
+
+    @staticmethod
+    def run(spec, args, *, nx, ny, batch_shape, backend=None):
+        chosen = select_backend(backend, spec, "numpy", "cpu", bool(batch_shape))
+        return tuple(chosen.evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch_shape))

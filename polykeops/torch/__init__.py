@@ -1,0 +1,45 @@
+"""The torch front end: ``LazyTensor``, ``Vi``, ``Vj``, ``Pm``, ``Genred``.
+
+Works with CPU and CUDA tensors; every reduction is differentiable with
+``torch.autograd`` to any order (see :mod:`polykeops.torch.autograd`).
+"""
+
+from __future__ import annotations
+
+from ..common.lazy_tensor import GenericLazyTensor
+from .tools import TorchTools
+
+
+class LazyTensor(GenericLazyTensor):
+    """Symbolic wrapper for torch tensors.
+
+    ``LazyTensor(x[:, None, :])`` is indexed by i, ``LazyTensor(y[None, :, :])``
+    by j, a 1-D tensor or a float is a parameter, an int an exact constant, and
+    ``LazyTensor((index, dim, category))`` a placeholder.  Combine them with
+    arithmetic and the methods below, then reduce with ``sum``, ``logsumexp``,
+    ``min``, ``argKmin``... along ``dim`` (the i axis or the j axis).
+    """
+
+    _tools = TorchTools()
+
+
+def Vi(x_or_ind, dim=None):
+    """An i-variable: ``Vi(tensor)`` with an (M, D) tensor, or the placeholder ``Vi(index, dim)``."""
+    return LazyTensor(x_or_ind, axis=0) if dim is None else LazyTensor((x_or_ind, dim, 0))
+
+
+def Vj(x_or_ind, dim=None):
+    """A j-variable: ``Vj(tensor)`` with an (N, D) tensor, or the placeholder ``Vj(index, dim)``."""
+    return LazyTensor(x_or_ind, axis=1) if dim is None else LazyTensor((x_or_ind, dim, 1))
+
+
+def Pm(x_or_ind, dim=None):
+    """A parameter: ``Pm(tensor or float)``, or the placeholder ``Pm(index, dim)``."""
+    if dim is not None:
+        return LazyTensor((x_or_ind, dim, 2))
+    if isinstance(x_or_ind, (int, float)) and not isinstance(x_or_ind, bool):
+        return LazyTensor(float(x_or_ind))
+    return LazyTensor(x_or_ind, axis=2)
+
+
+__all__ = ["LazyTensor", "Vi", "Vj", "Pm"]

@@ -1,0 +1,77 @@
+"""torch glue: how the shared front end handles torch tensors."""
+
+from __future__ import annotations
+
+import torch
+
+from ..common.tools import check_float_dtype
+from ..errors import DeviceError, DTypeError
+
+_NAMES = {torch.float16: "float16", torch.float32: "float32", torch.float64: "float64"}
+_DTYPES = {v: k for k, v in _NAMES.items()}
+
+
+class TorchTools:
+    array_kind = "torch"
+
+    @staticmethod
+    def is_array(x) -> bool:
+        return isinstance(x, torch.Tensor)
+
+    @staticmethod
+    def shape(x):
+        return tuple(x.shape)
+
+    @staticmethod
+    def ndim(x) -> int:
+        return x.dim()
+
+    @staticmethod
+    def reshape(x, shape):
+        return x.reshape(shape)
+
+    @staticmethod
+    def dtype_name(x, what: str) -> str:
+        name = _NAMES.get(x.dtype, str(x.dtype).replace("torch.", ""))
+        return check_float_dtype(name, what, x.shape)
+
+    @staticmethod
+    def dtype_object(name):
+        return _DTYPES.get(name) if name else None
+
+    @staticmethod
+    def device_name(x) -> str:
+        return str(x.device)
+
+    @staticmethod
+    def swap_ij(x):
+        return x.transpose(-3, -2)
+
+    @staticmethod
+    def insert_j_axis(v):
+        return v.unsqueeze(-3)
+
+    @staticmethod
+    def scalar_array(value, dtype, like=None, shape=(1,)):
+        device = like.device if like is not None else "cpu"
+        return torch.full(shape, value, dtype=_DTYPES[dtype], device=device)
+
+    @staticmethod
+    def as_arg(a, shape, dtype):
+        if a.dtype != _DTYPES[dtype]:
+            raise DTypeError(f"argument of shape {tuple(a.shape)} has dtype {a.dtype}, expected {dtype}")
+        return a.reshape(shape).contiguous()
+
+    @staticmethod
+    def copy_into(out, res):
+        with torch.no_grad():
+            out.copy_(res)
+
+    @staticmethod
+    def run(spec, args, *, nx, ny, batch_shape, backend=None):
+        from .autograd import reduce
+
+        devices = {str(a.device) for a in args}
+        if len(devices) > 1:
+            raise DeviceError(f"the arguments of {spec} are on different devices: {sorted(devices)}")
+        return reduce(spec, list(args), nx=nx, ny=ny, batch_shape=tuple(batch_shape), backend=backend)
