@@ -184,6 +184,22 @@ class ReductionMixin:
         res = (self * vj).sum(dim=self.nbatchdims + 1)
         return tools.reshape(res, tools.shape(res)[:-1]) if squeeze else res
 
+    def solve(self, other, var=None, call=True, *, alpha=0, eps=None, max_iter=None, backend=None,
+              **kwargs):
+        """Solve ``alpha * a + K a = other`` by conjugate gradient (K symmetric positive).
+
+        ``other`` is an array of shape (N,), (N, E) or (*batch, N, E), or an
+        i-variable LazyTensor; returns ``a`` with the shape of ``other``.
+        Differentiable with torch (the backward pass solves a second system).
+        """
+        if var is not None:
+            raise FormulaError("solve(var=...) is not supported: write the system as K.solve(b, alpha=...)")
+        from .solve import solve
+
+        opts = _options(dict(kwargs, backend=backend))
+        opts.pop("backend")
+        return solve(self, other, alpha=alpha, eps=eps, max_iter=max_iter, backend=backend, **opts)
+
     def matvec(self, v):
         """``K @ v`` (for scipy's LinearOperator)."""
         return self @ v

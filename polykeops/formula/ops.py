@@ -533,6 +533,7 @@ register_op(
         params=("dim",),
         domain=("real",),
         linear=True,
+        build=A.broadcast_to,
         public=False,
         random_params=lambda dims, rnd: (rnd.randint(1, 4),),
         doc="broadcast a scalar to a vector of dimension dim (adjoint of Sum)",

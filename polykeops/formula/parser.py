@@ -25,7 +25,9 @@ composite (``SqDist(x, y)``) or one of the special forms ``Var(i, d, c)``,
 offending token.
 
 The text printed by :func:`polykeops.formula.printing.to_string` parses back to
-an equal node.
+an equal node (for formulas built through the smart constructors).  Being
+recursive, the parser accepts some 150 levels of nested parentheses/calls under
+Python's default recursion limit; deeper text gives a FormulaSyntaxError.
 """
 
 from __future__ import annotations

@@ -35,3 +35,32 @@ def Pm(x_or_ind, dim=None):
 
 
 __all__ = ["LazyTensor", "Vi", "Vj", "Pm"]
+
+
+from ..common.genred import GenericGenred, generic  # noqa: E402
+
+
+class Genred(GenericGenred):
+    """pykeops' Genred for NumPy arrays (see :mod:`polykeops.common.genred`)."""
+
+    _tools = NumpyTools()
+
+
+def generic_sum(formula, output, *aliases, **kwargs):
+    """Genred with a Sum reduction; ``output`` ("a = Vi(D)") sets the axis."""
+    return generic(Genred, "Sum", formula, output, *aliases, **kwargs)
+
+
+def generic_logsumexp(formula, output, *aliases, **kwargs):
+    return generic(Genred, "LogSumExp", formula, output, *aliases, **kwargs)
+
+
+def generic_argmin(formula, output, *aliases, **kwargs):
+    return generic(Genred, "ArgMin", formula, output, *aliases, **kwargs)
+
+
+def generic_argkmin(formula, output, *aliases, **kwargs):
+    return generic(Genred, "ArgKMin", formula, output, *aliases, **kwargs)
+
+
+__all__ += ["Genred", "generic_sum", "generic_logsumexp", "generic_argmin", "generic_argkmin"]

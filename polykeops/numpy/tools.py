@@ -66,3 +66,10 @@ class NumpyTools:
     def run(spec, args, *, nx, ny, batch_shape, backend=None):
         chosen = select_backend(backend, spec, "numpy", "cpu", bool(batch_shape))
         return tuple(chosen.evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch_shape))
+
+    @staticmethod
+    def solve(lazy, b, *, alpha, tol, max_iter, backend, options):
+        from ..common.solve import conjugate_gradient, kernel_operator
+
+        apply_a = kernel_operator(lazy, alpha, backend, **options)
+        return conjugate_gradient(apply_a, b, tol=tol, max_iter=max_iter, sqrt=np.sqrt)

@@ -75,3 +75,9 @@ class TorchTools:
         if len(devices) > 1:
             raise DeviceError(f"the arguments of {spec} are on different devices: {sorted(devices)}")
         return reduce(spec, list(args), nx=nx, ny=ny, batch_shape=tuple(batch_shape), backend=backend)
+
+    @staticmethod
+    def solve(lazy, b, *, alpha, tol, max_iter, backend, options):
+        from .solve import differentiable_solve
+
+        return differentiable_solve(lazy, b, alpha, tol, max_iter, backend, options)

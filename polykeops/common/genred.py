@@ -1,0 +1,98 @@
+"""Genred: reductions written as KeOps formula strings (pykeops' ``Genred``).
+
+``Genred(formula, aliases, reduction_op="Sum", axis=0, ...)`` parses the formula
+once and returns a callable taking the arrays named by the aliases (in alias
+order): ``(M, D)`` for ``Vi`` variables, ``(N, D)`` for ``Vj``, ``(D,)`` for
+``Pm``, with optional leading batch dimensions.  ``axis=0`` reduces over i
+(output indexed by j), ``axis=1`` over j (output indexed by i), as in pykeops.
+"""
+
+from __future__ import annotations
+
+from ..errors import FormulaError
+from ..formula.parser import parse_alias, parse_formula, parse_reduction_formula
+from ..formula.spec import ReductionSpec
+from .reduce import _options, run_spec
+
+_K_REDUCTIONS = ("KMin", "ArgKMin", "KMin_ArgKMin")
+
+
+class GenericGenred:
+    """A compiled-once reduction of a formula string; call it with arrays."""
+
+    _tools = None  # set by subclasses
+
+    def __init__(self, formula: str, aliases, reduction_op: str = "Sum", axis: int = 0, dtype=None,
+                 opt_arg=None, formula2=None, cuda_type=None, dtype_acc="auto",
+                 use_double_acc=False, sum_scheme="auto", enable_chunks=True,
+                 rec_multVar_highdim=False):
+        if not isinstance(formula, str):
+            raise FormulaError(f"Genred: the formula must be a string, got {type(formula).__name__}")
+        aliases = list(aliases)
+        if formula2 is not None:
+            f1, variables = parse_reduction_formula(formula, aliases)
+            from ..formula.parser import parse_aliases
+
+            f2 = parse_formula(formula2, parse_aliases(aliases))
+            formulas = (f1, f2)
+            variables = _all_variables(variables, f2)
+        else:
+            f1, variables = parse_reduction_formula(formula, aliases)
+            formulas = (f1,)
+        name = reduction_op
+        if formula2 is not None and name in ("LogSumExp", "Max_SumShiftExp"):
+            name += "Weight"
+        k = opt_arg if name in _K_REDUCTIONS else None
+        if name in _K_REDUCTIONS and k is None:
+            raise FormulaError(f"Genred: reduction {name} needs K, given as opt_arg=K")
+        self.formula, self.aliases, self.reduction_op, self.axis = formula, aliases, reduction_op, axis
+        self.formula2, self.opt_arg = formula2, opt_arg
+        self.options = _options({"dtype_acc": dtype_acc, "use_double_acc": use_double_acc,
+                                 "sum_scheme": sum_scheme})
+        self.spec = ReductionSpec(
+            reduction=name, formulas=formulas, variables=variables, axis=axis, k=k,
+            dtype="float32", dtype_acc=self.options["dtype_acc"], sum_scheme=self.options["sum_scheme"],
+        )
+
+    def __call__(self, *args, backend=None, device_id=-1, ranges=None, out=None):
+        tools = self._tools
+        n = len(self.spec.variables)
+        if len(args) != n:
+            raise FormulaError(
+                f"Genred({self.formula!r}) takes {n} array(s) (aliases {self.aliases}), got {len(args)}"
+            )
+        if ranges is not None:
+            raise FormulaError("block-sparse `ranges` are not supported yet")
+        dtypes = {tools.dtype_name(a, f"Genred argument {i}") for i, a in enumerate(args)}
+        if len(dtypes) > 1:
+            from ..errors import DTypeError
+
+            raise DTypeError(
+                f"Genred({self.formula!r}): arguments have mixed dtypes "
+                f"{[tools.dtype_name(a, '') for a in args]}; convert them to one dtype"
+            )
+        spec = self.spec.with_(dtype=dtypes.pop())
+        return run_spec(tools, spec, list(args), backend=backend, out=out)
+
+    def __repr__(self) -> str:
+        return f"Genred({self.formula!r}, {self.aliases!r}, reduction_op={self.reduction_op!r}, axis={self.axis})"
+
+
+def _all_variables(variables, extra):
+    from ..formula.nodes import variables as find
+
+    by_index = {v.index: v for v in variables}
+    for v in find(extra):
+        by_index.setdefault(v.index, v)
+    return tuple(by_index[i] for i in sorted(by_index))
+
+
+def generic(cls, reduction_op: str, formula: str, output: str, *aliases, **kwargs):
+    """pykeops' ``generic_sum``-style helpers: ``output`` ("a = Vi(1)") gives the axis."""
+    _, out = parse_alias(output, 0)
+    if out.cat not in (0, 1):
+        raise FormulaError(f"the output {output!r} must be a Vi or a Vj variable")
+    axis = 1 if out.cat == 0 else 0
+    if reduction_op in _K_REDUCTIONS:
+        kwargs.setdefault("opt_arg", out.dim)  # the output's dimension is K, as in pykeops
+    return cls(formula, list(aliases), reduction_op=reduction_op, axis=axis, **kwargs)
