@@ -13,10 +13,18 @@ import sys
 import time
 
 
-def demo(n: int, backend: str | None) -> int:
+def demo(n: int | None, backend: str | None) -> int:
     import numpy as np
 
     from polykeops.numpy import LazyTensor
+
+    if n is None:
+        probe = LazyTensor(np.zeros((1, 1, 3), dtype=np.float32))
+        from polykeops.backends import select_backend_name_for_display
+
+        chosen = backend or select_backend_name_for_display(probe)
+        n = 20_000 if "reference" in chosen else 200_000
+        print(f"backend: {chosen}; M = N = {n}")
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, 3)).astype(np.float32)
@@ -41,7 +49,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="run a Gaussian kernel sum and check it")
-    p_demo.add_argument("--n", type=int, default=200_000)
+    p_demo.add_argument("--n", type=int, default=None, help="points (default 200k; 20k on the reference backend)")
     p_demo.add_argument("--backend", default=None)
     sub.add_parser("check", help="report available backends")
     args = parser.parse_args(argv)
