@@ -533,7 +533,7 @@ register_op(
         params=("dim",),
         domain=("real",),
         linear=True,
-        build=A.broadcast_to,
+        build=lambda x, dim: A.broadcast_to(x, _dim_sumt(x.dim, dim)),
         public=False,
         random_params=lambda dims, rnd: (rnd.randint(1, 4),),
         doc="broadcast a scalar to a vector of dimension dim (adjoint of Sum)",
