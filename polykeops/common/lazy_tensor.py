@@ -474,8 +474,51 @@ class GenericLazyTensor(ReductionMixin):
         return self._new(_diff(self.formula, var, u.formula), other, u)
 
     # ------------------------------------------------------------------
-    # reductions (defined in reduce_mixin to keep this module focused)
+    # dense export and transposition (reductions live in reduce.py)
     # ------------------------------------------------------------------
+    def dense(self, max_elements: int = 100_000_000):
+        """The full ``self.shape`` array (for small problems and debugging).
+
+        Evaluated with the array library's own operations, so torch tensors keep
+        their autograd graph.  Raises ShapeError beyond ``max_elements`` entries.
+        """
+        import math
+
+        from ..formula.evaluate import evaluate
+
+        if self.placeholders:
+            raise FormulaError("dense() needs data: this LazyTensor has placeholder variables")
+        size = math.prod(self.shape)
+        if size > max_elements:
+            raise ShapeError(
+                f"dense() would allocate {size:,} entries for shape {self.shape} "
+                f"(max_elements={max_elements:,}); reduce it instead, or raise max_elements"
+            )
+        tools = self._tools
+        dtype = self.dtype_name or "float32"
+        values = {}
+        like = None
+        for node, leaf in self.leaves.items():
+            if leaf.is_scalar:
+                continue
+            nb = len(leaf.batch)
+            if leaf.cat == CAT_I:
+                shape = tuple(leaf.batch) + (leaf.n, 1, leaf.dim)
+            elif leaf.cat == CAT_J:
+                shape = tuple(leaf.batch) + (1, leaf.n, leaf.dim)
+            else:
+                shape = tuple(leaf.batch) + (1, 1, leaf.dim)
+            values[node] = tools.reshape(leaf.array, shape) if nb or tools.ndim(leaf.array) != 3 else leaf.array
+            like = leaf.array
+        for node, leaf in self.leaves.items():
+            if leaf.is_scalar:
+                values[node] = tools.scalar_array(leaf.array, dtype, like=like, shape=(1, 1, 1))
+        xp = tools.namespace(dtype, like)
+        full = tuple(self.batch) + (self.ni or 1, self.nj or 1, self.formula.dim)
+        out = evaluate(self.formula, xp, values)
+        out = xp.broadcast_to(out, full) + 0
+        return tools.reshape(out, self.shape)
+
     def t(self):
         """The transposed LazyTensor (i and j exchanged)."""
         mapping = {}

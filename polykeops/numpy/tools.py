@@ -73,3 +73,9 @@ class NumpyTools:
 
         apply_a = kernel_operator(lazy, alpha, backend, **options)
         return conjugate_gradient(apply_a, b, tol=tol, max_iter=max_iter, sqrt=np.sqrt)
+
+    @staticmethod
+    def namespace(dtype, like=None):
+        from .xp import NumpyNamespace
+
+        return NumpyNamespace(dtype)

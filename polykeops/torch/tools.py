@@ -81,3 +81,9 @@ class TorchTools:
         from .solve import differentiable_solve
 
         return differentiable_solve(lazy, b, alpha, tol, max_iter, backend, options)
+
+    @staticmethod
+    def namespace(dtype, like=None):
+        from .xp import TorchNamespace
+
+        return TorchNamespace(dtype, device=like.device if like is not None else "cpu")
