@@ -106,3 +106,78 @@ def lse_spec(spec: ReductionSpec) -> ReductionSpec:
 
 
 __all__ = ["GradientPlan", "sum_like_gradient", "selection_gradient", "lse_spec", "CAT_I", "CAT_J", "CAT_P"]
+
+
+# ---------------------------------------------------------------------------
+# forward mode (Jacobian-vector products), for torch.func.jvp / jacfwd
+# ---------------------------------------------------------------------------
+
+
+def _directional(f, spec: ReductionSpec, tangents: dict):
+    from .derivative import diff
+
+    total = None
+    for p, t in tangents.items():
+        term = diff(f, spec.variables[p], t)
+        total = term if total is None else A.add(total, term)
+    return total
+
+
+def tangent_variables(spec: ReductionSpec, positions) -> dict:
+    """``{position: Var}``: one tangent variable per differentiated argument, after the spec's own."""
+    n = len(spec.variables)
+    out = {}
+    for k, p in enumerate(positions):
+        v = spec.variables[p]
+        out[p] = Var(n + k, v.dim, v.cat)
+    return out
+
+
+def sum_like_jvp(spec: ReductionSpec, positions) -> GradientPlan:
+    """Plan for the tangent of a canonical Sum-like spec's output along the given arguments.
+
+    The plan's spec takes the spec's arguments, then one tangent per position
+    (same category and dimension), then the extras.
+    """
+    red = spec.red
+    if not red.is_sum_like or not red.differentiable:
+        raise NotDifferentiableError(f"reduction {spec.reduction} has no derivative")
+    tangents = tangent_variables(spec, positions)
+    m = len(spec.variables) + len(tangents)
+    f = spec.formulas[0]
+    df = _directional(f, spec, tangents)
+    out_dim = spec.outputs()[0].dim
+    name = spec.reduction
+    extra_vars: tuple = ()
+    if name == "Sum":
+        h, extras = df, ()
+    elif name == "LogSumExp":
+        o = Var(m, out_dim, CAT_I)
+        h, extras, extra_vars = A.mul(A.node("Exp", A.sub(f, o)), df), ("OUT",), (o,)
+    elif name == "LogSumExpWeight":
+        g = spec.formulas[1]
+        o = Var(m, out_dim, CAT_I)
+        dg = _directional(g, spec, tangents)
+        h = A.mul(A.node("Exp", A.sub(f, o)), A.add(A.mul(g, df), dg))
+        extras, extra_vars = ("OUT",), (o,)
+    elif name == "SumSoftMaxWeight":
+        g = spec.formulas[1]
+        lse = Var(m, 1, CAT_I)
+        o = Var(m + 1, out_dim, CAT_I)
+        dg = _directional(g, spec, tangents)
+        h = A.mul(A.node("Exp", A.sub(f, lse)), A.add(dg, A.mul(A.sub(g, o), df)))
+        extras, extra_vars = ("LSE", "OUT"), (lse, o)
+    else:  # pragma: no cover
+        raise NotDifferentiableError(f"no derivative rule for reduction {name}")
+    variables = tuple(spec.variables) + tuple(tangents[p] for p in positions) + extra_vars
+    jspec = spec.with_(reduction="Sum", formulas=(h,), variables=variables, axis=1, k=None)
+    return GradientPlan(jspec, extras, False)
+
+
+def selection_jvp(spec: ReductionSpec, positions):
+    """``(dF, tangents)``: the directional derivative of F for a selection reduction."""
+    red = spec.red
+    if not red.is_selection or not red.differentiable:
+        raise NotDifferentiableError(f"reduction {spec.reduction} has no derivative (it returns indices)")
+    tangents = tangent_variables(spec, positions)
+    return _directional(spec.formulas[0], spec, tangents), tangents

@@ -1,11 +1,19 @@
-"""torch.autograd support: reductions as differentiable functions, to any order.
+"""torch.autograd and torch.func support: reductions as differentiable functions.
 
-:class:`GenredFunction` evaluates a canonical spec with a backend.  Its backward
-pass builds the symbolic gradient reductions (see
-:mod:`polykeops.formula.reduction_grads`) and evaluates them through
-:class:`GenredFunction` again, so ``create_graph=True`` and higher-order
-derivatives work.  Gradients with respect to parameters and broadcast batch
-dimensions are summed back to the shape of each argument.
+:class:`GenredFunction` evaluates a canonical spec with a backend.  Its rules
+are built from the formula layer's symbolic derivatives and evaluated through
+:class:`GenredFunction` again, so every rule is itself differentiable:
+
+* ``backward`` (reverse mode, any order; ``create_graph=True`` works): the
+  gradient reductions of :mod:`polykeops.formula.reduction_grads`;
+* ``jvp`` (forward mode: ``torch.func.jvp``, ``jacfwd``, ``hessian``): a Sum
+  reduction of the directional derivative ``diff(F, v, t)``;
+* ``vmap`` (``torch.vmap``): the vmapped dimension becomes one more leading
+  batch dimension of the reduction.
+
+Gradients with respect to parameters and broadcast batch dimensions are summed
+back to the shape of each argument.  Min/Max/KMin values are differentiated at
+the selected pairs (their indices are computed alongside the values).
 """
 
 from __future__ import annotations
@@ -14,7 +22,13 @@ import torch
 
 from ..backends import select_backend
 from ..formula.nodes import CAT_I, CAT_J, CAT_P, Var, substitute
-from ..formula.reduction_grads import lse_spec, selection_gradient, sum_like_gradient
+from ..formula.reduction_grads import (
+    lse_spec,
+    selection_gradient,
+    selection_jvp,
+    sum_like_gradient,
+    sum_like_jvp,
+)
 
 #: value-selection reductions -> the variant that also returns the indices
 _WITH_INDICES = {
@@ -39,42 +53,46 @@ def _evaluate(spec, args, nx, ny, batch_shape, backend):
         return tuple(chosen.evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch_shape))
 
 
+def _tracks_indices(spec) -> bool:
+    """Whether the function returns the selected indices as a hidden last output."""
+    red = spec.red
+    return red.is_selection and red.differentiable and not red.want_index
+
+
 class GenredFunction(torch.autograd.Function):
-    """One reduction; inputs: (config, *args); outputs: the spec's outputs."""
+    """One reduction: ``apply(config, *args)`` with ``config = (spec, nx, ny, batch_shape, backend)``.
+
+    Outputs: the spec's outputs, plus the selected indices for Min/Max/KMin
+    (use :func:`apply`, which hides them).
+    """
 
     @staticmethod
-    def forward(ctx, config, *args):
+    def forward(config, *args):
         spec, nx, ny, batch_shape, backend = config
         red = spec.red
-        want_select = red.is_selection and red.differentiable and any(
-            a.requires_grad for a in args
-        )
-        if want_select:
+        if red.is_selection and red.differentiable:
             full = spec.with_(reduction=_WITH_INDICES[spec.reduction])
-            values, indices = _evaluate(full, args, nx, ny, batch_shape, backend)
-            outs = (values, indices) if red.want_index else (values,)
-        else:
-            outs = _evaluate(spec, args, nx, ny, batch_shape, backend)
-            indices = None
+            return _evaluate(full, args, nx, ny, batch_shape, backend)
+        return _evaluate(spec, args, nx, ny, batch_shape, backend)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        config, *args = inputs
+        spec = config[0]
         ctx.config = config
         ctx.n_args = len(args)
-        kinds = [o.kind for o in spec.outputs()]
-        ctx.mark_non_differentiable(*[o for o, k in zip(outs, kinds) if k == "index"])
-        saved = list(args) + [o for o, k in zip(outs, kinds) if k == "float"]
-        if indices is not None:
-            saved.append(indices)
-        ctx.has_indices = indices is not None
+        indices = [o for o in output if not o.is_floating_point()]
+        values = [o for o in output if o.is_floating_point()]
+        ctx.mark_non_differentiable(*indices)
+        ctx.has_indices = spec.red.is_selection and spec.red.differentiable
+        saved = list(args) + values + (indices[-1:] if ctx.has_indices else [])
         ctx.save_for_backward(*saved)
-        return outs if len(outs) > 1 else outs[0]
+        ctx.save_for_forward(*saved)
 
     @staticmethod
     def backward(ctx, *gouts):
         spec, nx, ny, batch_shape, backend = ctx.config
-        saved = ctx.saved_tensors
-        args = list(saved[: ctx.n_args])
-        rest = saved[ctx.n_args :]
-        indices = rest[-1] if ctx.has_indices else None
-        float_outs = rest[:-1] if ctx.has_indices else rest
+        args, float_outs, indices = _unpack(ctx)
         g = gouts[0]
         grads = [None]
         for p, a in enumerate(args):
@@ -88,30 +106,99 @@ class GenredFunction(torch.autograd.Function):
             grads.append(_unbroadcast(r, a.shape))
         return tuple(grads)
 
+    @staticmethod
+    def jvp(ctx, *tangents):
+        spec, nx, ny, batch_shape, backend = ctx.config
+        args, float_outs, indices = _unpack(ctx)
+        tangents = tangents[1:]
+        positions = [p for p, t in enumerate(tangents) if t is not None]
+        outs_meta = spec.outputs()
+        if not positions:
+            res = [_zeros_out(o, args, nx, batch_shape) for o in outs_meta]
+        elif spec.red.is_selection:
+            res = [_selection_jvp(spec, positions, args, tangents, indices, nx, batch_shape, backend)]
+            if spec.red.want_index:
+                res.append(None)
+        else:
+            res = [_sum_like_jvp(spec, positions, args, tangents, float_outs, nx, ny, batch_shape,
+                                 backend)]
+        if _tracks_indices(spec):
+            res.append(None)
+        return tuple(res) if len(res) > 1 else res[0]
+
+    @staticmethod
+    def vmap(info, in_dims, config, *args):
+        spec, nx, ny, batch_shape, backend = config
+        size = info.batch_size
+        moved = []
+        for a, d in zip(args, in_dims[1:]):
+            moved.append(a.unsqueeze(0) if d is None else a.movedim(d, 0))
+        new_config = (spec, nx, ny, (size,) + tuple(batch_shape), backend)
+        outs = GenredFunction.apply(new_config, *[m.contiguous() for m in moved])
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        dims = tuple(0 for _ in outs)
+        return (outs, dims) if len(outs) > 1 else (outs[0], 0)
+
+
+def _unpack(ctx):
+    saved = ctx.saved_tensors
+    args = list(saved[: ctx.n_args])
+    rest = saved[ctx.n_args :]
+    indices = rest[-1] if ctx.has_indices else None
+    float_outs = rest[:-1] if ctx.has_indices else rest
+    return args, float_outs, indices
+
+
+def _zeros_out(meta, args, nx, batch_shape):
+    if meta.kind == "index":
+        return None
+    ref = args[0]
+    return torch.zeros((*batch_shape, nx, meta.dim), dtype=ref.dtype, device=ref.device)
+
 
 def apply(spec, args, nx, ny, batch_shape, backend):
-    """Evaluate a canonical spec through :class:`GenredFunction`; always returns a tuple."""
+    """Evaluate a canonical spec through :class:`GenredFunction`; returns the spec's outputs as a tuple."""
     out = GenredFunction.apply((spec, nx, ny, tuple(batch_shape), backend), *args)
-    return out if isinstance(out, tuple) else (out,)
+    out = out if isinstance(out, tuple) else (out,)
+    return out[:-1] if _tracks_indices(spec) else out
 
 
 def reduce(spec, args, *, nx, ny, batch_shape, backend=None):
     """Entry point of the torch front end (canonical spec, normalised arguments)."""
-    if torch.is_grad_enabled() and any(a.requires_grad for a in args):
+    if torch.is_grad_enabled() and any(a.requires_grad for a in args) or _is_functorch(args):
         return apply(spec, args, nx, ny, batch_shape, backend)
     return _evaluate(spec, args, nx, ny, batch_shape, backend)
 
 
-def _sum_like_grad(spec, p, args, g, outs, nx, ny, batch_shape, backend):
-    plan = sum_like_gradient(spec, p)
+def _is_functorch(args) -> bool:
+    """True for tensors wrapped by torch.func transforms (vmap, grad, jvp)."""
+    try:
+        from torch._C._functorch import is_functorch_wrapped_tensor
+    except ImportError:  # pragma: no cover - older torch
+        return False
+    return any(is_functorch_wrapped_tensor(a) for a in args)
+
+
+# ---------------------------------------------------------------------------
+# reverse mode
+# ---------------------------------------------------------------------------
+
+
+def _extras(names, spec, args, g, outs, nx, ny, batch_shape, backend):
     extras = []
-    for name in plan.extras:
+    for name in names:
         if name == "G":
             extras.append(g.contiguous())
         elif name == "OUT":
             extras.append(outs[0])
         else:  # "LSE"
             extras.append(apply(lse_spec(spec), args, nx, ny, batch_shape, backend)[0])
+    return extras
+
+
+def _sum_like_grad(spec, p, args, g, outs, nx, ny, batch_shape, backend):
+    plan = sum_like_gradient(spec, p)
+    extras = _extras(plan.extras, spec, args, g, outs, nx, ny, batch_shape, backend)
     gspec = plan.spec
     if gspec.axis == 0:
         res = apply(gspec.canonical(), args + extras, ny, nx, batch_shape, backend)[0]
@@ -120,6 +207,24 @@ def _sum_like_grad(spec, p, args, g, outs, nx, ny, batch_shape, backend):
     if plan.sum_rows:
         res = res.sum(-2)
     return res
+
+
+def _gather_rows(spec, args, flat_idx, q):
+    """Arguments evaluated at the selected pairs: one row per (i, q); j-variables become i-variables."""
+    rows = flat_idx.shape[-1]
+    new_args, mapping = [], {}
+    for var, a in zip(spec.variables, args):
+        if var.cat == CAT_I:
+            new_args.append(a.repeat_interleave(q, dim=-2))
+        elif var.cat == CAT_J:
+            shape = torch.broadcast_shapes(a.shape[:-2], flat_idx.shape[:-1])
+            src = a.expand(*shape, *a.shape[-2:])
+            idx = flat_idx.expand(*shape, rows).unsqueeze(-1).expand(*shape, rows, a.shape[-1])
+            new_args.append(torch.gather(src, -2, idx))
+            mapping[var] = Var(var.index, var.dim, CAT_I)
+        else:
+            new_args.append(a)
+    return new_args, mapping
 
 
 def _selection_grad(spec, p, args, g, indices, nx, ny, batch_shape, backend):
@@ -134,18 +239,7 @@ def _selection_grad(spec, p, args, g, indices, nx, ny, batch_shape, backend):
     onehot = torch.nn.functional.one_hot(comp, d).to(g.dtype)  # (q, d)
     e_rows = (g.unsqueeze(-1) * onehot).reshape(*g.shape[:-2], rows, d)
     flat_idx = indices.reshape(*indices.shape[:-2], rows)
-    new_args, mapping = [], {}
-    for var, a in zip(spec.variables, args):
-        if var.cat == CAT_I:
-            new_args.append(a.repeat_interleave(q, dim=-2))
-        elif var.cat == CAT_J:
-            shape = torch.broadcast_shapes(a.shape[:-2], flat_idx.shape[:-1])
-            src = a.expand(*shape, *a.shape[-2:])
-            idx = flat_idx.expand(*shape, rows).unsqueeze(-1).expand(*shape, rows, a.shape[-1])
-            new_args.append(torch.gather(src, -2, idx))
-            mapping[var] = Var(var.index, var.dim, CAT_I)
-        else:
-            new_args.append(a)
+    new_args, mapping = _gather_rows(spec, args, flat_idx, q)
     new_args.append(e_rows)
     h = substitute(h, mapping)
     variables = tuple(mapping.get(var, var) for var in spec.variables) + (e,)
@@ -162,6 +256,36 @@ def _selection_grad(spec, p, args, g, indices, nx, ny, batch_shape, backend):
     )
 
 
+# ---------------------------------------------------------------------------
+# forward mode
+# ---------------------------------------------------------------------------
+
+
+def _sum_like_jvp(spec, positions, args, tangents, outs, nx, ny, batch_shape, backend):
+    plan = sum_like_jvp(spec, positions)
+    extras = _extras(plan.extras, spec, args, None, outs, nx, ny, batch_shape, backend)
+    targs = [tangents[p].contiguous() for p in positions]
+    return apply(plan.spec, args + targs + extras, nx, ny, batch_shape, backend)[0]
+
+
+def _selection_jvp(spec, positions, args, tangents, indices, nx, batch_shape, backend):
+    df, tvars = selection_jvp(spec, positions)
+    d = spec.formulas[0].dim
+    q = indices.shape[-1]
+    rows = nx * q
+    flat_idx = indices.reshape(*indices.shape[:-2], rows)
+    ext = spec.with_(variables=tuple(spec.variables) + tuple(tvars[p] for p in positions))
+    all_args = args + [tangents[p] for p in positions]
+    new_args, mapping = _gather_rows(ext, all_args, flat_idx, q)
+    h = substitute(df, mapping)
+    variables = tuple(mapping.get(var, var) for var in ext.variables)
+    jspec = spec.with_(reduction="Sum", formulas=(h,), variables=variables, k=None)
+    per_row = apply(jspec, new_args, rows, 1, batch_shape, backend)[0]  # (*b, rows, d)
+    comp = torch.arange(q, device=per_row.device) % d
+    onehot = torch.nn.functional.one_hot(comp, d).to(per_row.dtype)
+    return (per_row.reshape(*per_row.shape[:-2], nx, q, d) * onehot).sum(-1)
+
+
 def _unbroadcast(r, shape):
     """Sum ``r`` over the dimensions where ``shape`` broadcasts (size 1 or missing)."""
     shape = tuple(shape)
@@ -173,4 +297,4 @@ def _unbroadcast(r, shape):
     return r.reshape(shape)
 
 
-__all__ = ["GenredFunction", "reduce", "apply", "CAT_P"]
+__all__ = ["GenredFunction", "apply", "reduce", "CAT_P"]
