@@ -96,3 +96,65 @@ def generic(cls, reduction_op: str, formula: str, output: str, *aliases, **kwarg
     if reduction_op in _K_REDUCTIONS:
         kwargs.setdefault("opt_arg", out.dim)  # the output's dimension is K, as in pykeops
     return cls(formula, list(aliases), reduction_op=reduction_op, axis=axis, **kwargs)
+
+
+class GenericKernelSolve:
+    """pykeops' KernelSolve: solve ``alpha * a + K a = b`` where ``K a`` is a Genred formula.
+
+    ``formula`` is linear in the variable named ``varinvalias`` (e.g.
+    ``"Exp(-g * SqDist(x, y)) * a"`` with ``"a = Vj(1)"``); calling the object
+    with the arrays of every alias — the right-hand side ``b`` in the place of
+    ``varinvalias`` — returns ``a`` (conjugate gradient; K must be symmetric
+    positive).  With torch tensors the result is differentiable.
+    """
+
+    _tools = None
+    _genred = None
+
+    def __init__(self, formula: str, aliases, varinvalias: str, axis: int = 0, dtype=None,
+                 opt_arg=None, cuda_type=None, dtype_acc="auto", use_double_acc=False,
+                 sum_scheme="auto", enable_chunks=True, rec_multVar_highdim=None):
+        from ..formula.parser import parse_aliases
+
+        aliases = list(aliases)
+        named = parse_aliases(aliases)
+        if varinvalias not in named:
+            raise FormulaError(f"KernelSolve: {varinvalias!r} is not one of the aliases {list(named)}")
+        var = named[varinvalias]
+        if var.cat not in (0, 1):
+            raise FormulaError(f"KernelSolve: {varinvalias!r} must be a Vi or a Vj variable")
+        self.position = var.index
+        red_axis = 1 if var.cat == 1 else 0
+        self.genred = self._genred(formula, aliases, reduction_op="Sum", axis=red_axis,
+                                   dtype_acc=dtype_acc, use_double_acc=use_double_acc,
+                                   sum_scheme=sum_scheme)
+        if self.genred.spec.formulas[0].dim != var.dim:
+            raise FormulaError(
+                f"KernelSolve: the formula has dimension {self.genred.spec.formulas[0].dim}, "
+                f"the unknown {varinvalias!r} has {var.dim}"
+            )
+        self.formula, self.aliases, self.varinvalias = formula, aliases, varinvalias
+
+    def __call__(self, *args, backend=None, device_id=-1, alpha=1e-10, eps=None, max_iter=None,
+                 ranges=None, warmup=None):
+        from .solve import default_tolerance
+
+        tools = self._tools
+        args = list(args)
+        if len(args) != len(self.genred.spec.variables):
+            raise FormulaError(
+                f"KernelSolve takes {len(self.genred.spec.variables)} arrays "
+                f"(aliases {self.aliases}), got {len(args)}"
+            )
+        b = args[self.position]
+        dtype = tools.dtype_name(b, "KernelSolve right-hand side")
+        tol = eps if eps is not None else default_tolerance(dtype)
+        iters = max_iter if max_iter is not None else max(10, 2 * tools.shape(b)[-2])
+
+        def apply_k(v):
+            call_args = list(args)
+            call_args[self.position] = v
+            return self.genred(*call_args, backend=backend, ranges=ranges)
+
+        others = [a for i, a in enumerate(args) if i != self.position and tools.is_array(a)]
+        return tools.solve_operator(apply_k, others, b, alpha, tol, iters)

@@ -37,7 +37,7 @@ def Pm(x_or_ind, dim=None):
 __all__ = ["LazyTensor", "Vi", "Vj", "Pm"]
 
 
-from ..common.genred import GenericGenred, generic  # noqa: E402
+from ..common.genred import GenericGenred, GenericKernelSolve, generic  # noqa: E402
 
 
 class Genred(GenericGenred):
@@ -64,3 +64,13 @@ def generic_argkmin(formula, output, *aliases, **kwargs):
 
 
 __all__ += ["Genred", "generic_sum", "generic_logsumexp", "generic_argmin", "generic_argkmin"]
+
+
+class KernelSolve(GenericKernelSolve):
+    """pykeops' KernelSolve (conjugate gradient on ``alpha I + K``); see :mod:`polykeops.common.genred`."""
+
+    _tools = NumpyTools()
+    _genred = Genred
+
+
+__all__ += ["KernelSolve"]

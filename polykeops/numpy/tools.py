@@ -79,3 +79,10 @@ class NumpyTools:
         from .xp import NumpyNamespace
 
         return NumpyNamespace(dtype)
+
+    @staticmethod
+    def solve_operator(apply_k, tensors, b, alpha, tol, max_iter):
+        from ..common.solve import conjugate_gradient
+
+        return conjugate_gradient(lambda v: apply_k(v) + alpha * v, b, tol=tol, max_iter=max_iter,
+                                  sqrt=np.sqrt)

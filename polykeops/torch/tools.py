@@ -87,3 +87,9 @@ class TorchTools:
         from .xp import TorchNamespace
 
         return TorchNamespace(dtype, device=like.device if like is not None else "cpu")
+
+    @staticmethod
+    def solve_operator(apply_k, tensors, b, alpha, tol, max_iter):
+        from .solve import solve_operator
+
+        return solve_operator(apply_k, tensors, b, alpha, tol, max_iter)
