@@ -151,14 +151,21 @@ def _summary() -> str:
     return "Backends: " + "; ".join(rows) + "."
 
 
-def select_backend(requested: str | None, spec, array_kind: str, device: str, batched: bool):
+def select_backend(requested: str | None, spec, array_kind: str, device: str, batched: bool,
+                   ranges: bool = False):
     """The backend to run ``spec`` with; see the module docstring for the order."""
-    if requested is None:
+    from_env = requested is None
+    if from_env:
         requested = config.backend_name()
-    name = _canonical_name(requested)
+    try:
+        name = _canonical_name(requested)
+    except BackendError as exc:
+        if from_env:  # say where the bad name comes from
+            raise BackendError(f"POLYKEOPS_BACKEND={requested!r}: {exc}") from None
+        raise
     if name != "auto":
         backend = get_backend(name)
-        why = backend.capabilities.unsupported(spec, array_kind, device, batched)
+        why = backend.capabilities.unsupported(spec, array_kind, device, batched, ranges)
         if why is not None:
             raise BackendError(f"backend {name!r} cannot run {spec}: {why}")
         return backend
@@ -168,7 +175,7 @@ def select_backend(requested: str | None, spec, array_kind: str, device: str, ba
         if not ok:
             continue
         backend = _instance(other)
-        if backend.capabilities.unsupported(spec, array_kind, device, batched) is None:
+        if backend.capabilities.unsupported(spec, array_kind, device, batched, ranges) is None:
             candidates.append(backend)
     if not candidates:
         raise BackendError(

@@ -8,7 +8,8 @@ A backend is an object with:
   devices, batch support, reductions);
 * ``availability()`` -> ``(bool, reason)``: whether it can run on this machine
   (and why not);
-* ``evaluate(spec, args, *, nx, ny, batch_shape)`` -> tuple of arrays.
+* ``evaluate(spec, args, *, nx, ny, batch_shape)`` -> tuple of arrays (plus a
+  ``ranges=`` keyword for backends that declare ``capabilities.ranges``).
 
 ``evaluate`` receives a *canonical* :class:`~polykeops.formula.spec.ReductionSpec`
 (``axis == 1``: reduce over j, output indexed by i) and one array per entry of
@@ -24,6 +25,14 @@ entry of ``batch_shape`` (broadcasting).  It returns one array per entry of
 for values and int64 for indices, of the same kind and device as the inputs.
 Reduction semantics (ties, NaN, infinities) are those documented in
 :mod:`polykeops.formula.reductions`.
+
+Block-sparse reductions (only for backends declaring ``capabilities.ranges``):
+``ranges = (ranges_x, slices_x, redranges_y)``, int64 arrays of the inputs' kind
+and device (optionally with leading batch dimensions broadcasting against
+``batch_shape``): output rows ``ranges_x[k, 0] <= i < ranges_x[k, 1]`` are
+reduced over the j intervals ``redranges_y[s]`` for
+``slices_x[k - 1] <= s < slices_x[k]`` (``slices_x[-1]`` read as 0).  Rows in
+no range hold the reduction of nothing (``Reduction.empty_outputs``).
 
 Third-party packages register a backend with an entry point in the group
 ``polykeops.backends`` whose object is a zero-argument factory returning a
@@ -48,8 +57,10 @@ class Capabilities:
     reductions: frozenset | None = None  # None: every reduction of the formula layer
     sum_schemes: frozenset = frozenset({"block_sum", "kahan_scheme", "direct_sum"})
     notes: tuple[str, ...] = field(default=())
+    ranges: bool = False  # block-sparse reductions (the ``ranges`` argument of evaluate)
 
-    def unsupported(self, spec, array_kind: str, device: str, batched: bool) -> str | None:
+    def unsupported(self, spec, array_kind: str, device: str, batched: bool,
+                    ranges: bool = False) -> str | None:
         """Why this backend cannot run ``spec`` on these arrays, or None if it can."""
         if spec.dtype not in self.dtypes:
             return f"dtype {spec.dtype} not supported (supports {sorted(self.dtypes)})"
@@ -63,6 +74,8 @@ class Capabilities:
             return f"reduction {spec.reduction} not supported"
         if spec.sum_scheme not in self.sum_schemes:
             return f"sum_scheme {spec.sum_scheme} not supported"
+        if ranges and not self.ranges:
+            return "block-sparse ranges not supported"
         return None
 
 
@@ -76,7 +89,7 @@ class Backend:
     def availability(self) -> tuple[bool, str]:
         return True, "ok"
 
-    def evaluate(self, spec, args, *, nx: int, ny: int, batch_shape: tuple):
+    def evaluate(self, spec, args, *, nx: int, ny: int, batch_shape: tuple, ranges=None):
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -61,8 +61,6 @@ class GenericGenred:
             raise FormulaError(
                 f"Genred({self.formula!r}) takes {n} array(s) (aliases {self.aliases}), got {len(args)}"
             )
-        if ranges is not None:
-            raise FormulaError("block-sparse `ranges` are not supported yet")
         dtypes = {tools.dtype_name(a, f"Genred argument {i}") for i, a in enumerate(args)}
         if len(dtypes) > 1:
             from ..errors import DTypeError
@@ -72,7 +70,7 @@ class GenericGenred:
                 f"{[tools.dtype_name(a, '') for a in args]}; convert them to one dtype"
             )
         spec = self.spec.with_(dtype=dtypes.pop())
-        return run_spec(tools, spec, list(args), backend=backend, out=out)
+        return run_spec(tools, spec, list(args), backend=backend, out=out, ranges=ranges)
 
     def __repr__(self) -> str:
         return f"Genred({self.formula!r}, {self.aliases!r}, reduction_op={self.reduction_op!r}, axis={self.axis})"

@@ -33,8 +33,7 @@ def _options(kwargs: dict) -> dict:
     opts["sum_scheme"] = scheme
     if opts["dtype_acc"] not in ("auto", "float16", "float32", "float64"):
         raise FormulaError(f"dtype_acc must be 'auto', 'float32' or 'float64', got {opts['dtype_acc']!r}")
-    if kwargs.get("ranges") is not None:
-        raise FormulaError("block-sparse `ranges` are not supported yet")
+    opts["ranges"] = kwargs.get("ranges")
     return opts
 
 
@@ -52,6 +51,7 @@ class ReductionMixin:
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise FormulaError(f"{what}: dim must be an int, got {dim!r}")
         full = nb + 3
+        given = dim
         if dim < 0:
             dim += full
         if dim == nb:
@@ -61,7 +61,7 @@ class ReductionMixin:
         if dim == nb + 2:
             return None
         raise FormulaError(
-            f"{what}: dim={dim} is not valid for a LazyTensor with {nb} batch dimension(s); "
+            f"{what}: dim={given} is not valid for a LazyTensor with {nb} batch dimension(s); "
             f"use {nb} (reduce over i), {nb + 1} (over j) or -1 (vector dimension)"
         )
 
@@ -85,7 +85,8 @@ class ReductionMixin:
             raise FormulaError("call=False needs placeholder variables")
         arrays = [leaf.array for leaf in leaves]
         return run_spec(self._tools, spec, arrays, opts["backend"], leaves=leaves,
-                        out=kwargs.get("out"))
+                        out=kwargs.get("out"), shape_hint=(lt.ni, lt.nj, lt.batch),
+                        ranges=opts["ranges"])
 
     # -- public reductions ----------------------------------------------
     def sum(self, dim=None, axis=None, **kwargs):
@@ -252,7 +253,7 @@ class _PlaceholderReduction:
         self.cls, self.spec, self.leaves, self.opts = cls, spec, leaves, opts
         self.n_placeholders = len(spec.variables) - len(leaves)
 
-    def __call__(self, *arrays, backend=None, **kwargs):
+    def __call__(self, *arrays, backend=None, ranges=None, **kwargs):
         tools = self.cls._tools
         if len(arrays) != self.n_placeholders:
             raise FormulaError(
@@ -266,7 +267,8 @@ class _PlaceholderReduction:
             raise DTypeError(f"arguments have mixed dtypes {sorted(dtypes)}")
         spec = self.spec.with_(dtype=dtypes.pop()) if dtypes else self.spec
         all_arrays = list(arrays) + [leaf.array for leaf in self.leaves]
-        return run_spec(tools, spec, all_arrays, backend or self.opts["backend"], leaves=None)
+        return run_spec(tools, spec, all_arrays, backend or self.opts["backend"], leaves=None,
+                        ranges=ranges if ranges is not None else self.opts["ranges"])
 
     def __repr__(self):
         return f"<polykeops reduction {self.spec}>"
@@ -320,9 +322,18 @@ def _describe(v: Node) -> str:
     return f"{ {CAT_I: 'Vi', CAT_J: 'Vj', CAT_P: 'Pm'}[v.cat]}({v.index}, {v.dim})".replace(" ", "")
 
 
-def run_spec(tools, spec: ReductionSpec, arrays, backend=None, leaves=None, out=None):
-    """Evaluate ``spec`` (any axis) on user arrays; returns arrays shaped as pykeops does."""
+def run_spec(tools, spec: ReductionSpec, arrays, backend=None, leaves=None, out=None, shape_hint=None,
+             ranges=None):
+    """Evaluate ``spec`` (any axis) on user arrays; returns arrays shaped as pykeops does.
+
+    ``ranges`` is pykeops' block-sparse 6-tuple
+    ``(ranges_i, slices_i, redranges_j, ranges_j, slices_j, redranges_i)``.
+
+    ``shape_hint`` = ``(M, N, batch)`` of the LazyTensor, used where simplification
+    removed every variable of an axis (``x_i * 0 + y_j`` still has M rows).
+    """
     infos = signature_sizes(tools, spec, arrays, leaves)
+    hint_i, hint_j, hint_batch = shape_hint if shape_hint is not None else (None, None, ())
     sizes = {CAT_I: None, CAT_J: None}
     for v, n, _, _ in infos:
         if v.cat in sizes and n is not None:
@@ -333,10 +344,10 @@ def run_spec(tools, spec: ReductionSpec, arrays, backend=None, leaves=None, out=
                     f"(argument {v.index}, {_describe(v)})"
                 )
             sizes[v.cat] = n
-    ni = sizes[CAT_I] if sizes[CAT_I] is not None else 1
-    nj = sizes[CAT_J] if sizes[CAT_J] is not None else 1
-    nbatch = max([len(b) for _, _, b, _ in infos] + [0])
-    batch = [1] * nbatch
+    ni = sizes[CAT_I] if sizes[CAT_I] is not None else (hint_i or 1)
+    nj = sizes[CAT_J] if sizes[CAT_J] is not None else (hint_j or 1)
+    nbatch = max([len(b) for _, _, b, _ in infos] + [len(hint_batch)])
+    batch = [1] * (nbatch - len(hint_batch)) + list(hint_batch)
     for v, _, b, _ in infos:
         padded = (1,) * (nbatch - len(b)) + tuple(b)
         for pos, (x, y) in enumerate(zip(batch, padded)):
@@ -364,7 +375,12 @@ def run_spec(tools, spec: ReductionSpec, arrays, backend=None, leaves=None, out=
             normalised.append(tools.as_arg(a, padded + (n, v.dim), spec.dtype))
     cspec = spec.canonical()
     nx, ny = (ni, nj) if spec.axis == 1 else (nj, ni)
-    outputs = tools.run(cspec, normalised, nx=nx, ny=ny, batch_shape=batch, backend=backend)
+    if ranges is not None:
+        ranges = check_ranges(tools, ranges, ni, nj, batch)
+        if spec.axis == 0:  # the canonical spec reduces over the user's i
+            ranges = swap_ranges(ranges)
+    outputs = tools.run(cspec, normalised, nx=nx, ny=ny, batch_shape=batch, backend=backend,
+                        ranges=ranges)
     return finish_outputs(tools, spec, outputs, out)
 
 
@@ -391,3 +407,44 @@ def finish_outputs(tools, spec: ReductionSpec, outputs, out=None):
         tools.copy_into(out, res[0])
         return out
     return res[0] if len(res) == 1 else tuple(res)
+
+
+def swap_ranges(ranges: tuple) -> tuple:
+    """The block-sparse 6-tuple seen from the other axis."""
+    return tuple(ranges[3:]) + tuple(ranges[:3])
+
+
+def check_ranges(tools, ranges, ni: int, nj: int, batch: tuple) -> tuple:
+    """Validate pykeops' block-sparse 6-tuple; returns it with int64 arrays."""
+    names = ("ranges_i", "slices_i", "redranges_j", "ranges_j", "slices_j", "redranges_i")
+    if not isinstance(ranges, (tuple, list)) or len(ranges) != 6:
+        raise ShapeError(
+            "ranges must be the 6-tuple (ranges_i, slices_i, redranges_j, ranges_j, slices_j, "
+            "redranges_i), as built by polykeops.torch.cluster.from_matrix"
+        )
+    out = []
+    for name, r in zip(names, ranges):
+        if not tools.is_array(r):
+            raise ShapeError(f"ranges: {name} must be a {tools.array_kind} integer array, got {type(r).__name__}")
+        out.append(tools.as_int64(r, name))
+    nb = len(batch)
+    for k, (name, r) in enumerate(zip(names, out)):
+        shape = tools.shape(r)
+        core = 1 if k in (1, 4) else 2
+        if len(shape) not in (core, core + nb) or (core == 2 and shape[-1] != 2):
+            raise ShapeError(
+                f"ranges: {name} has shape {shape}; expected {'(C,)' if core == 1 else '(C, 2)'}"
+                f"{' with optional leading batch dimensions ' + str(batch) if nb else ''}"
+            )
+    for rx, sx, ry, nrows, ncols, label in ((out[0], out[1], out[2], ni, nj, "i"),
+                                           (out[3], out[4], out[5], nj, ni, "j")):
+        if tools.shape(rx)[-2] != tools.shape(sx)[-1]:
+            raise ShapeError(f"ranges: ranges_{label} and slices_{label} have different lengths")
+        if tools.int_max(rx) > nrows or tools.int_min(rx) < 0:
+            raise ShapeError(f"ranges: ranges_{label} must lie in [0, {nrows}]")
+        if tools.int_max(ry) > ncols or tools.int_min(ry) < 0:
+            other = "j" if label == "i" else "i"
+            raise ShapeError(f"ranges: redranges_{other} must lie in [0, {ncols}]")
+        if tools.int_max(sx) > tools.shape(ry)[-2]:
+            raise ShapeError(f"ranges: slices_{label} points past the end of its reduction ranges")
+    return tuple(out)

@@ -30,6 +30,7 @@ Conventions users can rely on (every backend must follow them):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import FormulaError
@@ -74,6 +75,11 @@ class Reduction:
     def outputs(self, fdims: tuple[int, ...], k: int | None) -> tuple[Output, ...]:
         raise NotImplementedError
 
+    def empty_outputs(self, fdims: tuple[int, ...], k: int | None) -> tuple[list, ...]:
+        """The outputs of a reduction over no element at all (rows that block-sparse
+        ``ranges`` leave empty): the finalized init state, one list of values per output."""
+        raise NotImplementedError
+
     # reference rules ------------------------------------------------------
     def tile(self, xp, values: list, j0: int):
         raise NotImplementedError
@@ -100,6 +106,9 @@ class Sum(Reduction):
     def outputs(self, fdims, k):
         return (Output(fdims[0], FLOAT),)
 
+    def empty_outputs(self, fdims, k):
+        return ([0.0] * fdims[0],)
+
     def tile(self, xp, values, j0):
         return (xp.rsum(xp.acc(values[0])), None)
 
@@ -121,7 +130,8 @@ class Sum(Reduction):
 
 def _safe_max(xp, m):
     """The max shift actually used: 0 where the running max is infinite or NaN."""
-    return xp.where(xp.isfinite(m), m, m * 0)
+    finite = xp.isfinite(m)
+    return xp.where(finite, m, xp.cast(finite, m))  # 0, not m * 0 (= NaN for infinite m)
 
 
 class MaxSumShiftExp(Reduction):
@@ -145,6 +155,10 @@ class MaxSumShiftExp(Reduction):
     def outputs(self, fdims, k):
         dg = fdims[1] if self.weighted else 1
         return (Output(dg if self.log else 1 + dg, FLOAT),)
+
+    def empty_outputs(self, fdims, k):
+        dg = fdims[1] if self.weighted else 1
+        return ([-math.inf] * dg,) if self.log else ([-math.inf] + [0.0] * dg,)
 
     def tile(self, xp, values, j0):
         f = xp.acc(values[0])
@@ -178,6 +192,9 @@ class SumSoftMaxWeight(Reduction):
 
     def outputs(self, fdims, k):
         return (Output(fdims[1], FLOAT),)
+
+    def empty_outputs(self, fdims, k):
+        return ([math.nan] * fdims[1],)  # 0 / 0: the softmax of nothing is undefined
 
     def tile(self, xp, values, j0):
         f = xp.acc(values[0])
@@ -218,6 +235,15 @@ class Select(Reduction):
             outs.append(Output(fdims[0], FLOAT))
         if self.want_index:
             outs.append(Output(fdims[0], INDEX))
+        return tuple(outs)
+
+    def empty_outputs(self, fdims, k):
+        fill = math.inf if self.selection_kind == "min" else -math.inf
+        outs = []
+        if self.want_value:
+            outs.append([fill] * fdims[0])
+        if self.want_index:
+            outs.append([-1] * fdims[0])
         return tuple(outs)
 
     def tile(self, xp, values, j0):
@@ -266,6 +292,14 @@ class KMin(Reduction):
             outs.append(Output(k * fdims[0], INDEX))
         return tuple(outs)
 
+    def empty_outputs(self, fdims, k):
+        outs = []
+        if self.want_value:
+            outs.append([math.inf] * (k * fdims[0]))
+        if self.want_index:
+            outs.append([-1] * (k * fdims[0]))
+        return tuple(outs)
+
     def _keep(self, xp, vals, idx):
         order = xp.rargsort_nanfirst(vals)[..., : xp.k, :]
         return (xp.take(vals, order), xp.take(idx, order))
@@ -280,8 +314,10 @@ class KMin(Reduction):
 
     def finalize(self, xp, state):
         vals, idx = state
-        if vals.shape[-2] < xp.k:
-            raise FormulaError(f"K = {xp.k} is larger than the number of reduced elements {vals.shape[-2]}")
+        missing = xp.k - vals.shape[-2]
+        if missing > 0:  # fewer than K elements (block-sparse rows): pad with +inf and index -1
+            vals = xp.cat_j([vals, xp.full_j(vals, missing, math.inf)])
+            idx = xp.cat_j([idx, xp.full_j(idx, missing, -1)])
         flat = vals.shape[:-2] + (vals.shape[-2] * vals.shape[-1],)
         outs = []
         if self.want_value:

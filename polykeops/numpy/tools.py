@@ -63,9 +63,24 @@ class NumpyTools:
         out[...] = res
 
     @staticmethod
-    def run(spec, args, *, nx, ny, batch_shape, backend=None):
-        chosen = select_backend(backend, spec, "numpy", "cpu", bool(batch_shape))
-        return tuple(chosen.evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch_shape))
+    def run(spec, args, *, nx, ny, batch_shape, backend=None, ranges=None):
+        chosen = select_backend(backend, spec, "numpy", "cpu", bool(batch_shape), ranges is not None)
+        extra = {} if ranges is None else {"ranges": tuple(ranges[:3])}
+        return tuple(chosen.evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch_shape, **extra))
+
+    @staticmethod
+    def as_int64(r, name):
+        if r.dtype.kind not in "iu":
+            raise DTypeError(f"ranges: {name} must be an integer array, got dtype {r.dtype}")
+        return np.ascontiguousarray(r, dtype=np.int64)
+
+    @staticmethod
+    def int_max(r):
+        return int(r.max()) if r.size else 0
+
+    @staticmethod
+    def int_min(r):
+        return int(r.min()) if r.size else 0
 
     @staticmethod
     def solve(lazy, b, *, alpha, tol, max_iter, backend, options):

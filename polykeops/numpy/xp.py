@@ -136,6 +136,16 @@ class NumpyNamespace:
     def empty(shape, dtype):
         return np.empty(shape, dtype=dtype)
 
+    @staticmethod
+    def vector(values, like):
+        """The list ``values`` as a vector of ``like``'s dtype."""
+        return np.asarray(values, dtype=like.dtype)
+
+    @staticmethod
+    def full_j(like, n, value):
+        """An array shaped like ``like`` but with ``n`` entries along axis -2, filled with ``value``."""
+        return np.full(like.shape[:-2] + (n, like.shape[-1]), value, dtype=like.dtype)
+
 
 def _first_arg(x, kind: str):
     """Index along axis -2 of the first NaN if any, else of the first min/max."""

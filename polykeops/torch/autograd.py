@@ -47,10 +47,12 @@ def _device_kind(args) -> str:
     return "cpu"
 
 
-def _evaluate(spec, args, nx, ny, batch_shape, backend):
-    chosen = select_backend(backend, spec, "torch", _device_kind(args), bool(batch_shape))
+def _evaluate(spec, args, nx, ny, batch_shape, backend, ranges=None):
+    chosen = select_backend(backend, spec, "torch", _device_kind(args), bool(batch_shape),
+                            ranges is not None)
+    extra = {} if ranges is None else {"ranges": tuple(ranges[:3])}
     with torch.no_grad():
-        return tuple(chosen.evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch_shape))
+        return tuple(chosen.evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch_shape, **extra))
 
 
 def _tracks_indices(spec) -> bool:
@@ -60,7 +62,10 @@ def _tracks_indices(spec) -> bool:
 
 
 class GenredFunction(torch.autograd.Function):
-    """One reduction: ``apply(config, *args)`` with ``config = (spec, nx, ny, batch_shape, backend)``.
+    """One reduction: ``apply(config, *args)``, ``config = (spec, nx, ny, batch_shape, backend, ranges)``.
+
+    ``ranges`` is None or the block-sparse 6-tuple oriented for the canonical
+    spec (its first three arrays describe the output axis).
 
     Outputs: the spec's outputs, plus the selected indices for Min/Max/KMin
     (use :func:`apply`, which hides them).
@@ -68,12 +73,12 @@ class GenredFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(config, *args):
-        spec, nx, ny, batch_shape, backend = config
+        spec, nx, ny, batch_shape, backend, ranges = config
         red = spec.red
         if red.is_selection and red.differentiable:
             full = spec.with_(reduction=_WITH_INDICES[spec.reduction])
-            return _evaluate(full, args, nx, ny, batch_shape, backend)
-        return _evaluate(spec, args, nx, ny, batch_shape, backend)
+            return _evaluate(full, args, nx, ny, batch_shape, backend, ranges)
+        return _evaluate(spec, args, nx, ny, batch_shape, backend, ranges)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -91,7 +96,7 @@ class GenredFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *gouts):
-        spec, nx, ny, batch_shape, backend = ctx.config
+        spec, nx, ny, batch_shape, backend, ranges = ctx.config
         args, float_outs, indices = _unpack(ctx)
         g = gouts[0]
         grads = [None]
@@ -102,13 +107,13 @@ class GenredFunction(torch.autograd.Function):
             if spec.red.is_selection:
                 r = _selection_grad(spec, p, args, g, indices, nx, ny, batch_shape, backend)
             else:
-                r = _sum_like_grad(spec, p, args, g, float_outs, nx, ny, batch_shape, backend)
+                r = _sum_like_grad(spec, p, args, g, float_outs, nx, ny, batch_shape, backend, ranges)
             grads.append(_unbroadcast(r, a.shape))
         return tuple(grads)
 
     @staticmethod
     def jvp(ctx, *tangents):
-        spec, nx, ny, batch_shape, backend = ctx.config
+        spec, nx, ny, batch_shape, backend, ranges = ctx.config
         args, float_outs, indices = _unpack(ctx)
         tangents = tangents[1:]
         positions = [p for p, t in enumerate(tangents) if t is not None]
@@ -121,19 +126,22 @@ class GenredFunction(torch.autograd.Function):
                 res.append(None)
         else:
             res = [_sum_like_jvp(spec, positions, args, tangents, float_outs, nx, ny, batch_shape,
-                                 backend)]
+                                 backend, ranges)]
         if _tracks_indices(spec):
             res.append(None)
         return tuple(res) if len(res) > 1 else res[0]
 
     @staticmethod
     def vmap(info, in_dims, config, *args):
-        spec, nx, ny, batch_shape, backend = config
+        spec, nx, ny, batch_shape, backend, ranges = config
         size = info.batch_size
         moved = []
         for a, d in zip(args, in_dims[1:]):
             moved.append(a.unsqueeze(0) if d is None else a.movedim(d, 0))
-        new_config = (spec, nx, ny, (size,) + tuple(batch_shape), backend)
+        if ranges is not None:  # batched ranges get a broadcast dimension for the new batch axis
+            ranges = tuple(r.unsqueeze(0) if r.dim() > (1 if k in (1, 4) else 2) else r
+                           for k, r in enumerate(ranges))
+        new_config = (spec, nx, ny, (size,) + tuple(batch_shape), backend, ranges)
         outs = GenredFunction.apply(new_config, *[m.contiguous() for m in moved])
         outs = outs if isinstance(outs, tuple) else (outs,)
         dims = tuple(0 for _ in outs)
@@ -156,18 +164,18 @@ def _zeros_out(meta, args, nx, batch_shape):
     return torch.zeros((*batch_shape, nx, meta.dim), dtype=ref.dtype, device=ref.device)
 
 
-def apply(spec, args, nx, ny, batch_shape, backend):
+def apply(spec, args, nx, ny, batch_shape, backend, ranges=None):
     """Evaluate a canonical spec through :class:`GenredFunction`; returns the spec's outputs as a tuple."""
-    out = GenredFunction.apply((spec, nx, ny, tuple(batch_shape), backend), *args)
+    out = GenredFunction.apply((spec, nx, ny, tuple(batch_shape), backend, ranges), *args)
     out = out if isinstance(out, tuple) else (out,)
     return out[:-1] if _tracks_indices(spec) else out
 
 
-def reduce(spec, args, *, nx, ny, batch_shape, backend=None):
+def reduce(spec, args, *, nx, ny, batch_shape, backend=None, ranges=None):
     """Entry point of the torch front end (canonical spec, normalised arguments)."""
     if torch.is_grad_enabled() and any(a.requires_grad for a in args) or _is_functorch(args):
-        return apply(spec, args, nx, ny, batch_shape, backend)
-    return _evaluate(spec, args, nx, ny, batch_shape, backend)
+        return apply(spec, args, nx, ny, batch_shape, backend, ranges)
+    return _evaluate(spec, args, nx, ny, batch_shape, backend, ranges)
 
 
 def _is_functorch(args) -> bool:
@@ -184,7 +192,7 @@ def _is_functorch(args) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def _extras(names, spec, args, g, outs, nx, ny, batch_shape, backend):
+def _extras(names, spec, args, g, outs, nx, ny, batch_shape, backend, ranges):
     extras = []
     for name in names:
         if name == "G":
@@ -192,18 +200,19 @@ def _extras(names, spec, args, g, outs, nx, ny, batch_shape, backend):
         elif name == "OUT":
             extras.append(outs[0])
         else:  # "LSE"
-            extras.append(apply(lse_spec(spec), args, nx, ny, batch_shape, backend)[0])
+            extras.append(apply(lse_spec(spec), args, nx, ny, batch_shape, backend, ranges)[0])
     return extras
 
 
-def _sum_like_grad(spec, p, args, g, outs, nx, ny, batch_shape, backend):
+def _sum_like_grad(spec, p, args, g, outs, nx, ny, batch_shape, backend, ranges):
     plan = sum_like_gradient(spec, p)
-    extras = _extras(plan.extras, spec, args, g, outs, nx, ny, batch_shape, backend)
+    extras = _extras(plan.extras, spec, args, g, outs, nx, ny, batch_shape, backend, ranges)
     gspec = plan.spec
     if gspec.axis == 0:
-        res = apply(gspec.canonical(), args + extras, ny, nx, batch_shape, backend)[0]
+        swapped = None if ranges is None else tuple(ranges[3:]) + tuple(ranges[:3])
+        res = apply(gspec.canonical(), args + extras, ny, nx, batch_shape, backend, swapped)[0]
     else:
-        res = apply(gspec, args + extras, nx, ny, batch_shape, backend)[0]
+        res = apply(gspec, args + extras, nx, ny, batch_shape, backend, ranges)[0]
     if plan.sum_rows:
         res = res.sum(-2)
     return res
@@ -261,11 +270,11 @@ def _selection_grad(spec, p, args, g, indices, nx, ny, batch_shape, backend):
 # ---------------------------------------------------------------------------
 
 
-def _sum_like_jvp(spec, positions, args, tangents, outs, nx, ny, batch_shape, backend):
+def _sum_like_jvp(spec, positions, args, tangents, outs, nx, ny, batch_shape, backend, ranges):
     plan = sum_like_jvp(spec, positions)
-    extras = _extras(plan.extras, spec, args, None, outs, nx, ny, batch_shape, backend)
+    extras = _extras(plan.extras, spec, args, None, outs, nx, ny, batch_shape, backend, ranges)
     targs = [tangents[p].contiguous() for p in positions]
-    return apply(plan.spec, args + targs + extras, nx, ny, batch_shape, backend)[0]
+    return apply(plan.spec, args + targs + extras, nx, ny, batch_shape, backend, ranges)[0]
 
 
 def _selection_jvp(spec, positions, args, tangents, indices, nx, batch_shape, backend):

@@ -68,13 +68,28 @@ class TorchTools:
             out.copy_(res)
 
     @staticmethod
-    def run(spec, args, *, nx, ny, batch_shape, backend=None):
+    def as_int64(r, name):
+        if r.dtype.is_floating_point or r.dtype.is_complex or r.dtype == torch.bool:
+            raise DTypeError(f"ranges: {name} must be an integer tensor, got dtype {r.dtype}")
+        return r.to(torch.int64).contiguous()
+
+    @staticmethod
+    def int_max(r):
+        return int(r.max()) if r.numel() else 0
+
+    @staticmethod
+    def int_min(r):
+        return int(r.min()) if r.numel() else 0
+
+    @staticmethod
+    def run(spec, args, *, nx, ny, batch_shape, backend=None, ranges=None):
         from .autograd import reduce
 
         devices = {str(a.device) for a in args}
         if len(devices) > 1:
             raise DeviceError(f"the arguments of {spec} are on different devices: {sorted(devices)}")
-        return reduce(spec, list(args), nx=nx, ny=ny, batch_shape=tuple(batch_shape), backend=backend)
+        return reduce(spec, list(args), nx=nx, ny=ny, batch_shape=tuple(batch_shape), backend=backend,
+                      ranges=ranges)
 
     @staticmethod
     def solve(lazy, b, *, alpha, tol, max_iter, backend, options):

@@ -138,6 +138,17 @@ class TorchNamespace:
     def empty(self, shape, dtype):
         return torch.empty(shape, dtype=_dtype(dtype), device=self.device)
 
+    @staticmethod
+    def vector(values, like):
+        """The list ``values`` as a vector of ``like``'s dtype and device."""
+        return torch.tensor(values, dtype=like.dtype, device=like.device)
+
+    @staticmethod
+    def full_j(like, n, value):
+        """A tensor shaped like ``like`` but with ``n`` entries along axis -2, filled with ``value``."""
+        return torch.full((*like.shape[:-2], n, like.shape[-1]), value, dtype=like.dtype,
+                          device=like.device)
+
 
 def _dtype(d):
     if isinstance(d, torch.dtype):

@@ -27,6 +27,7 @@ class ReferenceBackend(Backend):
         dtypes=frozenset({"float16", "float32", "float64"}),
         array_kinds=frozenset({"numpy", "torch"}),
         devices=frozenset({"cpu", "cuda"}),
+        ranges=True,
     )
 
     def __init__(self, tile_elements: int = TILE_ELEMENTS):
@@ -35,12 +36,10 @@ class ReferenceBackend(Backend):
     def availability(self):
         return True, "pure NumPy/torch; always available"
 
-    def evaluate(self, spec, args, *, nx, ny, batch_shape):
+    def evaluate(self, spec, args, *, nx, ny, batch_shape, ranges=None):
         xp = _namespace(spec, args)
-        red = spec.red
-        outs_meta = spec.outputs()
         batch_shape = tuple(batch_shape)
-        nb = len(batch_shape)
+        outs_meta = spec.outputs()
         outputs = [
             xp.empty(batch_shape + (nx, o.dim), "int64" if o.kind == "index" else spec.dtype)
             for o in outs_meta
@@ -48,36 +47,92 @@ class ReferenceBackend(Backend):
         if nx == 0:
             return tuple(outputs)
         work = [xp.acc(a) if spec.dtype == "float16" else a for a in args]
-        width = max(
-            [n.dim for f in spec.formulas for n in walk(f)] + [1]
-        )
-        batch_elems = math.prod(batch_shape) if batch_shape else 1
-        ti, tj = _tile_sizes(nx, ny, batch_elems * width, self.tile_elements)
-        variables = spec.variables
-        for i0 in range(0, nx, ti):
-            i1 = min(nx, i0 + ti)
-            state = None
-            for j0 in range(0, max(ny, 1), tj):
-                j1 = min(ny, j0 + tj)
-                values = {}
-                for v, a in zip(variables, work):
-                    if v.cat == CAT_I:
-                        values[v.index] = a[..., i0:i1, None, :]
-                    elif v.cat == CAT_J:
-                        values[v.index] = a[..., None, j0:j1, :]
-                    else:
-                        values[v.index] = a[..., None, None, :]
-                shape = batch_shape + (i1 - i0, j1 - j0)
-                vals = [
-                    xp.broadcast_to(_fix_lead(evaluate(f, xp, values), nb), shape + (f.dim,))
-                    for f in spec.formulas
-                ]
-                tile_state = red.tile(xp, vals, j0)
-                state = tile_state if state is None else red.combine(xp, state, tile_state)
-            results = red.finalize(xp, state)
-            for out, res in zip(outputs, results):
-                out[..., i0:i1, :] = res
+        if ranges is None:
+            self._run_blocks(spec, xp, work, outputs, batch_shape, [(0, nx, [(0, ny)])], ny)
+            return tuple(outputs)
+        fdims = tuple(f.dim for f in spec.formulas)
+        for out, fill in zip(outputs, spec.red.empty_outputs(fdims, spec.k)):
+            out[...] = xp.vector(fill, out)
+        host = [_to_host(r) for r in ranges]
+        rb = host[0].ndim - 2  # batch dimensions of the ranges
+        if rb == 0:
+            self._run_blocks(spec, xp, work, outputs, batch_shape, _blocks(*host), ny)
+            return tuple(outputs)
+        if rb != len(batch_shape):
+            raise ValueError(f"ranges have {rb} batch dimension(s), the reduction {len(batch_shape)}")
+        import numpy as np
+
+        for idx in np.ndindex(*batch_shape):
+            sub = tuple(slice(i, i + 1) for i in idx)
+            r_idx = tuple(0 if host[0].shape[k] == 1 else i for k, i in enumerate(idx))
+            blocks = _blocks(*(h[r_idx] for h in host))
+            sub_args = [
+                a[tuple(slice(0, 1) if a.shape[k] == 1 else s for k, s in enumerate(sub))]
+                for a in work
+            ]
+            sub_outs = [o[sub] for o in outputs]
+            self._run_blocks(spec, xp, sub_args, sub_outs, (1,) * len(batch_shape), blocks, ny)
+            for o, so in zip(outputs, sub_outs):
+                o[sub] = so
         return tuple(outputs)
+
+    def _run_blocks(self, spec, xp, work, outputs, batch_shape, blocks, ny):
+        """Reduce rows [i0, i1) of each block over its j intervals, tile by tile."""
+        red = spec.red
+        nb = len(batch_shape)
+        width = max([n.dim for f in spec.formulas for n in walk(f)] + [1])
+        batch_elems = math.prod(batch_shape) if batch_shape else 1
+        ti, tj = _tile_sizes(max(b[1] - b[0] for b in blocks), ny, batch_elems * width,
+                             self.tile_elements)
+        variables = spec.variables
+        for b0, b1, intervals in blocks:
+            intervals = [(j0, j1) for j0, j1 in intervals if j1 > j0]
+            if not intervals or b1 <= b0:
+                continue
+            for i0 in range(b0, b1, ti):
+                i1 = min(b1, i0 + ti)
+                state = None
+                for start, stop in intervals:
+                    for j0 in range(start, stop, tj):
+                        j1 = min(stop, j0 + tj)
+                        values = {}
+                        for v, a in zip(variables, work):
+                            if v.cat == CAT_I:
+                                values[v.index] = a[..., i0:i1, None, :]
+                            elif v.cat == CAT_J:
+                                values[v.index] = a[..., None, j0:j1, :]
+                            else:
+                                values[v.index] = a[..., None, None, :]
+                        shape = tuple(batch_shape) + (i1 - i0, j1 - j0)
+                        vals = [
+                            xp.broadcast_to(_fix_lead(evaluate(f, xp, values), nb), shape + (f.dim,))
+                            for f in spec.formulas
+                        ]
+                        tile_state = red.tile(xp, vals, j0)
+                        state = tile_state if state is None else red.combine(xp, state, tile_state)
+                for out, res in zip(outputs, red.finalize(xp, state)):
+                    out[..., i0:i1, :] = res
+
+
+def _to_host(r):
+    """A ranges array as a NumPy int64 array (torch tensors are copied to the host)."""
+    import numpy as np
+
+    if hasattr(r, "detach"):
+        r = r.detach().cpu().numpy()
+    return np.asarray(r, dtype=np.int64)
+
+
+def _blocks(ranges_x, slices_x, redranges_y):
+    """``[(i0, i1, [(j0, j1), ...])]`` from the three block-sparse arrays of one orientation."""
+    blocks = []
+    prev = 0
+    for k in range(ranges_x.shape[0]):
+        end = int(slices_x[k])
+        intervals = [(int(redranges_y[s, 0]), int(redranges_y[s, 1])) for s in range(prev, end)]
+        blocks.append((int(ranges_x[k, 0]), int(ranges_x[k, 1]), intervals))
+        prev = end
+    return blocks
 
 
 def _fix_lead(value, nb: int):

@@ -1,0 +1,92 @@
+"""Block-sparse reduction helpers (pykeops' ``cluster`` module), array-library neutral.
+
+Typical use: cluster both point clouds on a grid, sort the points by cluster,
+compute cluster ranges and centroids, keep the pairs of clusters that are close
+enough, and pass ``ranges=from_matrix(ranges_x, ranges_y, keep)`` to a reduction:
+only the kept blocks of the M x N matrix are computed.
+
+Each function takes an ``ops`` object (see :class:`polykeops.numpy.cluster` and
+:class:`polykeops.torch.cluster`) with a handful of array primitives.
+"""
+
+from __future__ import annotations
+
+from ..errors import ShapeError
+
+
+def grid_cluster(ops, x, size):
+    """Labels (int64, shape (N,)) of the points ``x`` (N, D) on a grid of voxel ``size``."""
+    shape = ops.shape(x)
+    if len(shape) != 2:
+        raise ShapeError(f"grid_cluster: x must have shape (N, D), got {shape}")
+    cells = ops.floor_int(x / size)
+    return ops.unique_rows_inverse(cells)
+
+
+def sort_clusters(ops, x, lab):
+    """``(x sorted by label, sorted labels)``; ``x`` may be a tuple/list of arrays sorted alike."""
+    order = ops.argsort_stable(lab)
+    lab_sorted = ops.take(lab, order)
+    if isinstance(x, (tuple, list)):
+        return type(x)(ops.take(a, order) for a in x), lab_sorted
+    return ops.take(x, order), lab_sorted
+
+
+def cluster_ranges(ops, lab, nlab=None):
+    """``(C, 2)`` int64 ranges ``[start, end)`` of each label in the sorted label array ``lab``."""
+    counts = ops.bincount(lab, nlab)
+    ends = ops.cumsum(counts)
+    return ops.stack_cols(ends - counts, ends)
+
+
+def cluster_centroids(ops, x, lab, nlab=None, weights=None, weights_c=None):
+    """Weighted centroid of each cluster, shape ``(C, D)``."""
+    n = ops.shape(x)[0]
+    w = ops.ones_like_rows(x) if weights is None else ops.as_column(weights)
+    if nlab is None:
+        nlab = ops.max_plus_one(lab)
+    wc = ops.index_add_rows(nlab, lab, w) if weights_c is None else ops.as_column(weights_c)
+    sums = ops.index_add_rows(nlab, lab, x * w)
+    if n == 0:
+        return sums
+    return sums / ops.where_zero(wc, 1.0)
+
+
+def cluster_ranges_centroids(ops, x, lab, weights=None, min_weight=1e-9):
+    """``(ranges, centroids, cluster weights)`` for sorted labels; clusters lighter than
+    ``min_weight`` get an empty range."""
+    nlab = ops.max_plus_one(lab)
+    w = ops.ones_like_rows(x) if weights is None else ops.as_column(weights)
+    weights_c = ops.index_add_rows(nlab, lab, w)
+    centroids = cluster_centroids(ops, x, lab, nlab, weights=w, weights_c=weights_c)
+    ranges = cluster_ranges(ops, lab, nlab)
+    light = ops.flatten(weights_c) < min_weight
+    ranges = ops.mask_rows(ranges, light)
+    return ranges, centroids, ops.flatten(weights_c)
+
+
+def from_matrix(ops, ranges_i, ranges_j, keep):
+    """pykeops' 6-tuple of block-sparse ranges from a boolean (or 0/1) cluster matrix ``keep``.
+
+    ``keep[k, l]`` says whether the block ``ranges_i[k] x ranges_j[l]`` is computed.
+    """
+    kshape = ops.shape(keep)
+    if len(kshape) != 2 or kshape[0] != ops.shape(ranges_i)[0] or kshape[1] != ops.shape(ranges_j)[0]:
+        raise ShapeError(
+            f"from_matrix: keep has shape {kshape}, expected ({ops.shape(ranges_i)[0]}, "
+            f"{ops.shape(ranges_j)[0]})"
+        )
+    keep = ops.as_bool(keep)
+    rows, cols = ops.nonzero(keep)  # row-major order
+    slices_i = ops.cumsum(ops.row_counts(keep))
+    redranges_j = ops.take(ranges_j, cols)
+    rows_t, cols_t = ops.nonzero(ops.transpose(keep))
+    slices_j = ops.cumsum(ops.row_counts(ops.transpose(keep)))
+    redranges_i = ops.take(ranges_i, cols_t)
+    del rows, rows_t
+    return (ops.as_int64(ranges_i), slices_i, redranges_j, ops.as_int64(ranges_j), slices_j, redranges_i)
+
+
+def swap_axes(ranges):
+    """The 6-tuple for the transposed problem (i and j exchanged)."""
+    return tuple(ranges[3:]) + tuple(ranges[:3])

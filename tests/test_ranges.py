@@ -1,0 +1,167 @@
+"""Block-sparse reductions (the ``ranges`` argument) and the cluster helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import polykeops
+from polykeops.numpy import LazyTensor as NLazyTensor
+from polykeops.numpy import cluster as ncluster
+from polykeops.torch import Genred, LazyTensor
+from polykeops.torch import cluster as tcluster
+
+
+def _mask(rx, ry, keep, m, n):
+    mask = torch.zeros(m, n, dtype=torch.bool)
+    for k in range(len(rx)):
+        for l in range(len(ry)):
+            if keep[k, l]:
+                mask[rx[k, 0] : rx[k, 1], ry[l, 0] : ry[l, 1]] = True
+    return mask
+
+
+def _problem(m=300, n=257, d=2, seed=0, size=0.2, radius=0.35):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(m, d, dtype=torch.float64, generator=g)
+    y = torch.rand(n, d, dtype=torch.float64, generator=g)
+    x, lx = tcluster.sort_clusters(x, tcluster.grid_cluster(x, size))
+    y, ly = tcluster.sort_clusters(y, tcluster.grid_cluster(y, size))
+    rx, cx, _ = tcluster.cluster_ranges_centroids(x, lx)
+    ry, cy, _ = tcluster.cluster_ranges_centroids(y, ly)
+    keep = ((cx[:, None] - cy[None]) ** 2).sum(-1) < radius**2
+    keep[0] = False  # the rows of the first cluster reduce over nothing
+    ranges = tcluster.from_matrix(rx, ry, keep)
+    return x, y, ranges, _mask(rx, ry, keep, m, n)
+
+
+def test_cluster_helpers_values():
+    x = torch.tensor([[0.05, 0.05], [0.95, 0.9], [0.1, 0.0], [0.9, 0.99]], dtype=torch.float64)
+    lab = tcluster.grid_cluster(x, 0.5)
+    assert lab[0] == lab[2] and lab[1] == lab[3] and lab[0] != lab[1]
+    xs, ls = tcluster.sort_clusters(x, lab)
+    assert torch.equal(ls, torch.sort(lab, stable=True).values)
+    ranges = tcluster.cluster_ranges(ls)
+    assert ranges.tolist() == [[0, 2], [2, 4]]
+    cent = tcluster.cluster_centroids(xs, ls)
+    assert torch.allclose(cent[ls[0]], x[[0, 2]].mean(0))
+    keep = torch.tensor([[True, False], [True, True]])
+    r = tcluster.from_matrix(ranges, ranges, keep)
+    assert r[1].tolist() == [1, 3] and r[2].tolist() == [[0, 2], [0, 2], [2, 4]]
+    assert r[4].tolist() == [2, 3] and r[5].tolist() == [[0, 2], [2, 4], [2, 4]]
+    assert tcluster.swap_axes(r)[0] is r[3]
+
+
+def test_numpy_cluster_matches_torch():
+    x, y, ranges, _ = _problem()
+    nx = x.numpy()
+    lab_t = tcluster.grid_cluster(x, 0.2).numpy()
+    lab_n = ncluster.grid_cluster(nx, 0.2)
+    assert np.array_equal(lab_t, lab_n)
+    rt, ct, wt = tcluster.cluster_ranges_centroids(x, torch.as_tensor(lab_n))
+    rn, cn, wn = ncluster.cluster_ranges_centroids(nx, lab_n)
+    assert np.array_equal(rt.numpy(), rn) and np.allclose(ct.numpy(), cn) and np.allclose(wt.numpy(), wn)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "sum0", "lse", "min", "argmin", "kmin", "argkmin"])
+def test_reductions_with_ranges(reduction):
+    x, y, ranges, mask = _problem()
+    d = ((x[:, None] - y[None]) ** 2).sum(-1)
+    D = ((LazyTensor(x[:, None]) - LazyTensor(y[None])) ** 2).sum(-1)
+    inf = torch.tensor(float("inf"), dtype=torch.float64)
+    if reduction == "sum":
+        res, ref = (-D).exp().sum(1, ranges=ranges), (torch.exp(-d) * mask).sum(1, keepdim=True)
+    elif reduction == "sum0":
+        res, ref = (-D).exp().sum(0, ranges=ranges), (torch.exp(-d) * mask).sum(0)[:, None]
+    elif reduction == "lse":
+        res = (-D).logsumexp(1, ranges=ranges)
+        ref = torch.logsumexp(torch.where(mask, -d, -inf), 1, keepdim=True)
+    elif reduction == "min":
+        res, ref = D.min(1, ranges=ranges), torch.where(mask, d, inf).min(1, keepdim=True).values
+    elif reduction == "argmin":
+        res = D.argmin(1, ranges=ranges)
+        ref = torch.where(mask, d, inf).argmin(1, keepdim=True)
+        ref = torch.where(mask.any(1, keepdim=True), ref, -1)
+    elif reduction == "kmin":
+        res, ref = D.Kmin(3, 1, ranges=ranges), torch.where(mask, d, inf).topk(3, 1, largest=False).values
+    else:
+        res = D.argKmin(3, 1, ranges=ranges)
+        vals, idx = torch.where(mask, d, inf).topk(3, 1, largest=False)
+        ref = torch.where(torch.isinf(vals), -1, idx)
+    assert not mask.any(1).all()  # some rows are empty: they hold the reduction of nothing
+    assert torch.equal(res, ref) if res.dtype == torch.int64 else torch.allclose(res, ref, atol=1e-12)
+
+
+def test_ranges_gradients_first_and_second_order():
+    x, y, ranges, mask = _problem(m=120, n=90)
+    x.requires_grad_()
+    y.requires_grad_()
+    K = (-((LazyTensor(x[:, None]) - LazyTensor(y[None])) ** 2).sum(-1)).exp()
+    a = K.sum(1, ranges=ranges)
+    ad = (torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1)) * mask).sum(1, keepdim=True)
+    g = torch.autograd.grad((a**2).sum(), [x, y], create_graph=True)
+    gd = torch.autograd.grad((ad**2).sum(), [x, y], create_graph=True)
+    for u, v in zip(g, gd):
+        assert torch.allclose(u, v, atol=1e-10)
+    h = torch.autograd.grad(g[0].sum() + g[1].sum(), [x])[0]
+    hd = torch.autograd.grad(gd[0].sum() + gd[1].sum(), [x])[0]
+    assert torch.allclose(h, hd, atol=1e-9)
+
+
+def test_ranges_with_batch_dimensions_differ_per_batch():
+    """pykeops refuses ranges with batch dimensions; here each batch has its own blocks."""
+    torch.manual_seed(0)
+    B, M, N = 2, 40, 30
+    x = torch.randn(B, M, 1, 2, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(1, 1, N, 2, dtype=torch.float64)
+    rx = torch.tensor([[[0, 20], [20, 40]], [[0, 10], [10, 40]]])
+    ry = torch.tensor([[[0, 15], [15, 30]], [[0, 5], [5, 30]]])
+    keep = torch.tensor([[[True, False], [False, True]], [[False, True], [True, True]]])
+    per = [tcluster.from_matrix(rx[b], ry[b], keep[b]) for b in range(B)]
+    # same number of clusters per batch: the block lists are padded with empty intervals
+    width = max(len(p[2]) for p in per)
+    width_t = max(len(p[5]) for p in per)
+
+    def pad(a, n):
+        return torch.cat([a, torch.zeros(n - len(a), 2, dtype=torch.int64)])
+
+    ranges = (
+        rx, torch.stack([p[1] for p in per]), torch.stack([pad(p[2], width) for p in per]),
+        ry, torch.stack([p[4] for p in per]), torch.stack([pad(p[5], width_t) for p in per]),
+    )
+    K = (-((LazyTensor(x) - LazyTensor(y)) ** 2).sum(-1)).exp()
+    a = K.sum(2, ranges=ranges)
+    d = ((x - y) ** 2).sum(-1)
+    mask = torch.stack([_mask(rx[b], ry[b], keep[b], M, N) for b in range(B)])
+    ad = (torch.exp(-d) * mask).sum(2, keepdim=True)
+    assert torch.allclose(a, ad, atol=1e-12)
+    g = torch.autograd.grad(a.sum(), [x])[0]
+    gd = torch.autograd.grad(ad.sum(), [x])[0]
+    assert torch.allclose(g, gd, atol=1e-12)
+
+
+def test_genred_and_numpy_ranges():
+    x, y, ranges, mask = _problem(m=64, n=50)
+    ref = (torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1)) * mask).sum(1, keepdim=True)
+    gen = Genred("Exp(-SqDist(x,y))", ["x=Vi(2)", "y=Vj(2)"], reduction_op="Sum", axis=1)
+    assert torch.allclose(gen(x, y, ranges=ranges), ref, atol=1e-12)
+    nranges = tuple(r.numpy() for r in ranges)
+    xn, yn = x.numpy(), y.numpy()
+    res = (-((NLazyTensor(xn[:, None]) - NLazyTensor(yn[None])) ** 2).sum(-1)).exp().sum(1, ranges=nranges)
+    assert np.allclose(res, ref.numpy(), atol=1e-12)
+
+
+def test_bad_ranges_raise_clear_errors():
+    x, y, ranges, _ = _problem(m=20, n=20)
+    K = (-((LazyTensor(x[:, None]) - LazyTensor(y[None])) ** 2).sum(-1)).exp()
+    with pytest.raises(polykeops.ShapeError, match="6-tuple"):
+        K.sum(1, ranges=ranges[:3])
+    bad = list(ranges)
+    bad[0] = ranges[0] * 100
+    with pytest.raises(polykeops.ShapeError, match="ranges_i"):
+        K.sum(1, ranges=tuple(bad))
+    bad = list(ranges)
+    bad[2] = ranges[2].double()
+    with pytest.raises(polykeops.DTypeError, match="redranges_j"):
+        K.sum(1, ranges=tuple(bad))
