@@ -49,7 +49,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="run a Gaussian kernel sum and check it")
-    p_demo.add_argument("--n", type=int, default=None, help="points (default 200k; 20k on the reference backend)")
+    p_demo.add_argument("--n", type=int, default=None,
+                        help="points (default 200k; 20k on the reference backend)")
     p_demo.add_argument("--backend", default=None)
     sub.add_parser("check", help="report available backends")
     args = parser.parse_args(argv)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Callable
 from difflib import get_close_matches
-from typing import Callable
 
 from .. import config
 from ..errors import BackendError

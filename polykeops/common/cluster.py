@@ -90,3 +90,47 @@ def from_matrix(ops, ranges_i, ranges_j, keep):
 def swap_axes(ranges):
     """The 6-tuple for the transposed problem (i and j exchanged)."""
     return tuple(ranges[3:]) + tuple(ranges[:3])
+
+
+class ClusterAPI:
+    """The public cluster functions bound to one array library's ``ops``."""
+
+    def __init__(self, ops):
+        self.ops = ops
+
+    def grid_cluster(self, x, size):
+        """Labels (int64) of the points ``x`` (N, D) on a grid of voxel ``size`` (float or (D,))."""
+        return grid_cluster(self.ops, x, size)
+
+    def sort_clusters(self, x, lab):
+        """``(x sorted by label, sorted labels)``; ``x`` may be a tuple of arrays."""
+        return sort_clusters(self.ops, x, lab)
+
+    def cluster_ranges(self, lab, Nlab=None):
+        """``(C, 2)`` ranges of each label in sorted labels."""
+        return cluster_ranges(self.ops, lab, Nlab)
+
+    def cluster_centroids(self, x, lab, Nlab=None, weights=None, weights_c=None):
+        """Weighted centroids of the clusters, ``(C, D)``."""
+        return cluster_centroids(self.ops, x, lab, Nlab, weights, weights_c)
+
+    def cluster_ranges_centroids(self, x, lab, weights=None, min_weight=1e-9):
+        """``(ranges, centroids, cluster weights)`` for sorted labels."""
+        return cluster_ranges_centroids(self.ops, x, lab, weights, min_weight)
+
+    def from_matrix(self, ranges_i, ranges_j, keep):
+        """Block-sparse 6-tuple from a boolean cluster-interaction matrix ``keep``."""
+        return from_matrix(self.ops, ranges_i, ranges_j, keep)
+
+    @staticmethod
+    def swap_axes(ranges):
+        """The 6-tuple for the transposed problem."""
+        return swap_axes(ranges)
+
+    def export(self, namespace: dict) -> list[str]:
+        """Put the functions in a module's namespace; returns their names (for ``__all__``)."""
+        names = ["grid_cluster", "sort_clusters", "cluster_ranges", "cluster_centroids",
+                 "cluster_ranges_centroids", "from_matrix", "swap_axes"]
+        for name in names:
+            namespace[name] = getattr(self, name)
+        return names

@@ -73,7 +73,8 @@ class GenericGenred:
         return run_spec(tools, spec, list(args), backend=backend, out=out, ranges=ranges)
 
     def __repr__(self) -> str:
-        return f"Genred({self.formula!r}, {self.aliases!r}, reduction_op={self.reduction_op!r}, axis={self.axis})"
+        return (f"Genred({self.formula!r}, {self.aliases!r}, reduction_op={self.reduction_op!r}, "
+                f"axis={self.axis})")
 
 
 def _all_variables(variables, extra):

@@ -167,7 +167,7 @@ class GenericLazyTensor(ReductionMixin):
     # ------------------------------------------------------------------
     # building formulas
     # ------------------------------------------------------------------
-    def _new(self, formula: Node, *others: "GenericLazyTensor") -> "GenericLazyTensor":
+    def _new(self, formula: Node, *others: GenericLazyTensor) -> GenericLazyTensor:
         res = type(self)()
         res.formula = formula
         res.leaves = dict(self.leaves)
@@ -178,7 +178,7 @@ class GenericLazyTensor(ReductionMixin):
             res._merge(o)
         return res
 
-    def _merge(self, other: "GenericLazyTensor") -> None:
+    def _merge(self, other: GenericLazyTensor) -> None:
         if other.array_kind and self.array_kind and other.array_kind != self.array_kind:
             raise DTypeError(f"cannot combine {self._summary()} and {other._summary()}: array kinds differ")
         if other.dtype_name and self.dtype_name and other.dtype_name != self.dtype_name:
@@ -212,7 +212,7 @@ class GenericLazyTensor(ReductionMixin):
                 )
             self.placeholders[k] = v
 
-    def _lift(self, other) -> "GenericLazyTensor":
+    def _lift(self, other) -> GenericLazyTensor:
         if isinstance(other, GenericLazyTensor):
             return other
         if isinstance(other, (int, float, Fraction)) and not isinstance(other, bool):
@@ -233,7 +233,7 @@ class GenericLazyTensor(ReductionMixin):
             raise FormulaError(f"{exc} (while combining {a._summary()} and {b._summary()})") from None
         return self._new(formula, other)
 
-    def _unary(self, op: str, *params) -> "GenericLazyTensor":
+    def _unary(self, op: str, *params) -> GenericLazyTensor:
         return self._new(A.node(op, self.formula, params=tuple(params)))
 
     # arithmetic
@@ -457,7 +457,7 @@ class GenericLazyTensor(ReductionMixin):
     def tensorprod(self, other):
         return self._binary(other, C.tensorprod)
 
-    def grad(self, other: "GenericLazyTensor", gradin):
+    def grad(self, other: GenericLazyTensor, gradin):
         """Symbolic gradient of self with respect to the variable ``other``, applied to ``gradin``."""
         var = other.formula
         if var.op not in ("Leaf", "Var"):
@@ -465,7 +465,7 @@ class GenericLazyTensor(ReductionMixin):
         e = self._lift(gradin)
         return self._new(_grad(self.formula, var, e.formula), other, e)
 
-    def diff(self, other: "GenericLazyTensor", direction):
+    def diff(self, other: GenericLazyTensor, direction):
         """Directional derivative of self with respect to the variable ``other``."""
         var = other.formula
         if var.op not in ("Leaf", "Var"):
@@ -501,14 +501,13 @@ class GenericLazyTensor(ReductionMixin):
         for node, leaf in self.leaves.items():
             if leaf.is_scalar:
                 continue
-            nb = len(leaf.batch)
             if leaf.cat == CAT_I:
                 shape = tuple(leaf.batch) + (leaf.n, 1, leaf.dim)
             elif leaf.cat == CAT_J:
                 shape = tuple(leaf.batch) + (1, leaf.n, leaf.dim)
             else:
                 shape = tuple(leaf.batch) + (1, 1, leaf.dim)
-            values[node] = tools.reshape(leaf.array, shape) if nb or tools.ndim(leaf.array) != 3 else leaf.array
+            values[node] = tools.reshape(leaf.array, shape)
             like = leaf.array
         for node, leaf in self.leaves.items():
             if leaf.is_scalar:
@@ -531,7 +530,7 @@ class GenericLazyTensor(ReductionMixin):
         from ..formula.nodes import substitute
         from ..formula.spec import swap_category
 
-        for k, v in self.placeholders.items():
+        for v in self.placeholders.values():
             mapping[v] = swap_category(v)
         res.placeholders = {k: swap_category(v) for k, v in self.placeholders.items()}
         res.formula = substitute(self.formula, mapping)

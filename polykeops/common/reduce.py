@@ -425,7 +425,9 @@ def check_ranges(tools, ranges, ni: int, nj: int, batch: tuple) -> tuple:
     out = []
     for name, r in zip(names, ranges):
         if not tools.is_array(r):
-            raise ShapeError(f"ranges: {name} must be a {tools.array_kind} integer array, got {type(r).__name__}")
+            raise ShapeError(
+                f"ranges: {name} must be a {tools.array_kind} integer array, got {type(r).__name__}"
+            )
         out.append(tools.as_int64(r, name))
     nb = len(batch)
     for k, (name, r) in enumerate(zip(names, out)):

@@ -22,9 +22,9 @@ entries: they are built from these by :mod:`polykeops.formula.composite`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable
 
 from ..errors import FormulaError
 from . import algebra as A

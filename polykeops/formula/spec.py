@@ -69,15 +69,17 @@ class ReductionSpec:
     def outputs(self) -> tuple[Output, ...]:
         return self.red.outputs(tuple(f.dim for f in self.formulas), self.k)
 
-    def with_(self, **changes) -> "ReductionSpec":
+    def with_(self, **changes) -> ReductionSpec:
         data = {
             name: getattr(self, name)
-            for name in ("reduction", "formulas", "variables", "axis", "k", "dtype", "dtype_acc", "sum_scheme")
+            for name in (
+                "reduction", "formulas", "variables", "axis", "k", "dtype", "dtype_acc", "sum_scheme"
+            )
         }
         data.update(changes)
         return ReductionSpec(**data)
 
-    def canonical(self) -> "ReductionSpec":
+    def canonical(self) -> ReductionSpec:
         """The same reduction with ``axis == 1`` (i and j swapped if needed)."""
         if self.axis == 1:
             return self

@@ -50,40 +50,4 @@ class _Ops:
         return ranges
 
 
-_OPS = _Ops()
-
-
-def grid_cluster(x, size):
-    """Labels of the points ``x`` (N, D) on a grid of voxel ``size`` (float or (D,) array)."""
-    return _c.grid_cluster(_OPS, x, size)
-
-
-def sort_clusters(x, lab):
-    """``(x sorted by label, sorted labels)``."""
-    return _c.sort_clusters(_OPS, x, lab)
-
-
-def cluster_ranges(lab, Nlab=None):
-    """``(C, 2)`` ranges of each label in sorted labels."""
-    return _c.cluster_ranges(_OPS, lab, Nlab)
-
-
-def cluster_centroids(x, lab, Nlab=None, weights=None, weights_c=None):
-    """Weighted centroids of the clusters."""
-    return _c.cluster_centroids(_OPS, x, lab, Nlab, weights, weights_c)
-
-
-def cluster_ranges_centroids(x, lab, weights=None, min_weight=1e-9):
-    """``(ranges, centroids, cluster weights)``."""
-    return _c.cluster_ranges_centroids(_OPS, x, lab, weights, min_weight)
-
-
-def from_matrix(ranges_i, ranges_j, keep):
-    """Block-sparse 6-tuple from a boolean cluster-interaction matrix."""
-    return _c.from_matrix(_OPS, ranges_i, ranges_j, keep)
-
-
-swap_axes = _c.swap_axes
-
-__all__ = ["grid_cluster", "sort_clusters", "cluster_ranges", "cluster_centroids",
-           "cluster_ranges_centroids", "from_matrix", "swap_axes"]
+__all__ = _c.ClusterAPI(_Ops()).export(globals())
