@@ -5,14 +5,28 @@ Imports nothing but NumPy (torch is not needed).
 
 from __future__ import annotations
 
+from ..common.complex_lazy_tensor import ComplexGenericLazyTensor, ComplexSupportMixin
 from ..common.lazy_tensor import GenericLazyTensor
 from .tools import NumpyTools
 
 
-class LazyTensor(GenericLazyTensor):
+class LazyTensor(ComplexSupportMixin, GenericLazyTensor):
     """Symbolic wrapper for NumPy arrays (see :class:`polykeops.torch.LazyTensor`)."""
 
     _tools = NumpyTools()
+
+
+class ComplexLazyTensor(ComplexGenericLazyTensor, LazyTensor):
+    """A complex LazyTensor: ``LazyTensor(z)`` for a complex array ``z`` (complex64/complex128).
+
+    Stored as real formulas (real parts, then imaginary parts); see
+    :mod:`polykeops.common.complex_lazy_tensor`.
+    """
+
+    _real_class = LazyTensor
+
+
+LazyTensor._complex_class = ComplexLazyTensor
 
 
 def Vi(x_or_ind, dim=None):
@@ -34,7 +48,7 @@ def Pm(x_or_ind, dim=None):
     return LazyTensor(x_or_ind, axis=2)
 
 
-__all__ = ["LazyTensor", "Vi", "Vj", "Pm"]
+__all__ = ["LazyTensor", "ComplexLazyTensor", "Vi", "Vj", "Pm"]
 
 
 from ..common.genred import GenericGenred, GenericKernelSolve, generic  # noqa: E402

@@ -101,3 +101,30 @@ class NumpyTools:
 
         return conjugate_gradient(lambda v: apply_k(v) + alpha * v, b, tol=tol, max_iter=max_iter,
                                   sqrt=np.sqrt)
+
+    # -- complex LazyTensors: complex (..., D) <-> real blocks (..., 2D) = [real parts, imaginary parts]
+    @staticmethod
+    def is_complex(x) -> bool:
+        return isinstance(x, np.ndarray) and np.iscomplexobj(x)
+
+    @staticmethod
+    def to_real_blocks(x):
+        if x.dtype not in (np.complex64, np.complex128):
+            raise DTypeError(
+                f"complex LazyTensor input of shape {x.shape} has dtype {x.dtype}; "
+                "use complex64 or complex128"
+            )
+        x = np.reshape(x, (1,)) if x.ndim == 0 else x
+        return np.concatenate([x.real, x.imag], axis=-1)
+
+    @staticmethod
+    def from_real_blocks(x):
+        d = x.shape[-1] // 2
+        res = np.empty(x.shape[:-1] + (d,), dtype=np.result_type(x.dtype, np.complex64))
+        res.real = x[..., :d]
+        res.imag = x[..., d:]
+        return res
+
+    @staticmethod
+    def complex_dtype_object(name):
+        return np.dtype(name) if name else None

@@ -60,10 +60,10 @@ class NumpyNamespace:
         return x.min(-1, keepdims=True)
 
     def argmax(self, x):
-        return _first_arg(np.moveaxis(x, -1, -2), "max")[..., None].astype(x.dtype)
+        return _first_arg(x[..., None], "max").astype(x.dtype)
 
     def argmin(self, x):
-        return _first_arg(np.moveaxis(x, -1, -2), "min")[..., None].astype(x.dtype)
+        return _first_arg(x[..., None], "min").astype(x.dtype)
 
     @staticmethod
     def concat(parts):

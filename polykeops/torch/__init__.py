@@ -6,11 +6,12 @@ Works with CPU and CUDA tensors; every reduction is differentiable with
 
 from __future__ import annotations
 
+from ..common.complex_lazy_tensor import ComplexGenericLazyTensor, ComplexSupportMixin
 from ..common.lazy_tensor import GenericLazyTensor
 from .tools import TorchTools
 
 
-class LazyTensor(GenericLazyTensor):
+class LazyTensor(ComplexSupportMixin, GenericLazyTensor):
     """Symbolic wrapper for torch tensors.
 
     ``LazyTensor(x[:, None, :])`` is indexed by i, ``LazyTensor(y[None, :, :])``
@@ -21,6 +22,19 @@ class LazyTensor(GenericLazyTensor):
     """
 
     _tools = TorchTools()
+
+
+class ComplexLazyTensor(ComplexGenericLazyTensor, LazyTensor):
+    """A complex LazyTensor: ``LazyTensor(z)`` for a complex tensor ``z`` (complex64/complex128).
+
+    Stored as real formulas (real parts, then imaginary parts); see
+    :mod:`polykeops.common.complex_lazy_tensor`.
+    """
+
+    _real_class = LazyTensor
+
+
+LazyTensor._complex_class = ComplexLazyTensor
 
 
 def Vi(x_or_ind, dim=None):
@@ -42,7 +56,7 @@ def Pm(x_or_ind, dim=None):
     return LazyTensor(x_or_ind, axis=2)
 
 
-__all__ = ["LazyTensor", "Vi", "Vj", "Pm"]
+__all__ = ["LazyTensor", "ComplexLazyTensor", "Vi", "Vj", "Pm"]
 
 
 from ..common.genred import GenericGenred, GenericKernelSolve, generic  # noqa: E402

@@ -88,6 +88,12 @@ class TorchTools:
         devices = {str(a.device) for a in args}
         if len(devices) > 1:
             raise DeviceError(f"the arguments of {spec} are on different devices: {sorted(devices)}")
+        if not args:  # the formula simplified to a constant: no tensor says where to compute
+            from ..numpy.tools import NumpyTools
+
+            outs = NumpyTools.run(spec, [], nx=nx, ny=ny, batch_shape=batch_shape, backend=backend,
+                                  ranges=None if ranges is None else [r.cpu().numpy() for r in ranges])
+            return tuple(torch.from_numpy(o) for o in outs)
         return reduce(spec, list(args), nx=nx, ny=ny, batch_shape=tuple(batch_shape), backend=backend,
                       ranges=ranges)
 
@@ -108,3 +114,28 @@ class TorchTools:
         from .solve import solve_operator
 
         return solve_operator(apply_k, tensors, b, alpha, tol, max_iter)
+
+    # -- complex LazyTensors: complex (..., D) <-> real blocks (..., 2D) = [real parts, imaginary parts]
+    @staticmethod
+    def is_complex(x) -> bool:
+        return isinstance(x, torch.Tensor) and x.is_complex()
+
+    @staticmethod
+    def to_real_blocks(x):
+        """The real blocks of a complex tensor (differentiable: gradients reach ``x``)."""
+        if x.dtype not in (torch.complex64, torch.complex128):
+            raise DTypeError(
+                f"complex LazyTensor input of shape {tuple(x.shape)} has dtype {x.dtype}; "
+                "use complex64 or complex128"
+            )
+        x = x.reshape(1) if x.dim() == 0 else x
+        return torch.cat([x.real, x.imag], dim=-1)
+
+    @staticmethod
+    def from_real_blocks(x):
+        d = x.shape[-1] // 2
+        return torch.complex(x[..., :d], x[..., d:])
+
+    @staticmethod
+    def complex_dtype_object(name):
+        return {"complex64": torch.complex64, "complex128": torch.complex128}.get(name)

@@ -60,10 +60,10 @@ class TorchNamespace:
         return x.amin(-1, keepdim=True)
 
     def argmax(self, x):
-        return _first_arg(x.transpose(-1, -2), "max")[..., None].to(x.dtype)
+        return _first_arg(x[..., None], "max").to(x.dtype)
 
     def argmin(self, x):
-        return _first_arg(x.transpose(-1, -2), "min")[..., None].to(x.dtype)
+        return _first_arg(x[..., None], "min").to(x.dtype)
 
     @staticmethod
     def concat(parts):
