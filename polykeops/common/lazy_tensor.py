@@ -31,7 +31,8 @@ def _broadcast_batch(a: tuple, b: tuple, left, right) -> tuple:
     for x, y in zip(a, b):
         if x != y and 1 not in (x, y):
             raise ShapeError(
-                f"incompatible batch dimensions {a} and {b} between {left!r} and {right!r}"
+                f"incompatible batch dimensions {a} and {b} between {left._summary()} "
+                f"and {right._summary()}"
             )
         out.append(max(x, y))
     return tuple(out)
@@ -403,8 +404,11 @@ class GenericLazyTensor(ReductionMixin):
         return self._binary(other, C.sqdist)
 
     def weightedsqnorm(self, other):
-        """Squared norm of ``other`` weighted by ``self`` (KeOps' argument order)."""
-        return self._binary(other, C.weightedsqnorm)
+        """Squared norm of ``self`` weighted by ``other`` (as pykeops: ``x.weightedsqnorm(s)``).
+
+        ``s`` of dimension 1 (isotropic), D (diagonal) or D*D (full symmetric matrix).
+        """
+        return self._binary(other, C.weightedsqnorm, reverse=True)
 
     def weightedsqdist(self, g, s):
         """|self - g|^2 weighted by ``s``."""
@@ -472,6 +476,133 @@ class GenericLazyTensor(ReductionMixin):
             raise FormulaError(f"diff: {other._summary()} is not a variable")
         u = self._lift(direction)
         return self._new(_diff(self.formula, var, u.formula), other, u)
+
+    # ------------------------------------------------------------------
+    # pykeops' remaining symbolic operations: formula-level constructions of
+    # polykeops.formula.composite (layouts and conventions documented there),
+    # so every backend, the derivatives and the formula parser support them
+    # ------------------------------------------------------------------
+    def _as_variable(self, v, what: str) -> GenericLazyTensor:
+        if not isinstance(v, GenericLazyTensor) or v.formula.op not in ("Leaf", "Var"):
+            shown = v._summary() if isinstance(v, GenericLazyTensor) else repr(v)
+            raise FormulaError(f"{what}: {shown} is not a variable (a LazyTensor made from one array)")
+        return v
+
+    def keops_tensordot(self, other, dimfa, dimfb, contfa, contfb, *permute):
+        """Tensor dot product over the vector dimension (KeOps' TensorDot).
+
+        ``self`` and ``other`` hold tensors of shapes ``dimfa`` and ``dimfb`` flattened
+        row-major; the axes ``contfa`` of self are contracted with the axes ``contfb``
+        of other.  The kept axes of self then of other form the result, reordered by
+        the optional permutation (given as one sequence, as in pykeops, or as ints):
+        kept axis ``k`` goes to position ``permute[k]``.
+        """
+        if not permute:
+            perm = None
+        elif len(permute) == 1 and not isinstance(permute[0], int):
+            perm = permute[0]
+        else:
+            perm = permute
+        return self._binary(other, lambda a, b: C.tensordot(a, b, dimfa, dimfb, contfa, contfb, perm))
+
+    def keops_kron(self, other, dimfself, dimfother):
+        """Flattened Kronecker product: ``np.kron(self.reshape(dimfself), other.reshape(dimfother))``."""
+        return self._binary(other, lambda a, b: C.kron(a, b, dimfself, dimfother))
+
+    def bspline(self, x, k: int = 0):
+        """B-spline basis functions of order ``k`` for the knots ``self``, at the scalar ``x``
+        (dimension ``self.ndim - k - 1``; order 0 is the indicator of ``t_j <= x < t_{j+1}``)."""
+        return self._binary(x, lambda t, s: C.bspline(t, s, k))
+
+    def softdtw_sqdist(self, other, gamma):
+        """Soft-DTW between the sequences ``self`` and ``other`` (their components), with the
+        cost ``(x_i - y_j)**2`` and the smoothing ``gamma`` (a scalar LazyTensor or a number)."""
+        other, gamma = self._lift(other), self._lift(gamma)
+        try:
+            formula = C.softdtw_sqdist(self.formula, other.formula, gamma.formula)
+        except FormulaError as exc:
+            raise FormulaError(f"{exc} (while combining {self._summary()} and {other._summary()})") from None
+        return self._new(formula, other, gamma)
+
+    def difference_matrix(self, other):
+        """All differences ``self_k - other_l`` at index ``k * other.ndim + l``."""
+        return self._binary(other, C.difference_matrix)
+
+    def grad_matrix(self, v):
+        """The gradients of the components of self with respect to the variable ``v``, one
+        after the other (the Jacobian, row-major): dimension ``self.ndim * v.ndim``."""
+        v = self._as_variable(v, "grad_matrix")
+        return self._new(C.grad_matrix(self.formula, v.formula), v)
+
+    def divergence(self, v):
+        """``sum_k d self_k / d v_k`` (self and the variable ``v`` of the same dimension)."""
+        v = self._as_variable(v, "divergence")
+        return self._new(C.divergence(self.formula, v.formula), v)
+
+    def laplacian(self, v):
+        """``sum_k d^2 self / d v_k^2`` of a scalar formula."""
+        v = self._as_variable(v, "laplacian")
+        return self._new(C.laplacian(self.formula, v.formula), v)
+
+    def trace_operator(self, v):
+        """Trace of the linear map ``v -> self`` (self linear in the variable ``v``, of dimension
+        ``v.ndim`` or 1); ``v`` does not appear in the result."""
+        v = self._as_variable(v, "trace_operator")
+        return self._new(C.trace_operator(self.formula, v.formula))
+
+    def factorize(self, other):
+        """Self, unchanged (pykeops' Factorize).  Formulas are DAGs whose equal sub-formulas
+        are one node, evaluated once by every backend: they are always factorized."""
+        return self._new(C.factorize(self.formula, self._lift(other).formula))
+
+    def auto_factorize(self):
+        """Self, unchanged (see :meth:`factorize`)."""
+        return self._new(C.auto_factorize(self.formula))
+
+    @staticmethod
+    def concatenate(tuple_of_lt, axis=-1):
+        """Concatenation of LazyTensors along the vector dimension (the only axis allowed)."""
+        if not isinstance(tuple_of_lt, (tuple, list)):
+            raise FormulaError("LazyTensor.concatenate is implemented on tuples of LazyTensors")
+        if not tuple_of_lt:
+            raise FormulaError("LazyTensor.concatenate received an empty tuple")
+        first = tuple_of_lt[0]
+        if not isinstance(first, GenericLazyTensor):
+            raise FormulaError(f"LazyTensor.concatenate needs LazyTensors, got {type(first).__name__}")
+        if axis not in (-1, first.nbatchdims + 2):
+            raise ShapeError(
+                f"LazyTensors can only be concatenated along their last (vector) axis: "
+                f"axis=-1 or {first.nbatchdims + 2}, got {axis}"
+            )
+        out = first
+        for other in tuple_of_lt[1:]:
+            out = out.concat(other)
+        return out
+
+    @staticmethod
+    def cat(tuple_of_lt, dim):
+        """Alias of :meth:`concatenate` (torch's name)."""
+        return GenericLazyTensor.concatenate(tuple_of_lt, dim)
+
+    def lt_constructor(self, x=None, axis=None, **kwargs):
+        """A new LazyTensor of the same class as self (pykeops' class API)."""
+        return type(self)(x=x, axis=axis, **kwargs)
+
+    def get_tools(self):
+        """Set (and return) ``self.tools``, with ``self.Genred`` and ``self.KernelSolve`` of
+        the array library of this class (pykeops' class API)."""
+        import importlib
+
+        module = importlib.import_module(type(self).__module__)
+        self.tools = self._tools
+        self.Genred = getattr(module, "Genred", None)
+        self.KernelSolve = getattr(module, "KernelSolve", None)
+        return self.tools
+
+    def dim(self) -> int:
+        """Number of dimensions of the symbolic shape, ``(*batch, M, N, D)`` (as in pykeops,
+        D counts even when it is 1)."""
+        return self.nbatchdims + 3
 
     # ------------------------------------------------------------------
     # dense export and transposition (reductions live in reduce.py)

@@ -1,0 +1,50 @@
+"""Shared fixtures of the polykeops test suite."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from polykeops import backends as registry
+from polykeops.backends.reference import ReferenceBackend
+
+#: name of a reference backend with tiny tiles: every reduction is split into
+#: many i- and j-tiles, so the reductions' ``combine`` rules are exercised.
+TINY = "reference_tiny_tiles"
+
+
+class TinyTileBackend(ReferenceBackend):
+    name = TINY
+    priority = -10  # never chosen automatically
+
+    def __init__(self):
+        super().__init__(tile_elements=2048)
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a backend registered by a test (the registry has no public way to do this)."""
+    with registry._lock:
+        registry._factories.pop(name, None)
+        registry._instances.pop(name, None)
+        registry._failures.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def tiny_tiles():
+    """The name of the tiny-tile reference backend (registered for the session)."""
+    registry.register_backend(TINY, TinyTileBackend, replace=True)
+    yield TINY
+    unregister_backend(TINY)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture
+def auto_backend(monkeypatch):
+    """Automatic backend selection, whatever POLYKEOPS_BACKEND the suite runs under."""
+    monkeypatch.delenv("POLYKEOPS_BACKEND", raising=False)
