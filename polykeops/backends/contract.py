@@ -58,6 +58,7 @@ class Capabilities:
     sum_schemes: frozenset = frozenset({"block_sum", "kahan_scheme", "direct_sum"})
     notes: tuple[str, ...] = field(default=())
     ranges: bool = False  # block-sparse reductions (the ``ranges`` argument of evaluate)
+    ops: frozenset | None = None  # formula ops it can evaluate (None: every op of the op table)
 
     def unsupported(self, spec, array_kind: str, device: str, batched: bool,
                     ranges: bool = False) -> str | None:
@@ -76,6 +77,12 @@ class Capabilities:
             return f"sum_scheme {spec.sum_scheme} not supported"
         if ranges and not self.ranges:
             return "block-sparse ranges not supported"
+        if self.ops is not None:
+            from ..formula.nodes import LEAF_OPS, walk
+
+            missing = sorted({n.op for f in spec.formulas for n in walk(f)} - self.ops - LEAF_OPS)
+            if missing:
+                return f"operation(s) {', '.join(missing)} not supported"
         return None
 
 

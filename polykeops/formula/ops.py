@@ -812,3 +812,167 @@ def public_ops() -> list[OpDef]:
 
 
 PI = Fraction(math.pi)  # exact rational image of the double nearest pi
+
+
+# ---------------------------------------------------------------------------
+# Soft-DTW with the squared-difference cost (KeOps' SoftDTW_SqDist)
+# ---------------------------------------------------------------------------
+#
+# The dynamic programme over the (i, j) cells is a primitive: written with
+# formula nodes, its DAG would have exponentially many paths.  The arguments are
+# (gamma, x, y); the formula-string form SoftDTW_SqDist(x, y, gamma) is the
+# composite of the same name.  Not public (not drawn by test generators, and the
+# C code generators have no rule for it: backends without one fall back to the
+# reference backend).
+
+
+def _dim_softdtw(dg, dx, dy):
+    if dg != 1:
+        raise FormulaError(f"SoftDTW_SqDist: gamma must be a scalar, got dimension {dg}")
+    return 1
+
+
+def _dim_softdtw_grad(dg, dx, dy):
+    _dim_softdtw(dg, dx, dy)
+    return dx + dy + 1
+
+
+def _softmin3(xp, a, b, c, gamma):
+    low = xp.minimum(xp.minimum(a, b), c)
+    total = xp.exp((low - a) / gamma) + xp.exp((low - b) / gamma) + xp.exp((low - c) / gamma)
+    return low - gamma * xp.log(total)
+
+
+def _softdtw_table(xp, gamma, x, y):
+    """Cumulative costs r[i][j] and the soft minimum s[i][j] of each cell's predecessors."""
+    n, m = x.shape[-1], y.shape[-1]
+    r = [[None] * m for _ in range(n)]
+    s = [[None] * m for _ in range(n)]
+    for i in range(n):
+        for j in range(m):
+            d = x[..., i : i + 1] - y[..., j : j + 1]
+            if i == 0 and j == 0:
+                r[i][j] = d * d
+                continue
+            if i == 0:
+                s[i][j] = r[0][j - 1]  # first row and column: one predecessor, no smoothing
+            elif j == 0:
+                s[i][j] = r[i - 1][0]
+            else:
+                s[i][j] = _softmin3(xp, r[i - 1][j - 1], r[i - 1][j], r[i][j - 1], gamma)
+            r[i][j] = d * d + s[i][j]
+    return r, s
+
+
+def _ref_softdtw(xp, gamma, x, y):
+    r, _ = _softdtw_table(xp, gamma, x, y)
+    return r[-1][-1] + 0 * gamma
+
+
+def _ref_softdtw_grad(xp, gamma, x, y):
+    """(d/dx, d/dy, d/dgamma) of the Soft-DTW value, by the backward (adjoint) recursion."""
+    n, m = x.shape[-1], y.shape[-1]
+    r, s = _softdtw_table(xp, gamma, x, y)
+    zero = 0 * (x[..., :1] + y[..., :1] + gamma)
+    e = [[None] * m for _ in range(n)]  # e[i][j] = d value / d r[i][j]
+    gx = [zero] * n
+    gy = [zero] * m
+    gg = zero
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            if i == n - 1 and j == m - 1:
+                eij = zero + 1
+            else:
+                eij = zero
+                if i + 1 < n:  # successor (i+1, j); weight 1 on the first column
+                    w = 1 if j == 0 else xp.exp((s[i + 1][j] - r[i][j]) / gamma)
+                    eij = eij + w * e[i + 1][j]
+                if j + 1 < m:  # successor (i, j+1); weight 1 on the first row
+                    w = 1 if i == 0 else xp.exp((s[i][j + 1] - r[i][j]) / gamma)
+                    eij = eij + w * e[i][j + 1]
+                if i + 1 < n and j + 1 < m:
+                    eij = eij + xp.exp((s[i + 1][j + 1] - r[i][j]) / gamma) * e[i + 1][j + 1]
+            e[i][j] = eij
+            d2 = 2 * (x[..., i : i + 1] - y[..., j : j + 1]) * eij
+            gx[i] = gx[i] + d2
+            gy[j] = gy[j] - d2
+            if i > 0 and j > 0:
+                # explicit d softmin / d gamma = (softmin - sum_k p_k r_k) / gamma
+                preds = (r[i - 1][j - 1], r[i - 1][j], r[i][j - 1])
+                mean = sum(xp.exp((s[i][j] - p) / gamma) * p for p in preds)
+                gg = gg + eij * (s[i][j] - mean) / gamma
+    return xp.concat(gx + gy + [gg])
+
+
+def _vjp_softdtw(n, g):
+    gamma, x, y = n.args
+    full = Node("GradSoftDTWSqDist", n.args)
+    return (
+        A.mul(g, Node("Elem", (full,), (x.dim + y.dim,))),
+        A.mul(g, Node("Extract", (full,), (0, x.dim))),
+        A.mul(g, Node("Extract", (full,), (x.dim, y.dim))),
+    )
+
+
+_NO_SECOND_ORDER = (
+    "second derivatives of SoftDTW_SqDist are not implemented "
+    "(first derivatives, with respect to x, y and gamma, are)"
+)
+
+
+def _vjp_softdtw_grad(n, g):
+    # Second derivatives would need another dynamic programme.  Building them must not
+    # fail (symbolic derivatives are built eagerly, e.g. for Grad strings), so the
+    # cotangents are made of a marker op whose evaluation raises this error.
+    gamma, x, y = n.args
+    marker = Node("SoftDTWSqDistGrad2", n.args)
+    scale = A.vsum(g)
+    return (
+        A.mul(scale, Node("Elem", (marker,), (x.dim + y.dim,))),
+        A.mul(scale, Node("Extract", (marker,), (0, x.dim))),
+        A.mul(scale, Node("Extract", (marker,), (x.dim, y.dim))),
+    )
+
+
+def _ref_softdtw_grad2(xp, gamma, x, y):
+    from ..errors import NotDifferentiableError
+
+    raise NotDifferentiableError(_NO_SECOND_ORDER)
+
+
+register_op(
+    OpDef(
+        "SoftDTWSqDist",
+        3,
+        _dim_softdtw,
+        _ref_softdtw,
+        _vjp_softdtw,
+        domain=("positive", "real", "real"),
+        public=False,
+        doc="Soft-DTW(x, y) with cost (x_i - y_j)^2 and smoothing gamma (arguments: gamma, x, y)",
+    )
+)
+register_op(
+    OpDef(
+        "GradSoftDTWSqDist",
+        3,
+        _dim_softdtw_grad,
+        _ref_softdtw_grad,
+        _vjp_softdtw_grad,
+        domain=("positive", "real", "real"),
+        public=False,
+        doc="gradient of SoftDTWSqDist(gamma, x, y): (d/dx, d/dy, d/dgamma), dimension n + m + 1",
+    )
+)
+register_op(
+    OpDef(
+        "SoftDTWSqDistGrad2",
+        3,
+        _dim_softdtw_grad,
+        _ref_softdtw_grad2,
+        _vjp_softdtw_grad,
+        domain=("positive", "real", "real"),
+        public=False,
+        doc="marker of the (unimplemented) second derivatives of SoftDTWSqDist: evaluating it raises",
+    )
+)

@@ -14,6 +14,7 @@ Grammar (lowest precedence first)::
     unary    := ("-" | "+") unary | primary ("**" unary)?  -- "**" right assoc., above "-"
     primary  := NUMBER | NAME | NAME "(" args? ")" | "(" formula ("|" formula)? ")"
     args     := arg ("," arg)*
+    arg      := formula | "[" (INT ("," INT)*)? "]"   -- lists: TensorDot, Kron parameters
 
 ``(a | b)`` is the scalar product.  A ``NAME(...)`` call is an op of the op
 table (formula arguments, then integer-literal parameters: ``Elem(x, 2)``), a
@@ -67,7 +68,7 @@ _TOKEN_RE = re.compile(
     (?P<ws>\s+)
   | (?P<number>(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][+-]?[0-9]+)?)
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<op>\*\*|[-+*/(),|=])
+  | (?P<op>\*\*|[-+*/(),|=\[\]])
     """,
     re.VERBOSE,
 )
@@ -135,6 +136,7 @@ class _Arg:
     end: int
     node: Node | None = None
     literal: str | None = None  # "-3", "2.5", "inf": a signed number literal
+    ints: tuple[int, ...] | None = None  # "[2, 3]": a list of integer literals
 
     @property
     def is_int(self) -> bool:
@@ -170,14 +172,36 @@ _SPECIAL_SIGNATURES = {
 _VAR_CATEGORIES = {"Vi": CAT_I, "Vj": CAT_J, "Pm": CAT_P}
 
 
+_INT_LIST_ANNOTATIONS = ("Sequence[int]", "tuple[int,...]", "list[int]")
+
+
+def _composite_params(name: str) -> list:
+    return [
+        p
+        for p in inspect.signature(COMPOSITES[name]).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+
+
 def _composite_kinds(name: str) -> tuple[str, ...]:
-    """For each argument of a composite builder: "formula" or "int" (from its annotations)."""
+    """For each argument of a composite builder: "formula", "int" or "ints" (a list of
+    ints, written ``[2, 3]``), from its annotations."""
     kinds = []
-    for p in inspect.signature(COMPOSITES[name]).parameters.values():
-        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            continue
-        kinds.append("int" if p.annotation in (int, "int") else "formula")
+    for p in _composite_params(name):
+        ann = p.annotation if isinstance(p.annotation, str) else ""
+        ann = ann.replace(" ", "").removesuffix("|None")
+        if p.annotation in (int, "int"):
+            kinds.append("int")
+        elif ann in _INT_LIST_ANNOTATIONS:
+            kinds.append("ints")
+        else:
+            kinds.append("formula")
     return tuple(kinds)
+
+
+def _composite_required(name: str) -> int:
+    """How many leading arguments of a composite are required (the others have defaults)."""
+    return sum(p.default is inspect.Parameter.empty for p in _composite_params(name))
 
 
 def _function_names() -> set[str]:
@@ -383,11 +407,46 @@ class _Parser:
 
     def argument(self) -> _Arg:
         start = self.peek()
+        if self.at_op("["):
+            return self.int_list()
         literal = self.try_literal()
         if literal is not None:
             return literal
         node = self.binary(1)
         return _Arg(start.pos, self.tokens[self.i - 1].end, node=node)
+
+    def int_list(self) -> _Arg:
+        """A list of integer literals, ``[2, 3]`` or ``[]`` (parameters of TensorDot, Kron)."""
+        opening = self.advance()
+        values: list[int] = []
+        while not self.at_op("]"):
+            if values:
+                if not self.at_op(","):
+                    tok = self.peek()
+                    if tok.kind == _END:
+                        self.error("'[' was never closed", opening.pos)
+                    self.error(f"expected ',' or ']' in a list of integers, got {_show(tok)}", tok.pos)
+                self.advance()
+            arg = self.try_list_literal()
+            if arg is None:
+                tok = self.peek()
+                if tok.kind == _END:
+                    self.error("'[' was never closed", opening.pos)
+                self.error(f"a list may only hold integer literals, got {_show(tok)}", tok.pos)
+            values.append(int(self.number_value(arg.literal, arg.pos)))
+        close = self.advance()
+        return _Arg(opening.pos, close.end, ints=tuple(values))
+
+    def try_list_literal(self) -> _Arg | None:
+        """An optionally signed integer literal (an entry of a list)."""
+        k = 1 if self.at_op("-") or self.at_op("+") else 0
+        tok = self.peek(k)
+        if tok.kind != _NUM or not tok.text.isdigit():
+            return None
+        start = self.peek().pos
+        sign = self.peek().text if k else ""
+        self.i += k + 1
+        return _Arg(start, tok.end, literal=sign + tok.text)
 
     def try_literal(self) -> _Arg | None:
         """A bare, optionally signed, number literal ending the argument, if there is one."""
@@ -424,6 +483,8 @@ class _Parser:
     def formula_arg(self, name: _Token, arg: _Arg, k: int) -> Node:
         if arg.node is not None:
             return arg.node
+        if arg.ints is not None:
+            self.error(f"{name.text}: argument {k + 1} must be a formula, got a list", arg.pos)
         assert arg.literal is not None
         if arg.literal.lstrip("+-").lower() in _SPECIAL_FLOATS:
             self.error(
@@ -493,14 +554,34 @@ class _Parser:
 
     def composite_call(self, name: _Token, args: list[_Arg], close: _Token) -> Node:
         kinds = _composite_kinds(name.text)
-        signature = ", ".join(f"x{k}" if kd == "formula" else f"n{k}" for k, kd in enumerate(kinds))
-        signature = f"{name.text}({signature})"
-        self.check_count(name, args, close, len(kinds), signature)
+        required = _composite_required(name.text)
+        shown = {"formula": "x{k}", "int": "n{k}", "ints": "[l{k}...]"}
+        parts = [shown[kd].format(k=k) for k, kd in enumerate(kinds)]
+        parts = parts[:required] + [f"{p}=..." for p in parts[required:]]
+        signature = f"{name.text}({', '.join(parts)})"
+        count = min(max(len(args), required), len(kinds))  # optional trailing arguments
+        self.check_count(name, args, close, count, signature)
+        kinds = kinds[:count]
         values = [
-            self.formula_arg(name, a, k) if kd == "formula" else self.int_arg(name, a, k, "int")
+            self.formula_arg(name, a, k)
+            if kd == "formula"
+            else self.int_list_arg(name, a, k)
+            if kd == "ints"
+            else self.int_arg(name, a, k, "int")
             for k, (a, kd) in enumerate(zip(args, kinds))
         ]
         return self.build(name.pos, COMPOSITES[name.text], *values)
+
+    def int_list_arg(self, name: _Token, arg: _Arg, k: int) -> tuple[int, ...]:
+        if arg.ints is not None:
+            return arg.ints
+        if arg.is_int:
+            return (int(self.number_value(arg.literal, arg.pos)),)
+        self.error(
+            f"{name.text}: argument {k + 1} must be a list of integers such as [2, 3], "
+            f"got {self.source(arg)!r}",
+            arg.pos,
+        )
 
     # -- special forms -----------------------------------------------------
     def ints(self, name: _Token, args: list[_Arg], close: _Token, names: Sequence[str]) -> list:
