@@ -7,6 +7,7 @@ Works with CPU and CUDA tensors; every reduction is differentiable with
 from __future__ import annotations
 
 from ..common.complex_lazy_tensor import ComplexGenericLazyTensor, ComplexSupportMixin
+from ..common.frontend import generic_helpers, variable_constructors
 from ..common.lazy_tensor import GenericLazyTensor
 from .tools import TorchTools
 
@@ -37,29 +38,12 @@ class ComplexLazyTensor(ComplexGenericLazyTensor, LazyTensor):
 LazyTensor._complex_class = ComplexLazyTensor
 
 
-def Vi(x_or_ind, dim=None):
-    """An i-variable: ``Vi(tensor)`` with an (M, D) tensor, or the placeholder ``Vi(index, dim)``."""
-    return LazyTensor(x_or_ind, axis=0) if dim is None else LazyTensor((x_or_ind, dim, 0))
-
-
-def Vj(x_or_ind, dim=None):
-    """A j-variable: ``Vj(tensor)`` with an (N, D) tensor, or the placeholder ``Vj(index, dim)``."""
-    return LazyTensor(x_or_ind, axis=1) if dim is None else LazyTensor((x_or_ind, dim, 1))
-
-
-def Pm(x_or_ind, dim=None):
-    """A parameter: ``Pm(tensor or float)``, or the placeholder ``Pm(index, dim)``."""
-    if dim is not None:
-        return LazyTensor((x_or_ind, dim, 2))
-    if isinstance(x_or_ind, (int, float)) and not isinstance(x_or_ind, bool):
-        return LazyTensor(float(x_or_ind))
-    return LazyTensor(x_or_ind, axis=2)
-
+Vi, Vj, Pm = variable_constructors(LazyTensor)
 
 __all__ = ["LazyTensor", "ComplexLazyTensor", "Vi", "Vj", "Pm"]
 
 
-from ..common.genred import GenericGenred, GenericKernelSolve, generic  # noqa: E402
+from ..common.genred import GenericGenred, GenericKernelSolve  # noqa: E402
 
 
 class Genred(GenericGenred):
@@ -68,22 +52,7 @@ class Genred(GenericGenred):
     _tools = TorchTools()
 
 
-def generic_sum(formula, output, *aliases, **kwargs):
-    """Genred with a Sum reduction; ``output`` ("a = Vi(D)") sets the axis."""
-    return generic(Genred, "Sum", formula, output, *aliases, **kwargs)
-
-
-def generic_logsumexp(formula, output, *aliases, **kwargs):
-    return generic(Genred, "LogSumExp", formula, output, *aliases, **kwargs)
-
-
-def generic_argmin(formula, output, *aliases, **kwargs):
-    return generic(Genred, "ArgMin", formula, output, *aliases, **kwargs)
-
-
-def generic_argkmin(formula, output, *aliases, **kwargs):
-    return generic(Genred, "ArgKMin", formula, output, *aliases, **kwargs)
-
+generic_sum, generic_logsumexp, generic_argmin, generic_argkmin = generic_helpers(Genred)
 
 __all__ += ["Genred", "generic_sum", "generic_logsumexp", "generic_argmin", "generic_argkmin"]
 
