@@ -47,6 +47,11 @@ class ReferenceBackend(Backend):
         if nx == 0:
             return tuple(outputs)
         work = [xp.acc(a) if spec.dtype == "float16" else a for a in args]
+        if ny == 0:  # nothing to reduce: every row holds the reduction of nothing
+            fdims = tuple(f.dim for f in spec.formulas)
+            for out, fill in zip(outputs, spec.red.empty_outputs(fdims, spec.k)):
+                out[...] = xp.vector(fill, out)
+            return tuple(outputs)
         if ranges is None:
             self._run_blocks(spec, xp, work, outputs, batch_shape, [(0, nx, [(0, ny)])], ny)
             return tuple(outputs)
