@@ -1,0 +1,169 @@
+"""The CUDA backend: kernels rendered from the formula, compiled by NVRTC, launched with cuda-python.
+
+Pipeline (one reduction):
+
+1. :mod:`.codegen` renders CUDA C for the canonical spec with the shared C
+   renderer (:class:`.render.CudaRenderer`): a map-reduce kernel per output
+   slice (1D scheme, or 2D with a combine kernel) -- see that module;
+2. :mod:`.build` compiles it with NVRTC (``cuda.bindings.nvrtc``, the library
+   from the ``nvidia-cuda-nvrtc`` wheel: no CUDA toolkit) into a cubin for the
+   device's exact architecture, cached on disk (:mod:`.cache`);
+3. :mod:`.driver` loads the cubin once per device (``cuModuleLoadData``) and
+   launches the kernels with ``cuLaunchKernel`` on torch's current stream, on
+   the torch CUDA tensors in place; outputs are allocated by torch.
+
+Nothing is imported or initialised before the backend is used: ``import
+polykeops`` never touches CUDA, and :meth:`CudaBackend.availability` says
+precisely what is missing (cuda-python, the NVRTC library, the driver, a GPU,
+torch).  ``python -m polykeops.backends.cuda compile ...`` compiles one
+reduction without a GPU and prints its register and shared-memory use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+
+from ...errors import BackendError, DeviceError, DTypeError
+from ..contract import Backend, Capabilities
+from .render import CudaRenderer
+
+__all__ = ["CudaBackend"]
+
+_TORCH_DTYPES = ("float16", "float32", "float64")
+
+
+class CudaBackend(Backend):
+    """Reductions of torch CUDA tensors with NVRTC-compiled kernels."""
+
+    name = "cuda"
+    priority = 20
+    capabilities = Capabilities(
+        dtypes=frozenset(_TORCH_DTYPES),
+        array_kinds=frozenset({"torch"}),
+        devices=frozenset({"cuda"}),
+        batch=True,
+        ops=frozenset(CudaRenderer().supported_ops()),  # the ops the shared C renderer can write
+        notes=("NVRTC cubins cached on disk; 1D/2D schemes; float16 with float32 accumulation",),
+    )
+
+    def __init__(self):
+        self._availability = None
+        self._lock = threading.Lock()
+        self._loaded: dict = {}
+
+    # ------------------------------------------------------------------
+    def availability(self) -> tuple[bool, str]:
+        """Whether this machine can run the backend, and if not, exactly what is missing (cached)."""
+        with self._lock:
+            if self._availability is None:
+                self._availability = _probe()
+            return self._availability
+
+    # ------------------------------------------------------------------
+    def evaluate(self, spec, args, *, nx, ny, batch_shape, ranges=None):
+        import torch
+
+        from . import driver
+        from .launch import plan_launch, run_reduction
+
+        if ranges is not None:
+            raise BackendError("the CUDA backend does not run block-sparse (ranges) reductions yet")
+        ok, why = self.availability()
+        if not ok:
+            raise BackendError(f"the CUDA backend is not available: {why}")
+        batch_shape = tuple(int(b) for b in batch_shape)
+        tdev = _device_of(args)
+        dtype = getattr(torch, spec.dtype)
+        for pos, a in enumerate(args):
+            if not isinstance(a, torch.Tensor):
+                raise DTypeError(f"argument {pos} is a {type(a).__name__}, not a torch tensor")
+            if a.device != tdev:
+                raise DeviceError(
+                    f"argument {pos} is on {a.device}, argument 0 on {tdev}: put all the "
+                    "arguments of a reduction on one GPU"
+                )
+            if a.dtype != dtype:
+                raise DTypeError(f"argument {pos} has dtype {a.dtype}, the reduction {spec.dtype}")
+        args = [a.contiguous() for a in args]
+        outs = [
+            torch.empty(batch_shape + (nx, o.dim), dtype=torch.int64 if o.kind == "index" else dtype,
+                        device=tdev)
+            for o in spec.outputs()
+        ]
+        nbatch = math.prod(batch_shape) if batch_shape else 1
+        if nx == 0 or nbatch == 0:
+            return tuple(outs)
+        idx64 = ny >= 2**31 - 1
+        ordinal = tdev.index if tdev.index is not None else (
+            torch.cuda.current_device() if tdev.type == "cuda" else 0)
+        ks, dev, mod, max_threads = self._kernels(spec, len(batch_shape), idx64, ordinal)
+        plan = plan_launch(nx, ny, nbatch, tile_j=ks.tile_j, block=ks.block,
+                           max_threads=max_threads, sm_count=dev.sm_count)
+        with torch.cuda.device(tdev) if tdev.type == "cuda" else contextlib.nullcontext():
+            dev.make_current()
+            executor = driver.TorchExecutor(dev, mod, tdev)
+            run_reduction(ks, executor, [a.data_ptr() for a in args], [tuple(a.shape) for a in args],
+                          [o.data_ptr() for o in outs], nx=nx, ny=ny, batch_shape=batch_shape, plan=plan)
+        return tuple(outs)
+
+    def _kernels(self, spec, n_batch_dims, idx64, ordinal):
+        """(kernel source, device, loaded module, max threads per block), memoised per device."""
+        key = (spec, n_batch_dims, idx64, ordinal)
+        hit = self._loaded.get(key)
+        if hit is not None:
+            return hit
+        from . import build, driver
+
+        ks = build.kernel_source(spec, n_batch_dims, idx64)
+        dev = driver.device(ordinal)
+        kind, arch = dev.target()
+        mod = dev.module(f"{kind}:{arch}:{ks.digest}",
+                         lambda: build.build(ks.source, arch, kind).binary, ks.kernel_names)
+        max_threads = min(mod.max_threads[s.main] for s in ks.slices)
+        hit = (ks, dev, mod, max_threads)
+        with self._lock:
+            self._loaded[key] = hit
+        return hit
+
+
+def _device_of(args):
+    import torch
+
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if a.device.type != "cuda":
+                raise DeviceError(
+                    f"the CUDA backend takes CUDA tensors; got a tensor on {a.device} "
+                    "(move the data with .cuda(), or use another backend)"
+                )
+            return a.device
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _probe() -> tuple[bool, str]:
+    """What the backend needs, checked in order, without side effects beyond cuInit."""
+    try:
+        import cuda.bindings.driver  # noqa: F401
+        import cuda.bindings.nvrtc  # noqa: F401
+    except ImportError as exc:
+        return False, f"cuda-python is not installed (pip install 'polykeops[cuda]'): {exc}"
+    from . import nvrtc
+
+    try:
+        major, minor = nvrtc.version()
+    except BackendError as exc:
+        return False, str(exc)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False, "torch is not installed (the CUDA backend works on torch CUDA tensors)"
+    from . import driver
+
+    try:
+        count = driver.init()
+        dmaj, dmin = driver.driver_version()
+    except BackendError as exc:
+        return False, str(exc)
+    return True, f"{count} GPU(s), driver CUDA {dmaj}.{dmin}, NVRTC {major}.{minor}"

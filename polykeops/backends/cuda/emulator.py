@@ -1,0 +1,208 @@
+"""Run generated CUDA kernels on the CPU: the same source, compiled as host C++ (tests only).
+
+No GPU is needed to check that the *generated code* computes the right thing:
+the kernel text of :mod:`.codegen` is compiled by the host C++ compiler with a
+small prelude that defines the few CUDA built-ins it uses (``threadIdx``,
+``blockIdx``, ``__syncthreads``, ``__shared__``, half conversions), and a
+launcher per kernel runs the grid block by block, with the threads of a block
+as real threads meeting at a ``std::barrier`` for ``__syncthreads``.  Inputs
+and outputs are NumPy arrays.  This exercises every index computation, tile
+boundary, batch stride, partial state and combine rule of the real kernels; it
+does not exercise NVRTC's code generation (that is what the NVRTC compile tests
+and the GPU run are for) nor the performance.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import numpy as np
+
+from ...errors import BackendError
+from .codegen import generate
+from .launch import plan_launch, run_reduction
+
+HOST_PRELUDE = r"""
+#include <cmath>
+#include <cstring>
+#include <cstdint>
+#include <thread>
+#include <vector>
+#include <barrier>
+#define PK_HOST_EMULATION 1
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __restrict__
+#define PK_DEV static inline
+struct pk_dim3 { unsigned x, y, z; };
+static thread_local pk_dim3 threadIdx, blockIdx;
+static pk_dim3 blockDim, gridDim;
+static std::barrier<>* pk_barrier = nullptr;
+static inline void __syncthreads() { pk_barrier->arrive_and_wait(); }
+static inline float pk_inf_f() { return INFINITY; }
+static inline double pk_inf_d() { return (double)INFINITY; }
+static inline float pk_nan_f() { return NAN; }
+static inline float pk_h2f(unsigned short h) {
+  unsigned sign = (h >> 15) & 1u, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+  float v;
+  if (exp == 0) v = std::ldexp((float)man, -24);
+  else if (exp == 31) v = man ? NAN : INFINITY;
+  else v = std::ldexp((float)(man | 0x400u), (int)exp - 25);
+  return sign ? -v : v;
+}
+static inline unsigned short pk_f2h(float f) {  // round to nearest even
+  uint32_t x; std::memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000u;
+  uint32_t ax = x & 0x7fffffffu;
+  if (ax > 0x7f800000u) return (unsigned short)(sign | 0x7e00u);
+  if (ax >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u);  // overflow -> inf
+  if (ax < 0x38800000u) {  // subnormal half (or zero)
+    float a; std::memcpy(&a, &ax, 4);
+    float scaled = a * 16777216.0f;  // 2^24: units of the smallest subnormal
+    float r = std::nearbyint(scaled);
+    return (unsigned short)(sign | (uint32_t)r);
+  }
+  uint32_t e = ((ax >> 23) - 112) << 10;
+  uint32_t m = ax & 0x7fffffu;
+  uint32_t h = e | (m >> 13);
+  uint32_t rest = m & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h += 1;
+  return (unsigned short)(sign | h);
+}
+"""
+
+_lock = threading.Lock()
+_modules: dict[str, object] = {}  # library key -> ctypes.CDLL
+_by_source: dict[str, object] = {}  # KernelSource digest -> the library holding its kernels
+
+
+def compiler() -> str | None:
+    """The host C++ compiler the emulator uses (``$CXX`` or ``g++``/``clang++``), if any."""
+    for cand in (os.environ.get("CXX"), "g++", "clang++"):
+        if cand and shutil.which(cand):
+            return shutil.which(cand)
+    return None
+
+
+def _c_type(t: str) -> str:
+    t = t.replace("__restrict__", "").strip()
+    return t
+
+
+def _launcher(name: str, params) -> str:
+    decls = ", ".join(f"*({_c_type(t).replace('const ', '', 1) if '*' not in t else _c_type(t)}*)p[{k}]"
+                      for k, (t, _n) in enumerate(params))
+    return f"""
+extern "C" void pk_launch_{name}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, void** p) {{
+  gridDim = pk_dim3{{gx, gy, gz}};
+  blockDim = pk_dim3{{bx, 1, 1}};
+  for (unsigned z = 0; z < gz; ++z) for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) {{
+    std::barrier<> bar((std::ptrdiff_t)bx);
+    pk_barrier = &bar;
+    std::vector<std::thread> ts;
+    ts.reserve(bx);
+    for (unsigned t = 0; t < bx; ++t) ts.emplace_back([=]() {{
+      threadIdx = pk_dim3{{t, 0, 0}};
+      blockIdx = pk_dim3{{x, y, z}};
+      {name}({decls});
+    }});
+    for (auto& th : ts) th.join();
+  }}
+}}
+"""
+
+
+def build(*sources):
+    """Compile the kernels of one or several :class:`.codegen.KernelSource` into one host library.
+
+    Building many specs at once costs one compiler run (the C++ headers dominate).
+    """
+    cxx = compiler()
+    if cxx is None:
+        raise BackendError("the CUDA emulator needs a C++20 compiler (g++ or clang++)")
+    from .codegen import PRELUDE
+
+    text = HOST_PRELUDE + PRELUDE
+    for ks in sources:
+        text += ks.body
+        for sl in ks.slices:
+            text += _launcher(sl.main, ks.main_params) + _launcher(sl.combine, ks.combine_params)
+    key = hashlib.sha256(text.encode()).hexdigest()[:24]
+    with _lock:
+        lib = _modules.get(key)
+        if lib is None:
+            tmp = tempfile.mkdtemp(prefix="pk-cuda-emu-")
+            src = os.path.join(tmp, "k.cpp")
+            so = os.path.join(tmp, "k.so")
+            with open(src, "w") as fh:
+                fh.write(text)
+            cmd = [cxx, "-std=c++20", "-O0", "-shared", "-fPIC", "-pthread", "-w", src, "-o", so]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise BackendError(f"emulator build failed ({' '.join(cmd)}):\n{res.stderr[-4000:]}")
+            lib = ctypes.CDLL(so)
+            _modules[key] = lib
+        for ks in sources:
+            _by_source[ks.digest] = lib
+        return lib
+
+
+class _Executor:
+    def __init__(self, lib):
+        self.lib = lib
+        self.keep = []
+
+    def workspace(self, nf, ni):
+        f = np.full(max(nf, 1), np.nan, dtype=np.float64)  # NaN: reading an unwritten state shows
+        i = np.full(max(ni, 1), -7, dtype=np.int64)
+        self.keep += [f, i]
+        return f.ctypes.data, i.ctypes.data
+
+    def launch(self, name, grid, block, params):
+        from .driver import pack_params
+
+        arr, _vals = pack_params(params)
+        fn = getattr(self.lib, f"pk_launch_{name}")
+        fn(ctypes.c_uint(grid[0]), ctypes.c_uint(grid[1]), ctypes.c_uint(grid[2]),
+           ctypes.c_uint(block), arr)
+
+
+def kernel_source(spec, *, n_batch_dims=0, idx64=False, tile_j=None):
+    """The generated kernels the emulator runs for ``spec`` (same options as :func:`evaluate`)."""
+    return generate(spec, n_batch_dims=n_batch_dims, idx64=idx64, tile_j=tile_j)
+
+
+_NP = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
+
+
+def evaluate(spec, args, *, nx, ny, batch_shape, block=None, scheme="auto", sm_count=1,
+             idx64=False, tile_j=None):
+    """Evaluate a canonical spec on NumPy arrays with the emulated kernels (contract of
+    :meth:`polykeops.backends.contract.Backend.evaluate`; the other options choose the
+    launch: threads per block, "1d"/"2d"/"auto" scheme, tile size)."""
+    batch_shape = tuple(batch_shape)
+    ks = kernel_source(spec, n_batch_dims=len(batch_shape), idx64=idx64, tile_j=tile_j)
+    lib = _by_source.get(ks.digest) or build(ks)
+    args = [np.ascontiguousarray(a, dtype=_NP[spec.dtype]) for a in args]
+    outs = [
+        np.empty(batch_shape + (nx, o.dim), dtype=np.int64 if o.kind == "index" else _NP[spec.dtype])
+        for o in spec.outputs()
+    ]
+    if nx == 0 or math.prod(batch_shape) == 0:
+        return tuple(outs)
+    plan = plan_launch(nx, ny, math.prod(batch_shape) if batch_shape else 1, tile_j=ks.tile_j,
+                       block=block or ks.block, max_threads=1024, sm_count=sm_count, scheme=scheme)
+    ex = _Executor(lib)
+    run_reduction(ks, ex, [a.ctypes.data for a in args], [a.shape for a in args],
+                  [o.ctypes.data for o in outs], nx=nx, ny=ny, batch_shape=batch_shape, plan=plan)
+    return tuple(outs)
