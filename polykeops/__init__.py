@@ -33,6 +33,7 @@ __all__ = [
     "ShapeError",
     "__version__",
     "check_health",
+    "clean_cache",
 ]
 
 
@@ -60,6 +61,17 @@ def check_health(verbose: bool = True) -> dict:
         for name, (ok, reason) in report["backends"].items():
             print(f"  {name:<12} {'OK ' if ok else 'off'}  {reason}")
     return report
+
+
+def clean_cache() -> list[str]:
+    """Delete the compiled-kernel caches under ``POLYKEOPS_CACHE_DIR``; returns the removed directories.
+
+    Only directories that polykeops tagged as caches are removed.  Kernels already
+    loaded in this process keep working; new ones are rebuilt on demand.
+    """
+    from .backends.cpu.cache import clean_cache as _clean
+
+    return _clean()
 
 
 def _version_of(module: str):

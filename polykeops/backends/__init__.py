@@ -34,6 +34,8 @@ __all__ = [
 #: built-in backends: name -> "module:factory"
 _BUILTIN = {
     "reference": "polykeops.backends.reference:ReferenceBackend",
+    "cpu": "polykeops.backends.cpu:CpuBackend",
+    "cuda": "polykeops.backends.cuda:CudaBackend",
 }
 #: spellings accepted for pykeops compatibility
 _ALIASES = {"CPU": "cpu", "GPU": "cuda", "Reference": "reference", "auto": "auto", "AUTO": "auto"}
@@ -171,11 +173,13 @@ def select_backend(requested: str | None, spec, array_kind: str, device: str, ba
         return backend
     candidates = []
     for other in names():
-        ok, _ = _status(other)
-        if not ok:
-            continue
         backend = _instance(other)
-        if backend.capabilities.unsupported(spec, array_kind, device, batched, ranges) is None:
+        # capabilities first: a backend that cannot run this call is not probed (the CUDA
+        # probe imports torch and loads drivers, seconds that a NumPy call on CPU must not pay)
+        if backend is None or backend.capabilities.unsupported(spec, array_kind, device, batched, ranges):
+            continue
+        ok, _ = _status(other)
+        if ok:
             candidates.append(backend)
     if not candidates:
         raise BackendError(

@@ -1,0 +1,686 @@
+"""The oracle: a drawn case evaluated densely with torch, independent of every backend.
+
+Forward values
+--------------
+The formula(s) of the spec are evaluated on the whole ``M x N`` grid with
+:func:`polykeops.formula.evaluate.evaluate` and the torch array namespace (the
+op table's reference implementations only; no backend is involved), in float64,
+then reduced with torch operations written here: ``sum``, ``logsumexp``,
+``softmax``, first-index ``min``/``argmin`` with NaN winning, a stable
+NaN-first ``sort`` for the K-reductions.
+
+Gradients
+---------
+``torch.autograd`` on the same dense computation.  Every variable enters as an
+*expanded* leaf of shape ``(*batch, M, N, dim)``: the gradient with respect to
+the expanded leaf gives each (i, j) pair's contribution, whose sum is the
+gradient and whose sum of absolute values is the magnitude the tolerance is
+relative to.  Second order is the gradient of ``<first-order gradients, V>``.
+
+Tolerance policy
+----------------
+With ``eps`` the machine epsilon of the case's dtype (``eps_acc`` that of the
+accumulation dtype: float32 for float16), ``C`` the number of reduced terms and
+``fac(C) = min(C, 64 sqrt(C)) + 8`` (twice the worst-case bound of recursive summation, in
+any order, up to 4096 terms), an
+output entry passes when ``|got - expected| <= tol`` with
+
+* Sum:                 ``tol = eps_acc fac(C) sum_j |F_j| + sum_j noise_j + 2 eps |expected|``
+* LogSumExp:           ``tol = eps_acc fac(C) + sum_j p_j noise_j + 2 eps |expected|``
+  (``p`` = softmax; the weighted forms propagate the weights' noise the same way)
+* SumSoftMaxWeight:    ``tol = eps_acc fac(C) sum_j p_j |G_j|
+  + sum_j p_j (|G_j - out| noiseF_j + noiseG_j) + 2 eps |expected|``
+* Min/Max/KMin values: ``2 eps |expected|`` plus the largest noise among the near-ties of the selected value;
+* ArgMin/ArgMax/ArgKMin: the index must select a value within that tolerance of the
+  expected one (a tie is accepted when the values tie); when the tied values are
+  exactly representable and exactly computed (``exact``), the smallest index must win
+  (ascending order of j among equal values for ArgKMin);
+* gradients:           ``tol = eps_acc fac(n) (sum |contributions| + S) + noise_grad + 2 eps |expected|``
+  (``n`` terms summed; ``S`` the largest contribution magnitude of the whole gradient, so that
+  gradients cancelling to ~0 are compared with the scale of the computation).
+
+``noise`` estimates, per (i, j) pair, the rounding error a correct backend may make
+on the formula (then propagated through the reduction as above)::
+
+    noise = 4 |F32 - F64| eps/eps32            (F32: the same formula evaluated in float32)
+          + |F64~ - F64|                        (F64~: inputs and every intermediate value v
+                                                 moved by +-16 eps |x|, +-16 eps S_v, random
+                                                 signs, S_v the largest magnitude in v's
+                                                 sub-formula: large where F is a small
+                                                 difference of large intermediate values, and
+                                                 near discontinuities, e.g. of Round, IfElse or
+                                                 Sign, where a correct backend may legitimately
+                                                 land on the other side)
+          + eps |F64|
+
+For gradients, ``noise_grad = 8 |g32 - g64| eps/eps32`` (g32: the whole dense
+pipeline in float32) plus the change under the same perturbation; it is widened
+by the deviation of the reference backend's float32 gradient (the *symbolic*
+gradient formulas may cancel where torch.autograd's do not -- e.g. the derivative
+of sin(x)/x near 0), capped at 1e-3 of the magnitudes in float32 units.  The
+magnitude of a gradient's terms is bounded without cancellation for the
+softmax-type reductions (``p (|G| + |out|)`` instead of ``p (G - out)``).
+
+Rejected cases: a random case whose formula values are non-finite or larger than
+1e4 (20 in float16) is discarded (``hypothesis.reject``): overflow is then the
+formula's, not the backend's.
+
+Special values: an expected NaN must be NaN, an expected infinity the same
+infinity; NaN wins Min/Max/ArgMin (first NaN) and comes first in KMin, as
+documented in :mod:`polykeops.formula.reductions`.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from polykeops.formula.evaluate import evaluate
+from polykeops.formula.nodes import CAT_I, CAT_J
+from polykeops.torch.xp import TorchNamespace
+
+F64 = torch.float64
+TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+EPS = {name: torch.finfo(dt).eps for name, dt in TORCH_DTYPES.items()}
+EPS32 = EPS["float32"]
+#: the spacing of the smallest (subnormal) numbers: outputs that underflow are exact to that
+TINY = {name: torch.finfo(dt).tiny * torch.finfo(dt).eps for name, dt in TORCH_DTYPES.items()}
+#: |F| above which a generic case is rejected as meaningless (float16: sums must not overflow)
+VALUE_LIMIT = {"float16": 20.0, "float32": 1e4, "float64": 1e4}
+
+
+@contextmanager
+def single_threaded():
+    """torch on one thread while the oracle computes: many small dense ops, and on a busy
+    machine torch's thread pool waits for descheduled threads (10x slower); restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def acc_dtype(spec) -> str:
+    return spec.accumulation_dtype
+
+
+def fac(c: int, scheme: str = "block_sum") -> float:
+    """Error factor of a sum of ``c`` terms, in units of eps x (sum of |terms|).
+
+    ``c + 8``: twice the classical worst-case bound of recursive summation
+    (``(c - 1) u``, u = eps/2), whatever the order a backend adds in; beyond 4096
+    terms ``64 sqrt(c) + 8`` (rounding errors of long sums behave statistically).
+    The same for every sum scheme (``scheme`` is accepted for future refinement).
+    """
+    del scheme
+    c = max(int(c), 1)
+    return min(c, 64.0 * math.sqrt(c)) + 8.0
+
+
+# ---------------------------------------------------------------------------
+# dense evaluation
+# ---------------------------------------------------------------------------
+
+
+def batch_ndim(spec, arrays) -> int:
+    nb = 0
+    for v, a in zip(spec.variables, arrays):
+        nb = max(nb, a.dim() - (1 if v.cat not in (CAT_I, CAT_J) else 2))
+    return nb
+
+
+def full_shape(spec, arrays, M: int, N: int) -> tuple:
+    nb = batch_ndim(spec, arrays)
+    shapes = []
+    for v, a in zip(spec.variables, arrays):
+        lead = 1 if v.cat not in (CAT_I, CAT_J) else 2
+        b = tuple(a.shape[: a.dim() - lead])
+        shapes.append((1,) * (nb - len(b)) + b)
+    batch = tuple(torch.broadcast_shapes(*shapes)) if shapes else ()
+    return batch + (M, N)
+
+
+def grid_view(v, a, nb: int):
+    """``a`` (Genred layout) viewed on the (batch, M, N, dim) grid."""
+    lead = 1 if v.cat not in (CAT_I, CAT_J) else 2
+    b = tuple(a.shape[: a.dim() - lead])
+    pad = (1,) * (nb - len(b)) + b
+    if v.cat == CAT_I:
+        return a.reshape(pad + (a.shape[-2], 1, a.shape[-1]))
+    if v.cat == CAT_J:
+        return a.reshape(pad + (1, a.shape[-2], a.shape[-1]))
+    return a.reshape(pad + (1, 1, a.shape[-1]))
+
+
+def sum_back(t, v, a_shape, nb: int):
+    """A grid-shaped tensor summed back to the shape of the variable's array (the adjoint of grid_view)."""
+    lead = 1 if v.cat not in (CAT_I, CAT_J) else 2
+    b = tuple(a_shape[: len(a_shape) - lead])
+    pad = (1,) * (nb - len(b)) + b
+    if v.cat == CAT_I:
+        t = t.sum(-2)
+        target = pad + tuple(a_shape[-2:])
+    elif v.cat == CAT_J:
+        t = t.sum(-3)
+        target = pad + tuple(a_shape[-2:])
+    else:
+        t = t.sum((-3, -2))
+        target = pad + (a_shape[-1],)
+    dims = tuple(k for k in range(nb) if target[k] == 1 and t.shape[k] != 1)
+    if dims:
+        t = t.sum(dims, keepdim=True)
+    return t.reshape(a_shape)
+
+
+def dense(spec, arrays, M: int, N: int, dtype=F64, grid_leaves=None, perturb=None):
+    """The formulas on the grid, oriented ``(*batch, R, C, dim)``: R indexes the output, C is reduced.
+
+    ``perturb=(eps, seed)``: every intermediate value v is moved by ``+- 16 eps S_v``
+    (random signs per element; ``S_v`` the largest magnitude in v's sub-formula),
+    as the rounding of a backend that computes in another order may move it --
+    which flips discontinuous ops (``Round``, ``IfElse``, comparisons...) whose
+    argument is within rounding distance of a jump.
+    """
+    xp = TorchNamespace(dtype)
+    nb = batch_ndim(spec, arrays)
+    shape = full_shape(spec, arrays, M, N)
+    values = {}
+    for pos, (v, a) in enumerate(zip(spec.variables, arrays)):
+        if grid_leaves is not None:
+            values[v.index] = grid_leaves[pos]
+        else:
+            values[v.index] = grid_view(v, a.to(dtype), nb)
+    outs = []
+    for f in spec.formulas:
+        if perturb is None:
+            val = evaluate(f, xp, values)
+        else:
+            val = _evaluate_perturbed(f, xp, values, shape, *perturb)
+        if not isinstance(val, torch.Tensor):  # pragma: no cover - evaluate returns tensors
+            val = torch.as_tensor(val, dtype=dtype)
+        val = val.to(dtype)
+        while val.dim() < len(shape) + 1:
+            val = val.unsqueeze(0)
+        val = val.expand(shape + (f.dim,))
+        if spec.axis == 0:
+            val = val.transpose(-3, -2)
+        outs.append(val if grid_leaves is not None else val.contiguous())
+    return outs
+
+
+def _evaluate_perturbed(formula, xp, values, shape, eps: float, seed: int):
+    from polykeops.formula.nodes import walk
+    from polykeops.formula.ops import OPS
+
+    nodes = list(walk(formula))
+    width = max(n.dim for n in nodes)
+    gen = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, shape + (2 * width,), generator=gen).to(xp.dtype) * 2 - 1
+    memo, scale = {}, {}
+    for k, n in enumerate(nodes):
+        if n.op == "Var":
+            memo[n] = values[n.index]
+            scale[n] = memo[n].detach().abs()
+            continue
+        if n.op in ("Const", "Zero"):
+            memo[n] = xp.const(n.params[0] if n.op == "Const" else 0, n.dim)
+            scale[n] = memo[n].abs()
+            continue
+        val = OPS[n.op].ref(xp, *[memo[a] for a in n.args], *n.params)
+        s_n = val.detach().abs()
+        for a in n.args:
+            s_a = scale[a] if scale[a].shape[-1] in (1, s_n.shape[-1]) else scale[a].amax(-1, keepdim=True)
+            s_n = torch.maximum(s_n, s_a)
+        d = val.shape[-1]
+        off = k % (2 * width - d + 1)
+        memo[n] = val + (16 * eps) * s_n * signs[..., off : off + d]
+        scale[n] = s_n
+    return memo[formula]
+
+
+# ---------------------------------------------------------------------------
+# reductions written with torch operations (over axis -2)
+# ---------------------------------------------------------------------------
+
+
+def first_index(F, kind: str):
+    """Index of the first min (or max) along -2; the first NaN wins."""
+    nan = torch.isnan(F)
+    fill = math.inf if kind == "min" else -math.inf
+    clean = torch.where(nan, torch.full_like(F, fill), F)
+    ext = clean.amin(-2, keepdim=True) if kind == "min" else clean.amax(-2, keepdim=True)
+    hit = (clean == ext).to(torch.int8)
+    idx = torch.argmax(hit, dim=-2)  # torch returns the first maximal index
+    first_nan = torch.argmax(nan.to(torch.int8), dim=-2)
+    return torch.where(nan.any(-2), first_nan, idx)
+
+
+def kmin_order(F, k: int):
+    """Indices (along -2) of the K smallest values, NaN first, ties in increasing j."""
+    nan = torch.isnan(F)
+    key = torch.where(nan, torch.full_like(F, -math.inf), F)
+    o1 = torch.sort(key, dim=-2, stable=True).indices
+    flag = (~torch.take_along_dim(nan, o1, dim=-2)).to(torch.int8)
+    o2 = torch.sort(flag, dim=-2, stable=True).indices
+    return torch.take_along_dim(o1, o2, dim=-2)[..., :k, :]
+
+
+def _safe(m):
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
+def reduce_dense(spec, Fs, indices=None):
+    """The spec's outputs from dense values ``Fs`` (R x C grids), in run_spec's layout.
+
+    ``indices`` (for the selection reductions) overrides the selected indices
+    (gradients are then taken at the backend's choice among tied values).
+    """
+    name = spec.reduction
+    F = Fs[0]
+    if name == "Sum":
+        return [F.sum(-2)]
+    if name in ("LogSumExp", "LogSumExpWeight", "Max_SumShiftExp", "Max_SumShiftExpWeight"):
+        m = F.amax(-2, keepdim=True)
+        e = torch.exp(F - _safe(m).detach())
+        if name.endswith("Weight"):
+            e = e * Fs[1]
+        s = e.sum(-2)
+        if name == "LogSumExp":
+            return [torch.logsumexp(F, dim=-2)]
+        if name == "LogSumExpWeight":
+            return [_safe(m[..., 0, :]).detach() + torch.log(s)]
+        return [torch.cat([m[..., 0, :], s], dim=-1)]
+    if name == "SumSoftMaxWeight":
+        p = torch.softmax(F, dim=-2)
+        return [(p * Fs[1]).sum(-2)]
+    red = spec.red
+    if red.uses_k:
+        k = spec.k
+        idx = indices if indices is not None else kmin_order(F, k)
+        vals = torch.take_along_dim(F, idx, dim=-2)
+        outs = []
+        d = F.shape[-1]
+        if red.want_value:
+            outs.append(vals if d > 1 else vals[..., 0])
+        if red.want_index:
+            outs.append(idx if d > 1 else idx[..., 0])
+        return outs
+    kind = red.selection_kind
+    idx = indices if indices is not None else first_index(F, kind)
+    outs = []
+    if red.want_value:
+        outs.append(torch.take_along_dim(F, idx[..., None, :], dim=-2)[..., 0, :])
+    if red.want_index:
+        outs.append(idx)
+    return outs
+
+
+def expected_outputs(spec, arrays):
+    """The oracle's outputs for ``spec`` on ``arrays`` (Genred layout; torch or NumPy).
+
+    This is what the reproduction snippets of failures call.
+    """
+    arrays = [
+        torch.as_tensor(np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a)).to(F64)
+        for a in arrays
+    ]
+    M, N = sizes_of(spec, arrays)
+    return reduce_dense(spec, dense(spec, arrays, M, N))
+
+
+def sizes_of(spec, arrays) -> tuple[int, int]:
+    M = N = 1
+    for v, a in zip(spec.variables, arrays):
+        if v.cat == CAT_I:
+            M = a.shape[-2]
+        elif v.cat == CAT_J:
+            N = a.shape[-2]
+    return M, N
+
+
+# ---------------------------------------------------------------------------
+# the oracle of one case: values, noise, expectations
+# ---------------------------------------------------------------------------
+
+
+class Rejected(Exception):
+    """The case is outside the suite's scope (non-finite or huge values): not a backend failure."""
+
+
+def _perturbed(arrays, eps: float, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for a in arrays:
+        u = torch.randint(0, 2, a.shape, generator=g).to(F64) * 2 - 1
+        out.append(a * (1 + eps * u))
+    return out
+
+
+@dataclass
+class Expectation:
+    """What one output must be: values and tolerances (floats), or a validator (indices)."""
+
+    kind: str  # "float" or "index"
+    expected: torch.Tensor
+    tol: torch.Tensor | None = None
+    scale: torch.Tensor | None = None  # the magnitude errors are relative to
+    extra: dict = field(default_factory=dict)
+
+
+class CaseOracle:
+    """Dense values of a case's formulas, with their noise estimates."""
+
+    def __init__(self, case, *, allow_special: bool = False):
+        with single_threaded():
+            self._init(case, allow_special)
+
+    def _init(self, case, allow_special):
+        self.case = case
+        spec = case.spec
+        self.spec = spec
+        self.dtype = spec.dtype
+        self.eps = EPS[spec.dtype]
+        self.eps_acc = EPS[acc_dtype(spec)]
+        self.arrays = [torch.from_numpy(a) for a in case.arrays64()]
+        M, N = case.M, case.N
+        self.M, self.N = M, N
+        self.F = dense(spec, self.arrays, M, N)
+        arr32 = [a.to(torch.float32) for a in self.arrays]
+        F32 = [f.to(F64) for f in dense(spec, arr32, M, N, dtype=torch.float32)]
+        pert = dense(spec, _perturbed(self.arrays, 16 * self.eps, 1), M, N, perturb=(self.eps, 1))
+        if not allow_special:
+            top = max(float(torch.nan_to_num(f.abs(), nan=math.inf).max()) for f in self.F + F32 + pert)
+            if not math.isfinite(top):
+                raise Rejected("non-finite formula values (outside the domain the suite draws)")
+            if top > (case.value_limit or VALUE_LIMIT[self.dtype]):
+                raise Rejected(f"formula values up to {top:.3g}: too large to be meaningful in {self.dtype}")
+        self.noise = []
+        self.exact = []
+        for f, f32, p in zip(self.F, F32, pert):
+            n = 4 * (f32 - f).abs() * (self.eps / EPS32) + (p - f).abs() + self.eps * f.abs()
+            n = torch.where(torch.isfinite(n), n, torch.zeros_like(n))
+            if not allow_special:
+                n = torch.where(torch.isfinite(f32) & torch.isfinite(f), n, torch.full_like(n, math.inf))
+            self.noise.append(n)
+            rep = f.to(TORCH_DTYPES[self.dtype]).to(F64)
+            self.exact.append(
+                ((f32 == f) | (torch.isnan(f32) & torch.isnan(f))) & ((rep == f) | ~torch.isfinite(f))
+            )
+
+    # -- expectations -----------------------------------------------------------
+    def expectations(self, indices=None):
+        """One :class:`Expectation` per output of the spec."""
+        with single_threaded():
+            exps = self._expectations(indices)
+        for exp in exps:
+            if exp.tol is not None:
+                exp.tol = exp.tol + TINY[self.dtype]
+        return exps
+
+    def _expectations(self, indices=None):
+        spec = self.spec
+        name = spec.reduction
+        F, nF = self.F[0], self.noise[0]
+        C = F.shape[-2]
+        ea, e = self.eps_acc, self.eps
+        fc = fac(C, spec.sum_scheme)
+        with torch.no_grad():
+            outs = reduce_dense(spec, self.F, indices=indices)
+            if name == "Sum":
+                r = outs[0]
+                S = F.abs().sum(-2)
+                tol = ea * fc * S + nF.sum(-2) + 2 * e * r.abs()
+                return [Expectation("float", r, tol, S)]
+            if name == "LogSumExp":
+                r = outs[0]
+                p = torch.softmax(F, dim=-2)
+                tol = ea * fc * (1 + 0 * r) + (p * nF).sum(-2) + 2 * e * r.abs()
+                return [Expectation("float", r, tol, 1 + r.abs())]
+            if name == "LogSumExpWeight":
+                G, nG = self.F[1], self.noise[1]
+                r = outs[0]
+                w = torch.exp(F - _safe(F.amax(-2, keepdim=True))) * G
+                q = w / w.sum(-2, keepdim=True)
+                tol = ea * fc + (q.abs() * nF + q.abs() * nG / G.abs()).sum(-2) + 2 * e * r.abs()
+                return [Expectation("float", r, tol, 1 + r.abs())]
+            if name in ("Max_SumShiftExp", "Max_SumShiftExpWeight"):
+                r = outs[0]
+                m = F.amax(-2, keepdim=True)
+                G = self.F[1] if name.endswith("Weight") else torch.ones_like(F)
+                nG = self.noise[1] if name.endswith("Weight") else torch.zeros_like(F)
+                ex = torch.exp(F - _safe(m))
+                near = (F + nF) >= (m - nF.amax(-2, keepdim=True))
+                tol_m = 2 * e * m.abs() + torch.where(near, nF, torch.zeros_like(nF)).amax(-2, keepdim=True)
+                s_mag = (ex * G.abs()).sum(-2)
+                tol_s = (
+                    ea * fc * s_mag
+                    + (ex * G.abs() * (nF + tol_m)).sum(-2)
+                    + (ex * nG).sum(-2)
+                    + 2 * e * r[..., 1:].abs()
+                )
+                tol = torch.cat([tol_m[..., 0, :], tol_s], dim=-1)
+                scale = torch.cat([1 + m[..., 0, :].abs(), s_mag], dim=-1)
+                return [Expectation("float", r, tol, scale)]
+            if name == "SumSoftMaxWeight":
+                G, nG = self.F[1], self.noise[1]
+                r = outs[0]
+                p = torch.softmax(F, dim=-2)
+                mag = (p * G.abs()).sum(-2)
+                tol = (
+                    ea * fc * mag
+                    + (p * (G - r[..., None, :]).abs() * nF).sum(-2)
+                    + (p * nG).sum(-2)
+                    + 2 * e * r.abs()
+                )
+                return [Expectation("float", r, tol, mag)]
+            return self._selection_expectations(outs, indices)
+
+    def _selection_expectations(self, outs, indices):
+        spec = self.spec
+        red = spec.red
+        F, nF, ex = self.F[0], self.noise[0], self.exact[0]
+        e = self.eps
+        kind = red.selection_kind
+        sign = 1.0 if kind == "min" else -1.0
+        if red.uses_k:
+            k = spec.k
+            idx = indices if indices is not None else kmin_order(F, k)
+            ref = torch.take_along_dim(F, idx, dim=-2)  # (..., R, K, D)
+        else:
+            idx = indices if indices is not None else first_index(F, kind)[..., None, :]
+            if indices is not None:
+                idx = idx[..., None, :]
+            ref = torch.take_along_dim(F, idx, dim=-2)  # (..., R, 1, D)
+        n_sel = torch.take_along_dim(nF, idx, dim=-2)
+        # near-ties of each selected value: any value that may be computed on the other side of it
+        n_near = torch.empty_like(ref)
+        for k in range(ref.shape[-2]):  # one rank at a time: (..., R, C, D) temporaries only
+            r_k, n_k = ref[..., k : k + 1, :], n_sel[..., k : k + 1, :]
+            near = (F - r_k).abs() <= nF + n_k
+            n_near[..., k, :] = torch.where(near, nF, torch.zeros_like(nF)).amax(-2)
+        tol = 2 * e * ref.abs() + n_near + n_sel
+        tol = torch.where(torch.isfinite(ref), tol, torch.zeros_like(tol))
+        info = dict(F=F, noise=nF, exact=ex, ref=ref, tol=tol, sign=sign, oracle_idx=idx)
+        result = []
+        d = F.shape[-1]
+        squeeze_k = red.uses_k and d == 1
+        for out, o in zip(outs, spec.outputs()):
+            if o.kind == "float":
+                t = tol if red.uses_k else tol[..., 0, :]
+                t = t[..., 0] if squeeze_k else t
+                result.append(
+                    Expectation(
+                        "float", out, t, ref.abs() if not squeeze_k else ref.abs()[..., 0], extra=info
+                    )
+                )
+            else:
+                result.append(Expectation("index", out, extra=info))
+        return result
+
+
+# ---------------------------------------------------------------------------
+# gradients
+# ---------------------------------------------------------------------------
+
+
+def _grid_leaves(spec, arrays, M, N, dtype):
+    nb = batch_ndim(spec, arrays)
+    shape = full_shape(spec, arrays, M, N)
+    leaves = []
+    for v, a in zip(spec.variables, arrays):
+        g = grid_view(v, a.to(dtype), nb).expand(shape + (v.dim,)).clone().requires_grad_(True)
+        leaves.append(g)
+    return leaves, nb
+
+
+def _float_outputs(spec, outs):
+    return [o for o, meta in zip(outs, spec.outputs()) if meta.kind == "float"]
+
+
+def _partial_bounds(spec, Fs, cots):
+    """Non-negative weights W bounding |d output / d F| x |cotangent| without cancellation.
+
+    The gradient of ``sum W F`` then gives per-pair magnitudes of the terms a
+    backend's gradient reduction adds up, even where they cancel exactly (the
+    softmax gradient ``p (G - out)`` is 0 when G does not depend on j).
+    None for reductions whose gradient terms do not cancel (Sum, selections).
+    """
+    name = spec.reduction
+    F = Fs[0]
+    if name == "LogSumExp":
+        e = cots[0].abs()[..., None, :]
+        return [torch.softmax(F, dim=-2) * e]
+    if name == "LogSumExpWeight":
+        G = Fs[1]
+        e = cots[0].abs()[..., None, :]
+        ex = torch.exp(F - _safe(F.amax(-2, keepdim=True)))
+        S = (ex * G).sum(-2, keepdim=True).abs()
+        return [(ex * G.abs() / S * e).sum(-1, keepdim=True), ex / S * e]
+    if name == "SumSoftMaxWeight":
+        G = Fs[1]
+        e = cots[0].abs()[..., None, :]
+        p = torch.softmax(F, dim=-2)
+        out = (p * G).sum(-2, keepdim=True)
+        return [(p * (G.abs() + out.abs()) * e).sum(-1, keepdim=True), p * e]
+    return None
+
+
+def _grad(loss, leaves, create_graph, retain=False):
+    if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+        return [torch.zeros_like(leaf) for leaf in leaves]
+    res = torch.autograd.grad(
+        loss, leaves, create_graph=create_graph, retain_graph=create_graph or retain, allow_unused=True
+    )
+    return [torch.zeros_like(leaf) if c is None else c for leaf, c in zip(leaves, res)]
+
+
+def dense_gradients(
+    spec, arrays, M, N, cotangents, *, dtype=F64, indices=None, directions=None, perturb=None
+):
+    """First-order (``directions is None``) or second-order gradients on the dense computation.
+
+    Returns ``(grads, magnitudes)``: per variable, the gradient (shaped like the
+    variable's array) and the sum of the absolute values of its per-pair
+    contributions.  Second order: the gradient of ``sum_p <grad_p, directions_p>``.
+    """
+    leaves, nb = _grid_leaves(spec, arrays, M, N, dtype)
+    Fs = dense(spec, arrays, M, N, dtype=dtype, grid_leaves=leaves, perturb=perturb)
+    outs = _float_outputs(spec, reduce_dense(spec, Fs, indices=indices))
+    loss = sum((o * c.to(dtype)).sum() for o, c in zip(outs, cotangents))
+    second = directions is not None
+    contribs = _grad(loss, leaves, second, retain=True)
+    if second:
+        grads1 = [sum_back(c, v, a.shape, nb) for c, v, a in zip(contribs, spec.variables, arrays)]
+        loss2 = sum((g * d.to(dtype)).sum() for g, d in zip(grads1, directions))
+        contribs = _grad(loss2, leaves, False)
+    grads = [
+        sum_back(c.detach(), v, a.shape, nb).to(F64) for c, v, a in zip(contribs, spec.variables, arrays)
+    ]
+    mags = [
+        sum_back(c.detach().abs(), v, a.shape, nb).to(F64)
+        for c, v, a in zip(contribs, spec.variables, arrays)
+    ]
+    if not second:
+        weights = _partial_bounds(spec, [f.detach() for f in Fs], [c.to(dtype) for c in cotangents])
+        if weights is not None:
+            loss_mag = sum((w * f).sum() for w, f in zip(weights, Fs))
+            bound = _grad(loss_mag, leaves, False)
+            mags = [
+                torch.maximum(m, sum_back(c.detach().abs(), v, a.shape, nb).to(F64))
+                for m, c, v, a in zip(mags, bound, spec.variables, arrays)
+            ]
+    terms = [max(1, leaf.numel() // max(1, a.numel())) for leaf, a in zip(leaves, arrays)]
+    return grads, mags, terms
+
+
+def gradient_expectations(case, cotangents, *, indices=None, directions=None, low_precision=None):
+    """Per variable: (expected gradient, tolerance, magnitude) for first or second order.
+
+    ``low_precision``: the same gradients computed in float32 through the symbolic
+    gradient reductions (by the reference backend): their deviation from the
+    oracle estimates the rounding error of the symbolic gradient formulas, which
+    may cancel where torch.autograd's formulas do not (e.g. the derivative of
+    ``sin(x)/x`` near 0).  It only widens tolerances, by at most 1e-3 of the
+    magnitude in float32 units, so a broken reference cannot hide a wrong result.
+    """
+    with single_threaded():
+        return _gradient_expectations(case, cotangents, indices, directions, low_precision)
+
+
+def _gradient_expectations(case, cotangents, indices, directions, low_precision):
+    spec = case.spec
+    arrays = [torch.from_numpy(a) for a in case.arrays64()]
+    M, N = case.M, case.N
+    eps, eps_acc = EPS[spec.dtype], EPS[acc_dtype(spec)]
+    cot64 = [c.to(F64) for c in cotangents]
+    dirs64 = None if directions is None else [d.to(F64) for d in directions]
+    g64, mags, terms = dense_gradients(spec, arrays, M, N, cot64, indices=indices, directions=dirs64)
+    arr32 = [a.to(torch.float32) for a in arrays]
+    g32, _, _ = dense_gradients(
+        spec,
+        arr32,
+        M,
+        N,
+        [c.to(torch.float32) for c in cot64],
+        dtype=torch.float32,
+        indices=indices,
+        directions=None if dirs64 is None else [d.to(torch.float32) for d in dirs64],
+    )
+    gp, _, _ = dense_gradients(
+        spec,
+        _perturbed(arrays, 16 * eps, 3),
+        M,
+        N,
+        cot64,
+        indices=indices,
+        directions=dirs64,
+        perturb=(eps, 3),
+    )
+    result = []
+    low = low_precision if low_precision is not None else [None] * len(g64)
+    # the natural scale of this computation: gradients that cancel to ~0 are compared to it
+    mags = [torch.nan_to_num(m, nan=0.0) for m in mags]
+    scale = max(
+        [float(m.max()) if m.numel() else 0.0 for m in mags]
+        + [float(torch.nan_to_num(a.abs(), nan=0.0).max()) if a.numel() else 0.0 for a in g64]
+        + [0.0]
+    )
+    for a, b, c, mag, n, r in zip(g64, g32, gp, mags, terms, low):
+        dev = (b.to(F64) - a).abs()
+        if r is not None:
+            cap = 1e-3 * (mag + a.abs() + scale)
+            rd = (r.to(F64) - a).abs()
+            dev = torch.maximum(dev, torch.minimum(torch.where(torch.isfinite(rd), rd, cap), cap))
+        noise = 8 * dev * (eps / EPS32) + (c - a).abs()
+        noise = torch.where(torch.isfinite(noise), noise, torch.full_like(noise, math.inf))
+        fc = fac(n, spec.sum_scheme)
+        tol = eps_acc * fc * (mag + scale) + noise + 2 * eps * a.abs() + TINY[spec.dtype]
+        if directions is not None:
+            tol = 2 * tol
+        result.append((a, tol, mag))
+    return result

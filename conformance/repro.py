@@ -1,0 +1,156 @@
+"""Minimal runnable snippets that reproduce a failing case.
+
+A snippet regenerates the case's data from its seed (the recipe of
+:class:`conformance.strategies.Case`), builds the reduction with ``Genred`` (the
+formula printed in the KeOps formula language; when the text does not parse back
+to the same formula, the spec is built from nodes instead), calls the backend
+and compares with the dense oracle (:mod:`conformance.oracle`).  Run it from the
+repository root.
+"""
+
+from __future__ import annotations
+
+from polykeops.formula.nodes import CAT_I, CAT_J, walk
+from polykeops.formula.printing import to_string
+
+_CAT = {CAT_I: "Vi", CAT_J: "Vj"}
+
+
+def _roundtrips(spec) -> bool:
+    try:
+        from polykeops.common.genred import GenericGenred  # noqa: F401
+        from polykeops.formula.parser import parse_reduction_formula
+
+        for f in spec.formulas:
+            g, _ = parse_reduction_formula(to_string(f), [])
+            if g != f:
+                return False
+        return True
+    except Exception:
+        return False
+
+
+def _node_code(f):
+    """Python code that rebuilds ``f`` from :class:`Node` constructors, and the name of the result."""
+    names = {}
+    lines = []
+    for n in walk(f):
+        if n.op == "Var":
+            text = f"Var({n.params[0]}, {n.params[1]}, {n.params[2]})"
+        else:
+            args = ", ".join(names[a] for a in n.args)
+            comma = "," if len(n.args) == 1 else ""
+            text = f"Node({n.op!r}, ({args}{comma}), {n.params!r}, {n.dim})"
+        name = f"n{len(names)}"
+        names[n] = name
+        lines.append(f"{name} = {text}")
+    return "\n".join(lines), names[f]
+
+
+def _registration(bt) -> list[str]:
+    if bt.origin == "registered":
+        return []
+    module, _, attr = bt.origin.partition(":")
+    return [
+        "from polykeops.backends import register_backend",
+        f"from {module} import {attr.split('.')[0]}",
+        f"register_backend({bt.name!r}, {attr}, replace=True)",
+    ]
+
+
+def data_lines(case, var: str = "a"):
+    """Lines regenerating the case's data (float64 NumPy arrays), and their names."""
+    lines = [f"rng = np.random.default_rng({case.seed})"]
+    names = []
+    for pos, (v, shape) in enumerate(zip(case.spec.variables, case.shapes)):
+        what = {CAT_I: "(*batch, M, dim)", CAT_J: "(*batch, N, dim)"}.get(v.cat, "(*batch, dim)")
+        if case.data == "int":
+            lo, hi = case.int_range
+            expr = f"rng.integers({lo}, {hi + 1}, {tuple(shape)}).astype(np.float64)"
+        else:
+            scale = "" if case.scale == 1.0 else f" * {case.scale!r}"
+            expr = f"3 * np.tanh(rng.standard_normal({tuple(shape)}) / 3){scale}"
+        cat = _CAT.get(v.cat, "Pm")
+        lines.append(f"{var}{pos} = {expr}  # {cat}({v.index}, {v.dim}): {what}")
+        names.append(f"{var}{pos}")
+    for p, idx, value in case.specials:
+        lines.append(f"{var}{p}.flat[{idx}] = {value!r}")
+    return lines, names
+
+
+def snippet(case, bt, *, mode: str = "forward", device: str = "cpu") -> str:
+    """The reproduction snippet (``mode``: "forward", "gradient" or "second")."""
+    spec = case.spec
+    kind = case.array_kind if mode == "forward" else "torch"
+    lines = ["import numpy as np", "import torch"]
+    lines += _registration(bt)
+    front = "polykeops.numpy" if kind == "numpy" else "polykeops.torch"
+    dl, names = data_lines(case)
+    lines += dl
+    if kind == "numpy":
+        lines.append(f"args = [x.astype({spec.dtype!r}) for x in ({', '.join(names)},)]")
+    else:
+        grad = ".requires_grad_()" if mode != "forward" else ""
+        lines.append(
+            f"args = [torch.from_numpy(x).to(torch.{spec.dtype}).to({device!r}){grad} "
+            f"for x in ({', '.join(names)},)]"
+        )
+    if _roundtrips(spec):
+        lines.append(f"from {front} import Genred")
+        opts = [f"reduction_op={spec.reduction!r}", f"axis={spec.axis}"]
+        if len(spec.formulas) > 1:
+            opts.append(f"formula2={to_string(spec.formulas[1])!r}")
+        if spec.k is not None:
+            opts.append(f"opt_arg={spec.k}")
+        if spec.sum_scheme != "block_sum":
+            opts.append(f"sum_scheme={spec.sum_scheme!r}")
+        lines.append(f"fn = Genred({to_string(spec.formulas[0])!r}, [], {', '.join(opts)})")
+        lines.append(f"out = fn(*args, backend={bt.name!r})")
+        spec_expr = f"fn.spec.with_(dtype={spec.dtype!r})"
+    else:
+        tools = "NumpyTools as Tools" if kind == "numpy" else "TorchTools as Tools"
+        lines.append("from polykeops.formula.nodes import Node, Var")
+        lines.append("from polykeops.formula.spec import ReductionSpec")
+        lines.append(f"from {front}.tools import {tools}")
+        lines.append("from polykeops.common.reduce import run_spec")
+        forms = []
+        for f in spec.formulas:
+            code, name = _node_code(f)
+            lines.append(code)
+            forms.append(name)
+        variables = ", ".join(f"Var({v.index}, {v.dim}, {v.cat})" for v in spec.variables)
+        lines.append(
+            f"spec = ReductionSpec({spec.reduction!r}, ({', '.join(forms)},), ({variables},), "
+            f"axis={spec.axis}, "
+            f"k={spec.k!r}, dtype={spec.dtype!r}, sum_scheme={spec.sum_scheme!r})"
+        )
+        lines.append(f"out = run_spec(Tools(), spec, args, backend={bt.name!r})")
+        spec_expr = "spec"
+    if mode == "forward":
+        lines.append("from conformance.oracle import expected_outputs  # the dense float64 torch oracle")
+        lines.append(f"expected = expected_outputs({spec_expr}, args)")
+        lines.append("outs = out if isinstance(out, tuple) else (out,)")
+        lines.append("for o, e in zip(outs, expected):")
+        lines.append("    o = torch.as_tensor(np.asarray(o.detach().cpu() if hasattr(o, 'detach') else o))")
+        lines.append("    print('max abs error', (o.double() - e.double()).abs().max().item())")
+        return "\n".join(lines)
+    second = mode == "second"
+    lines.append(f"rng = np.random.default_rng({case.seed + 1})  # cotangents of the float outputs")
+    lines.append("outs = out if isinstance(out, tuple) else (out,)")
+    lines.append("floats = [o for o in outs if o.is_floating_point()]")
+    lines.append("cots = [torch.from_numpy(rng.standard_normal(tuple(o.shape))).to(o) for o in floats]")
+    lines.append(f"grads = torch.autograd.grad(floats, args, cots, allow_unused=True, create_graph={second})")
+    if second:
+        lines.append(f"rng = np.random.default_rng({case.seed + 2})  # directions")
+        lines.append("dirs = [torch.from_numpy(rng.standard_normal(tuple(a.shape))).to(a) for a in args]")
+        lines.append("loss = sum((g * d).sum() for g, d in zip(grads, dirs) if g is not None)")
+        lines.append("grads = torch.autograd.grad(loss, args, allow_unused=True)")
+    lines.append("from conformance.oracle import dense_gradients  # torch.autograd on the dense computation")
+    lines.append("exact, _, _ = dense_gradients(")
+    lines.append(f"    {spec_expr}, [a.detach().double() for a in args], {case.M}, {case.N},")
+    lines.append("    [c.double() for c in cots],")
+    lines.append(f"    directions={'[d.double() for d in dirs]' if second else 'None'})")
+    lines.append("for p, (g, e) in enumerate(zip(grads, exact)):")
+    lines.append("    g = torch.zeros_like(e) if g is None else g.detach().double()")
+    lines.append("    print('argument', p, 'max abs error', (g - e).abs().max().item())")
+    return "\n".join(lines)

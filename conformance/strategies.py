@@ -1,0 +1,554 @@
+"""Hypothesis strategies of the conformance suite (its one helpers module for drawing cases).
+
+Everything a test draws comes from here:
+
+* :func:`formulas` -- random formula trees (depth <= 4 by default) drawn from the
+  op table (:func:`polykeops.formula.ops.public_ops`), so that an op registered
+  tomorrow is drawn tomorrow.  Static parameters come from each op's
+  ``random_params``; arguments are kept inside each op's ``domain`` ("positive",
+  "unit", "nonzero") by wrapping them (``Exp(Sin(x))``, ``9/10 Sin(x)``,
+  ``|x| + 1/2``...), and magnitudes are kept moderate by *probing*: every new
+  node is evaluated (through the op's reference implementation) on samples of
+  its arguments' value intervals, and arguments that would make it explode are
+  squashed (``Sin``, ``Atan``) first.  Leaf data lies in (-3, 3).
+* :func:`sizes`, :func:`batch_layouts`, :func:`cases` -- M and N (1, 2, and sizes
+  that are not multiples of any usual tile or block size), vector dimensions
+  (1..8, and 64 / 200 for the large-dimension tests), batch dimensions with
+  broadcasting, K for the K-reductions, the sum scheme, the array kind.
+* :class:`Case` -- one drawn test case: a :class:`ReductionSpec`, argument
+  shapes (Genred layout) and a *data recipe* (a seed, a distribution, special
+  values) from which the data is regenerated, by the suite and by the
+  reproduction snippet of a failure.
+
+Every draw is labelled (``label=`` arguments) so hypothesis' falsifying
+examples read well.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import cache
+
+import numpy as np
+from hypothesis import strategies as st
+
+from polykeops.errors import FormulaError
+from polykeops.formula import algebra as A
+from polykeops.formula.nodes import CAT_I, CAT_J, CAT_P, Const, Node, Var, substitute, variables
+from polykeops.formula.ops import OPS, public_ops
+from polykeops.formula.reductions import REDUCTIONS
+from polykeops.formula.spec import ReductionSpec
+from polykeops.numpy.xp import NumpyNamespace
+
+#: leaf data lies in (-LEAF, LEAF) (standard normal draws, squashed by LEAF tanh(x / LEAF))
+LEAF = 3.0
+#: magnitude above which a node's arguments are squashed before it is built
+NODE_LIMIT = 40.0
+#: sizes that are not multiples of usual tile / block / warp sizes, plus 1 and 2
+SPECIAL_SIZES_FAST = (1, 2, 3, 5, 7, 17, 31, 32, 33, 63, 65, 100, 127, 129, 200, 255, 257, 300)
+SPECIAL_SIZES_FULL = SPECIAL_SIZES_FAST + (511, 513, 1000, 1023, 1025, 2047, 2049, 3000)
+#: elements (batch x M x N x widest vector) a case may have, per tier
+CELL_BUDGET = {"fast": 40_000, "full": 2_000_000}
+K_REDUCTIONS = tuple(name for name, red in REDUCTIONS.items() if red.uses_k)
+CONSTANTS = (1, 2, 3, -1, Fraction(1, 2), Fraction(-3, 2), Fraction(1, 3))
+
+_NP = NumpyNamespace("float64")
+
+
+# ---------------------------------------------------------------------------
+# the drawn case
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One conformance case: a spec, argument shapes and the recipe of its data.
+
+    The data of argument ``p`` (in ``spec.variables`` order) is drawn, in that
+    order, from ``numpy.random.default_rng(seed)``:
+
+    * ``data == "normal"``: ``3 * np.tanh(rng.standard_normal(shape) / 3) * scale`` (in (-3, 3),
+      without the atoms at +-3 that clipping would create);
+    * ``data == "int"``: ``rng.integers(lo, hi + 1, shape)`` (many exact ties);
+
+    then ``specials`` (``(p, flat_index, value)``) are written in, and every
+    array is rounded to ``spec.dtype``.
+    """
+
+    spec: ReductionSpec
+    shapes: tuple
+    M: int
+    N: int
+    batch: tuple
+    seed: int
+    data: str = "normal"
+    scale: float = 1.0
+    int_range: tuple = (-3, 3)
+    specials: tuple = ()
+    array_kind: str = "torch"
+    value_limit: float | None = None  # |F| above which the oracle rejects the case (None: per dtype)
+
+    @property
+    def dtype(self) -> str:
+        return self.spec.dtype
+
+    def arrays64(self) -> list[np.ndarray]:
+        """The data (float64 NumPy arrays holding values exactly representable in ``spec.dtype``)."""
+        rng = np.random.default_rng(self.seed)
+        out = []
+        for shape in self.shapes:
+            if self.data == "int":
+                lo, hi = self.int_range
+                a = rng.integers(lo, hi + 1, shape).astype(np.float64)
+            else:
+                a = LEAF * np.tanh(rng.standard_normal(shape) / LEAF) * self.scale
+            out.append(a)
+        for p, idx, value in self.specials:
+            out[p].flat[idx] = value
+        return [a.astype(self.spec.dtype).astype(np.float64) for a in out]
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (
+            f"Case({s}, M={self.M}, N={self.N}, batch={self.batch}, shapes={list(self.shapes)}, "
+            f"seed={self.seed}, data={self.data!r}, specials={len(self.specials)}, kind={self.array_kind})"
+        )
+
+
+# ---------------------------------------------------------------------------
+# random formula trees
+# ---------------------------------------------------------------------------
+
+
+def _dim_candidates(arity: int, d: int, cap: int) -> list[tuple[int, ...]]:
+    """Argument dimensions worth trying for an op whose result should have dimension d."""
+    small = sorted({d, 1, 2 * d, 3 * d, 4 * d, d + 1, d + 2, d + 3, 2, 3, 4, 6, 8} - {0})
+    small = [x for x in small if 1 <= x <= cap]
+    if arity == 1:
+        return [(x,) for x in small]
+    if arity == 2:
+        pairs = {(a, b) for a in (d, 1) for b in (d, 1)}
+        pairs |= {(d * k, k) for k in range(1, 5)} | {(k, d * k) for k in range(1, 5)}
+        pairs |= {(a, d - a) for a in range(1, d)}
+        pairs |= {(a, d // a) for a in range(1, d + 1) if d % a == 0}
+        return sorted(p for p in pairs if max(p) <= cap)
+    if arity == 3:
+        return sorted({(a, b, c) for a in (d, 1) for b in (d, 1) for c in (d, 1)})
+    return [(d,) * arity]
+
+
+def _param_draws(opdef, dims, seed: int, tries: int = 12):
+    """Candidate static parameters for ``opdef`` with argument dimensions ``dims``."""
+    if not opdef.params:
+        yield ()
+        return
+    if opdef.random_params is None:
+        return
+    rnd = random.Random(seed)
+    for _ in range(tries):
+        try:
+            yield tuple(opdef.random_params(dims, rnd))
+        except Exception:
+            return
+
+
+def _result_dim(opdef, dims, params):
+    try:
+        return opdef.dim(*dims, *params)
+    except (FormulaError, ValueError, TypeError, ZeroDivisionError):
+        return None
+
+
+@cache
+def _feasible(name: str, d: int, cap: int) -> tuple[tuple[int, ...], ...]:
+    """Argument dimensions for which op ``name`` can produce dimension ``d`` (some parameters)."""
+    opdef = OPS[name]
+    found = []
+    for dims in _dim_candidates(opdef.arity, d, cap):
+        if any(_result_dim(opdef, dims, p) == d for p in _param_draws(opdef, dims, 12345, 24)):
+            found.append(dims)
+    return tuple(found)
+
+
+def _interval_of(values) -> tuple[float, float] | None:
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        return None
+    lo, hi = float(values.min()), float(values.max())
+    pad = 0.1 * (hi - lo) + 1e-3 * max(1.0, abs(lo), abs(hi))
+    return (lo - pad, hi + pad)
+
+
+def probe(opdef, params, intervals, dims, seed: int) -> tuple[float, float] | None:
+    """Estimated value interval of ``opdef(*args)`` for arguments in ``intervals`` (None: not finite)."""
+    rng = np.random.default_rng(seed)
+    n = 40
+    args = []
+    for k, ((lo, hi), d) in enumerate(zip(intervals, dims)):
+        a = rng.uniform(lo, hi, (n, d))
+        a[0], a[1] = lo, hi
+        a[2] = lo if k % 2 else hi
+        a[3] = hi if k % 2 else lo
+        args.append(a)
+    try:
+        with np.errstate(all="ignore"):
+            out = opdef.ref(_NP, *args, *params)
+    except Exception:
+        return None
+    return _interval_of(out)
+
+
+def _mag(iv) -> float:
+    return max(abs(iv[0]), abs(iv[1]))
+
+
+class TreeBuilder:
+    """Draws one formula tree (several formulas may share its variables)."""
+
+    def __init__(
+        self,
+        draw,
+        *,
+        max_depth=4,
+        max_ops=9,
+        cap=16,
+        leaf_dims=None,
+        ops=None,
+        max_vars=5,
+        consts=True,
+        cats=(CAT_I, CAT_J, CAT_I, CAT_J, CAT_P),
+    ):
+        self.draw = draw
+        self.max_depth = max_depth
+        self.max_ops = max_ops
+        self.cap = cap
+        self.ops = [o.name for o in (ops if ops is not None else public_ops())]
+        self.max_vars = max_vars
+        self.consts = consts
+        self.cats = cats
+        self.vars: list[Node] = []
+        self.n_ops = 0
+
+    # -- leaves ---------------------------------------------------------------
+    def new_var(self, dim: int, cat: int | None = None) -> Node:
+        if cat is None:
+            cat = self.draw(st.sampled_from(self.cats), label="variable category")
+        v = Var(len(self.vars), dim, cat)
+        self.vars.append(v)
+        return v
+
+    def leaf(self, dim: int):
+        kind = self.draw(st.integers(0, 11), label="leaf kind")
+        if kind == 11 and self.consts:
+            value = self.draw(st.sampled_from(CONSTANTS), label="constant")
+            return Const(value, dim), (float(value), float(value))
+        same = [v for v in self.vars if v.dim == dim]
+        if same and (kind < 6 or len(self.vars) >= self.max_vars):
+            v = self.draw(st.sampled_from(same), label="reused variable")
+        else:
+            v = self.new_var(dim)
+        return v, (-LEAF, LEAF)
+
+    # -- wrappers -------------------------------------------------------------
+    def squash(self, node: Node, iv):
+        if _mag(iv) <= 2.0:
+            return node, iv
+        if self.draw(st.booleans(), label="squash with Sin (else Atan)"):
+            return A.node("Sin", node), (-1.0, 1.0)
+        return A.node("Atan", node), (-1.5708, 1.5708)
+
+    def adapt(self, node: Node, iv, domain: str):
+        """``node`` turned into a formula whose values lie in ``domain``."""
+        if domain == "positive":
+            if iv[0] >= 0.1 and iv[1] <= NODE_LIMIT:
+                return node, iv
+            how = self.draw(st.integers(0, 2), label="positive wrapper")
+            if how == 0:
+                return A.node("Exp", A.node("Sin", node)), (0.36, 2.72)
+            node, iv = self.squash(node, iv)
+            if how == 1:
+                return A.add(A.node("Abs", node), Const(Fraction(1, 2), 1)), (0.5, 0.5 + _mag(iv))
+            return A.add(A.square(A.node("Atan", node)), Const(Fraction(1, 4), 1)), (0.25, 2.72)
+        if domain == "unit":
+            if _mag(iv) <= 0.95:
+                return node, iv
+            if self.draw(st.booleans(), label="unit wrapper Sin (else Atan)"):
+                return A.mul(Const(Fraction(9, 10), 1), A.node("Sin", node)), (-0.9, 0.9)
+            return A.mul(Const(Fraction(3, 5), 1), A.node("Atan", node)), (-0.95, 0.95)
+        if domain == "nonzero":
+            if (iv[0] >= 0.2 or iv[1] <= -0.2) and _mag(iv) <= NODE_LIMIT:
+                return node, iv
+            how = self.draw(st.integers(0, 2), label="nonzero wrapper")
+            if how == 0:
+                return A.node("Exp", A.node("Sin", node)), (0.36, 2.72)
+            node, iv = self.squash(node, iv)
+            pos = A.add(A.node("Abs", node), Const(Fraction(1, 2), 1))
+            hi = 0.5 + _mag(iv)
+            if how == 1:
+                return pos, (0.5, hi)
+            return A.neg(pos), (-hi, -0.5)
+        return node, iv  # "real" (and unknown domains)
+
+    # -- trees ----------------------------------------------------------------
+    def tree(self, dim: int, depth: int = 0):
+        """A random formula of dimension ``dim`` and its estimated value interval."""
+        at_top = depth == 0
+        if depth >= self.max_depth or self.n_ops >= self.max_ops:
+            return self.leaf(dim)
+        if not at_top and self.draw(st.integers(0, 9), label="stop here (leaf)") < 1 + depth:
+            return self.leaf(dim)
+        choices = [name for name in self.ops if _feasible(name, dim, self.cap)]
+        if not choices:
+            return self.leaf(dim)
+        name = self.draw(st.sampled_from(choices), label=f"op (dim {dim})")
+        opdef = OPS[name]
+        dims = self.draw(st.sampled_from(_feasible(name, dim, self.cap)), label=f"{name} argument dims")
+        seed = self.draw(st.integers(0, 2**31 - 1), label=f"{name} parameter seed")
+        params = next(
+            (p for p in _param_draws(opdef, dims, seed) if _result_dim(opdef, dims, p) == dim), None
+        )
+        if params is None:
+            return self.leaf(dim)
+        self.n_ops += 1
+        raw = [self.tree(d, depth + 1) for d in dims]
+        domains = tuple(opdef.domain) + ("real",) * (opdef.arity - len(opdef.domain))
+        for attempt in range(2):
+            args = [self.adapt(n, iv, dom) for (n, iv), dom in zip(raw, domains)]
+            iv = probe(opdef, params, [a[1] for a in args], dims, seed)
+            if iv is not None and _mag(iv) <= NODE_LIMIT:
+                break
+            if attempt == 0:
+                raw = [self.squash(n, v) for n, v in raw]
+        else:
+            return self.leaf(dim)
+        try:
+            node = A.node(name, *[a[0] for a in args], params=params)
+        except FormulaError:
+            return self.leaf(dim)
+        if node.dim != dim:  # pragma: no cover - a smart constructor changed the dimension
+            return self.leaf(dim)
+        return node, iv
+
+
+def _ensure_ij(builder: TreeBuilder, formula: Node) -> Node:
+    """Make the formula depend on an i- and a j-variable (adds ``Sin(v) / 2`` terms if needed)."""
+    present = {v.cat for v in variables(formula)}
+    for cat in (CAT_I, CAT_J):
+        if cat in present:
+            continue
+        pool = [v for v in builder.vars if v.cat == cat]
+        v = (
+            pool[0]
+            if pool
+            else builder.new_var(builder.draw(st.sampled_from([1, 2]), label="extra var dim"), cat)
+        )
+        term = A.mul(Const(Fraction(1, 2), 1), A.node("Sin", v))
+        if term.dim != 1 and term.dim != formula.dim:
+            term = A.vsum(term)
+        formula = A.add(formula, term)
+    return formula
+
+
+def renumber(formulas) -> tuple[tuple[Node, ...], tuple[Node, ...]]:
+    """Formulas whose variables are numbered 0..n-1 (in index order), and those variables."""
+    old = variables(*formulas)
+    mapping = {v: Var(k, v.dim, v.cat) for k, v in enumerate(old)}
+    new = tuple(substitute(f, mapping) for f in formulas)
+    return new, tuple(mapping[v] for v in old)
+
+
+@st.composite
+def formulas(
+    draw,
+    reduction: str,
+    *,
+    max_depth: int = 4,
+    max_dim: int = 8,
+    max_ops: int = 9,
+    out_dims=None,
+    weight_dims=(1, 2, 3),
+    ops=None,
+    large_dim: int | None = None,
+    consts: bool = True,
+    weight_ops=None,
+):
+    """``(formulas, variables)`` for ``reduction`` (two formulas for weighted reductions).
+
+    With ``large_dim``, the variables have that dimension (64, 200...): trees are
+    drawn with dimension ``large_dim`` or 1, to reach chunked code paths.
+    """
+    red = REDUCTIONS[reduction]
+    cap = max(16, large_dim or 0)
+    builder = TreeBuilder(draw, max_depth=max_depth, max_ops=max_ops, cap=cap, ops=ops, consts=consts)
+    if red.scalar_formula:
+        dim = 1
+    elif large_dim:
+        dim = draw(st.sampled_from([1, large_dim]), label="formula dimension")
+    else:
+        choices = out_dims or [d for d in (1, 2, 3, 4, 5, 8) if d <= max_dim]
+        dim = draw(st.sampled_from(choices), label="formula dimension")
+    # an i- and a j-variable to start with (leaves reuse variables of the right dimension)
+    for cat in (CAT_I, CAT_J):
+        if large_dim:
+            d = large_dim
+        else:
+            d = draw(st.sampled_from(sorted({dim, 1, 2, 3})), label="first variables' dims")
+        builder.new_var(d, cat)
+    f, _ = builder.tree(dim)
+    f = _ensure_ij(builder, f)
+    forms = [f]
+    if red.n_formulas == 2:
+        dg = draw(st.sampled_from(list(weight_dims)), label="weight dimension")
+        depth_g = max(1, max_depth - 2)
+        builder.max_depth = depth_g
+        builder.n_ops = max(0, builder.max_ops - 4)
+        if weight_ops is not None:
+            builder.ops = [o.name for o in weight_ops]
+        g, giv = builder.tree(dg)
+        if reduction == "LogSumExpWeight":  # the weights must be positive
+            g, _ = builder.adapt(g, giv, "positive")
+        forms.append(g)
+    return renumber(forms)
+
+
+# ---------------------------------------------------------------------------
+# sizes, batches, cases
+# ---------------------------------------------------------------------------
+
+
+def sizes(tier: str = "fast", *, max_size: int | None = None):
+    special = SPECIAL_SIZES_FULL if tier == "full" else SPECIAL_SIZES_FAST
+    top = max_size or (3000 if tier == "full" else 300)
+    special = [s for s in special if s <= top]
+    return st.one_of(st.sampled_from(special), st.integers(1, top))
+
+
+@st.composite
+def batch_layouts(draw, variables_, *, allow: bool = True, max_batch_dims: int = 2):
+    """``(batch_shape, per-variable batch shapes)``: each variable's batch dims broadcast to the batch."""
+    if not allow or not draw(st.integers(0, 2), label="batched?"):
+        return (), tuple(() for _ in variables_)
+    nb = draw(st.integers(1, max_batch_dims), label="number of batch dims")
+    full = tuple(draw(st.sampled_from([2, 3, 1, 2]), label="batch size") for _ in range(nb))
+    per = []
+    for _ in variables_:
+        drop = (
+            draw(st.integers(0, nb), label="leading batch dims omitted")
+            if draw(st.booleans(), label="omit leading batch dims?")
+            else 0
+        )
+        dims = tuple(1 if draw(st.booleans(), label="broadcast this batch dim?") else n for n in full[drop:])
+        per.append(dims)
+    # the batch shape the front end sees: the broadcast of every variable's batch shape
+    width = max(len(b) for b in per) if per else 0
+    actual = tuple(
+        max([1] + [b[len(b) - width + k] for b in per if len(b) - width + k >= 0]) for k in range(width)
+    )
+    return actual, tuple(per)
+
+
+def _widest(forms) -> int:
+    from polykeops.formula.nodes import walk
+
+    return max([n.dim for f in forms for n in walk(f)] + [1])
+
+
+@st.composite
+def cases(
+    draw,
+    reduction: str,
+    axis: int,
+    dtype: str,
+    *,
+    tier: str = "fast",
+    batch: bool = True,
+    array_kinds=("torch",),
+    sum_schemes=("block_sum",),
+    max_depth: int | None = None,
+    large_dim: int | None = None,
+    ops=None,
+    forms=None,
+    data: str = "normal",
+    max_size: int | None = None,
+    k_max: int = 8,
+    consts: bool = True,
+    int_range=(-3, 3),
+):
+    """A full :class:`Case` for ``reduction`` along ``axis`` in ``dtype``."""
+    if forms is None:
+        if max_depth is None:
+            max_depth = 2 if dtype == "float16" else 4
+        forms, vars_ = draw(
+            formulas(reduction, max_depth=max_depth, large_dim=large_dim, ops=ops, consts=consts),
+            label="formulas",
+        )
+    elif isinstance(forms, st.SearchStrategy):
+        forms, vars_ = draw(forms, label="formulas")
+    else:
+        forms, vars_ = forms
+    red = REDUCTIONS[reduction]
+    scheme = "block_sum"
+    if red.is_sum_like and len(sum_schemes) > 1:
+        scheme = draw(st.sampled_from(sorted(sum_schemes)), label="sum_scheme")
+    top = max_size or (1000 if (dtype == "float16" and tier == "full") else None)
+    M = draw(sizes(tier, max_size=top), label="M")
+    N = draw(sizes(tier, max_size=top), label="N")
+    bshape, per = draw(batch_layouts(vars_, allow=batch), label="batch layout")
+    width = _widest(forms)
+    budget = CELL_BUDGET[tier]
+    nbatch = int(np.prod(bshape)) if bshape else 1
+    while M * N * width * nbatch > budget and max(M, N) > 1:
+        if M >= N:
+            M = max(1, M // 2 + (M % 2))
+        else:
+            N = max(1, N // 2 + (N % 2))
+    k = None
+    if red.uses_k:
+        n_red = N if axis == 1 else M
+        k = draw(st.integers(1, max(1, min(k_max, n_red))), label="K")
+    spec = ReductionSpec(
+        reduction=reduction, formulas=forms, variables=vars_, axis=axis, k=k, dtype=dtype, sum_scheme=scheme
+    )
+    shapes = []
+    for v, b in zip(vars_, per):
+        if v.cat == CAT_I:
+            shapes.append(b + (M, v.dim))
+        elif v.cat == CAT_J:
+            shapes.append(b + (N, v.dim))
+        else:
+            shapes.append(b + (v.dim,))
+    kind = (
+        draw(st.sampled_from(list(array_kinds)), label="array kind")
+        if len(array_kinds) > 1
+        else array_kinds[0]
+    )
+    seed = draw(st.integers(0, 2**32 - 1), label="data seed")
+    return Case(
+        spec=spec,
+        shapes=tuple(shapes),
+        M=M,
+        N=N,
+        batch=bshape,
+        seed=seed,
+        data=data,
+        array_kind=kind,
+        int_range=tuple(int_range),
+    )
+
+
+def case_from(
+    spec: ReductionSpec, M: int, N: int, *, seed: int = 0, batch=(), per_var_batch=None, **kwargs
+) -> Case:
+    """A :class:`Case` for a hand-written spec (deterministic tests)."""
+    shapes = []
+    for pos, v in enumerate(spec.variables):
+        b = tuple(per_var_batch[pos]) if per_var_batch is not None else tuple(batch)
+        if v.cat == CAT_I:
+            shapes.append(b + (M, v.dim))
+        elif v.cat == CAT_J:
+            shapes.append(b + (N, v.dim))
+        else:
+            shapes.append(b + (v.dim,))
+    return Case(spec=spec, shapes=tuple(shapes), M=M, N=N, batch=tuple(batch), seed=seed, **kwargs)

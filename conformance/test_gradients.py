@@ -1,0 +1,118 @@
+"""Gradients through the backend against torch.autograd on the dense computation.
+
+First order for every differentiable reduction (w.r.t. i-, j-variables and
+parameters, with batch broadcasting), second order for Sum and LogSumExp.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conformance.checks import check_gradients
+from conformance.session import OPTIONS, hypothesis_settings
+from conformance.strategies import case_from, cases
+from polykeops.formula import algebra as A
+from polykeops.formula.composite import sqdist
+from polykeops.formula.nodes import Const, Var
+from polykeops.formula.reductions import REDUCTIONS
+from polykeops.formula.spec import ReductionSpec
+
+DIFFERENTIABLE = sorted(name for name, red in REDUCTIONS.items() if red.differentiable)
+
+
+def grad_dtypes(backend):
+    wanted = ("float32", "float64", "float16") if OPTIONS.full else ("float32", "float64")
+    return [d for d in wanted if d in backend.capabilities.dtypes]
+
+
+def needs_torch(backend, reduction=None):
+    caps = backend.capabilities
+    if "torch" not in caps.array_kinds:
+        pytest.skip(f"{backend.label} does not claim torch tensors (gradients go through torch.autograd)")
+    if reduction is not None and caps.reductions is not None and reduction not in caps.reductions:
+        pytest.skip(f"{backend.label} does not claim the {reduction} reduction")
+    return caps
+
+
+@pytest.mark.parametrize("axis", [0, 1], ids=["axis0", "axis1"])
+@pytest.mark.parametrize("reduction", DIFFERENTIABLE)
+@hypothesis_settings(1.0)
+@given(data=st.data())
+def test_gradient(backend, device, reduction, axis, data):
+    """d(reduction)/d(every argument) for a random formula, random cotangents."""
+    caps = needs_torch(backend, reduction)
+    dtype = data.draw(st.sampled_from(grad_dtypes(backend)), label="dtype")
+    case = data.draw(
+        cases(
+            reduction,
+            axis,
+            dtype,
+            tier=OPTIONS.tier,
+            batch=caps.batch,
+            max_depth=2 if dtype == "float16" else 3,
+            max_size=None if OPTIONS.full else 120,
+        ),
+        label="case",
+    )
+    check_gradients(backend, case, device=device)
+
+
+@pytest.mark.parametrize("axis", [0, 1], ids=["axis0", "axis1"])
+@pytest.mark.parametrize("reduction", ["Sum", "LogSumExp"])
+@hypothesis_settings(1.0)
+@given(data=st.data())
+def test_second_order(backend, device, reduction, axis, data):
+    """Second derivatives (gradient of <gradient, V>) through the backend's gradient reductions."""
+    caps = needs_torch(backend, reduction)
+    dtype = data.draw(st.sampled_from([d for d in grad_dtypes(backend) if d != "float16"]), label="dtype")
+    case = data.draw(
+        cases(
+            reduction,
+            axis,
+            dtype,
+            tier=OPTIONS.tier,
+            batch=caps.batch,
+            max_depth=2,
+            max_size=None if OPTIONS.full else 60,
+        ),
+        label="case",
+    )
+    check_gradients(backend, case, order=2, device=device)
+
+
+def _param_spec(reduction, dtype):
+    """exp(-p |x_i - y_j|^2) with weights: a parameter p (dim 1) and a parameter vector q (dim 3)."""
+    x, y, p, q, b = Var(0, 3, 0), Var(1, 3, 1), Var(2, 1, 2), Var(3, 3, 2), Var(4, 2, 1)
+    f = A.sub(A.vsum(A.mul(q, A.node("Sin", A.add(x, y)))), A.mul(A.square(p), sqdist(x, y)))
+    variables = (x, y, p, q, b)
+    if reduction in ("Sum",):
+        forms = (A.mul(A.node("Exp", f), b),)
+    elif reduction in ("SumSoftMaxWeight", "LogSumExpWeight"):
+        forms = (f, A.add(A.node("Exp", b), Const(1, 1)) if reduction == "LogSumExpWeight" else b)
+    else:
+        forms = (f,)
+        variables = variables[:4]
+    k = 3 if reduction.startswith("KMin") else None
+    return ReductionSpec(reduction, forms, variables, axis=1, k=k, dtype=dtype)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["plain", "batched"])
+@pytest.mark.parametrize(
+    "reduction", ["Sum", "LogSumExp", "SumSoftMaxWeight", "LogSumExpWeight", "Min", "KMin"]
+)
+def test_parameter_gradient(backend, device, reduction, batched):
+    """Parameter gradients are summed over every i and j (and broadcast batch dimensions)."""
+    caps = needs_torch(backend, reduction)
+    if batched and not caps.batch:
+        pytest.skip("batch dimensions not claimed")
+    dtype = "float64" if "float64" in caps.dtypes else "float32"
+    spec = _param_spec(reduction, dtype)
+    per = None
+    batch = ()
+    if batched:
+        batch = (2,)
+        per = [(2,), (1,), (), (2,), (1,)][: len(spec.variables)]
+    case = case_from(spec, 37, 41, seed=7, batch=batch, per_var_batch=per)
+    check_gradients(backend, case, device=device, deterministic=True)

@@ -1,0 +1,569 @@
+"""Formula IR -> C-family statements, shared by the CPU and (later) CUDA backends.
+
+:class:`CRenderer` walks a formula DAG once, children before parents, and emits
+one local variable per distinct node (common sub-expressions are computed once):
+
+* a node of dimension 1 becomes a scalar ``const T vN = ...;``
+* a node of dimension d > 1 becomes a small array ``T vN[d];`` filled by a loop
+  over its components (marked for unrolling) or by explicit statements for the
+  index-shuffling ops (Concat, ExtractT...).
+
+The renderer knows nothing about where values come from: the caller gives a
+``leaf`` callback that returns the C expression of component ``k`` of a
+variable (``k`` is an int or a C index expression), and may give ``known``
+accessors for nodes that are computed elsewhere (hoisted out of a loop, or
+stored in a tile buffer).  Dialect differences between C and CUDA (scalar
+types, names of math functions, function qualifiers, pragmas) are class
+attributes, so a CUDA renderer is a subclass that overrides a few of them.
+
+The semantics of every op follow its reference implementation in
+:mod:`polykeops.formula.ops` (including NaN and infinity propagation); the
+tests compare rendered kernels with the reference on random and special values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from ...errors import BackendError
+from ...formula.nodes import Node
+
+
+class UnsupportedOpError(BackendError):
+    """The renderer has no C rule for an operation (for example a third-party op)."""
+
+
+@dataclass
+class RenderedFormula:
+    """The statements computing some nodes, and how to read any node's components."""
+
+    lines: list[str]
+    access: Callable[[Node, object], str]
+    names: dict = field(default_factory=dict)
+
+    def value(self, node: Node, k: object = 0) -> str:
+        """C expression of component ``k`` of ``node``."""
+        return self.access(node, k)
+
+
+class CRenderer:
+    """C renderer; subclasses (CUDA, ...) override the dialect attributes below."""
+
+    #: dtype name -> C scalar type
+    float_types = {"float32": "float", "float64": "double"}
+    int64_type = "int64_t"
+    #: qualifier of helper functions the kernel sources define
+    func_qualifier = "static inline"
+    restrict = "__restrict__"
+    simd_pragma = "#pragma omp simd"
+    unroll_pragma = "#pragma GCC unroll {n}"
+    infinity = "INFINITY"
+    nan = "NAN"
+    #: math function names per C scalar type ("exp" is a vectorisable IEEE-safe
+    #: polynomial defined in the CPU runtime header; CUDA would use expf/exp)
+    math_funcs = {
+        "float": {
+            "exp": "pk_expf", "log": "logf", "sin": "sinf", "cos": "cosf", "asin": "asinf",
+            "acos": "acosf", "atan": "atanf", "atan2": "atan2f", "sqrt": "sqrtf",
+            "fabs": "fabsf", "floor": "floorf", "pow": "powf",
+        },
+        "double": {
+            "exp": "pk_exp", "log": "log", "sin": "sin", "cos": "cos", "asin": "asin",
+            "acos": "acos", "atan": "atan", "atan2": "atan2", "sqrt": "sqrt",
+            "fabs": "fabs", "floor": "floor", "pow": "pow",
+        },
+    }
+    #: components above which small arrays are filled by loops rather than unrolled text
+    unroll_limit = 16
+
+    def __init__(self, dtype: str = "float32"):
+        if dtype not in self.float_types:
+            raise BackendError(f"{type(self).__name__} cannot render dtype {dtype!r}")
+        self.dtype = dtype
+        self.T = self.float_types[dtype]
+        self.fn = self.math_funcs[self.T]
+
+    # ------------------------------------------------------------------
+    # literals and helpers
+    # ------------------------------------------------------------------
+    def literal(self, value) -> str:
+        """A C literal of type T for an int, Fraction or float constant (rounded as NumPy does)."""
+        x = float(Fraction(value)) if not isinstance(value, float) else value
+        if math.isnan(x):
+            return f"(({self.T}){self.nan})"
+        if math.isinf(x):
+            return f"(({self.T}){'-' if x < 0 else ''}{self.infinity})"
+        text = repr(x)
+        if self.T == "double":
+            return f"({text})" if x < 0 else text
+        # double literal then cast: the same double -> float rounding as np.full(float(v), float32)
+        return f"(({self.T}){text})"
+
+    def unroll(self, n: int) -> str:
+        return self.unroll_pragma.format(n=n)
+
+    def supported_ops(self) -> frozenset:
+        """The op names this renderer can emit (leaves excluded)."""
+        return frozenset(self._ELEMENTWISE) | frozenset(self._STRUCTURAL)
+
+    # ------------------------------------------------------------------
+    # the walk
+    # ------------------------------------------------------------------
+    def render(
+        self,
+        roots: Iterable[Node],
+        leaf: Callable[[Node, object], str],
+        known: dict | None = None,
+        prefix: str = "v",
+        counter: list | None = None,
+    ) -> RenderedFormula:
+        """Statements computing ``roots`` (and their sub-nodes, once each).
+
+        ``leaf(var, k)`` gives the expression of component ``k`` of a ``Var``;
+        ``known[node](k)`` the expression of an already computed node.
+        ``counter`` (a one-element list) continues the numbering of names
+        across several calls that share one C scope.
+        """
+        known = dict(known or {})
+        names: dict[Node, str] = {}
+        lines: list[str] = []
+        counter = counter if counter is not None else [0]
+
+        def access(node: Node, k) -> str:
+            if node in known:
+                return known[node](k if node.dim > 1 else 0)
+            op = node.op
+            if op == "Const":
+                return self.literal(node.params[0])
+            if op == "Zero":
+                return self.literal(0)
+            if op == "Var":
+                return leaf(node, k if node.dim > 1 else 0)
+            if op == "Leaf":
+                raise BackendError("un-numbered Leaf nodes cannot be rendered (use a canonical spec)")
+            name = names[node]
+            return name if node.dim == 1 else f"{name}[{k}]"
+
+        todo = _postorder(roots, stop=lambda n: n in known or n.is_leaf)
+        for n in todo:
+            if n.op not in self._ELEMENTWISE and n.op not in self._STRUCTURAL:
+                raise UnsupportedOpError(
+                    f"the C renderer has no rule for operation {n.op!r}; "
+                    "the reference backend evaluates it"
+                )
+        for n in todo:
+            name = f"{prefix}{counter[0]}"
+            counter[0] += 1
+            names[n] = name
+            if n.op in self._ELEMENTWISE:
+                self._emit_elementwise(n, name, access, lines)
+            else:
+                getattr(self, self._STRUCTURAL[n.op])(n, name, access, lines)
+        return RenderedFormula(lines, access, names)
+
+    def is_elementwise(self, node: Node) -> bool:
+        """True for ops computed component by component (no mixing of components)."""
+        return node.op in self._ELEMENTWISE
+
+    def render_component(
+        self,
+        nodes: list,
+        k: str,
+        dim: int,
+        leaf: Callable[[Node, object], str],
+        known: dict | None = None,
+        prefix: str = "c",
+        counter: list | None = None,
+    ) -> tuple[list[str], dict]:
+        """Component ``k`` (a C index expression) of elementwise ``nodes`` of dimension ``dim``.
+
+        ``nodes`` are in dependency order; each becomes one scalar ``const T``.  This is
+        how large vector values are computed: inside a loop over their components, so
+        that each component is a scalar (in a register, or one SIMD lane per j).
+        Returns the lines and ``{node: scalar name}``.
+        """
+        known = known or {}
+        counter = counter if counter is not None else [0]
+        names: dict[Node, str] = {}
+        lines: list[str] = []
+
+        def comp(a: Node) -> str:
+            if a in names:
+                return names[a]
+            kk = k if a.dim == dim and dim > 1 else 0
+            if a in known:
+                return known[a](kk)
+            if a.op == "Const":
+                return self.literal(a.params[0])
+            if a.op == "Zero":
+                return self.literal(0)
+            if a.op == "Var":
+                return leaf(a, kk)
+            raise BackendError(f"render_component: operand {a.op} is neither computed nor known")
+
+        for n in nodes:
+            if n.op not in self._ELEMENTWISE or n.dim != dim:
+                raise BackendError(
+                    f"render_component: {n.op} of dimension {n.dim} is not elementwise in {dim}"
+                )
+            expr = self._ELEMENTWISE[n.op](self, *[comp(a) for a in n.args], *n.params)
+            name = f"{prefix}{counter[0]}"
+            counter[0] += 1
+            lines.append(f"const {self.T} {name} = {expr};")
+            names[n] = name
+        return lines, names
+
+    # ------------------------------------------------------------------
+    # elementwise ops: an expression of the components of the arguments
+    # ------------------------------------------------------------------
+    def _emit_elementwise(self, n: Node, name: str, access, lines: list[str]) -> None:
+        rule = self._ELEMENTWISE[n.op]
+        d = n.dim
+
+        def comp(k):
+            args = [access(a, k if a.dim == d and d > 1 else 0) for a in n.args]
+            return rule(self, *args, *n.params)
+
+        if d == 1:
+            lines.append(f"const {self.T} {name} = {comp(0)};")
+        elif d <= self.unroll_limit:
+            lines.append(f"{self.T} {name}[{d}];")
+            for k in range(d):
+                lines.append(f"{name}[{k}] = {comp(k)};")
+        else:
+            lines.append(f"{self.T} {name}[{d}];")
+            lines.append(self.unroll(8))
+            lines.append(f"for (int k_ = 0; k_ < {d}; ++k_) {name}[k_] = {comp('k_')};")
+
+    def _one(self):
+        return self.literal(1)
+
+    def _zero(self):
+        return self.literal(0)
+
+    def _f(self, fname: str, *args) -> str:
+        return f"{self.fn[fname]}({', '.join(args)})"
+
+    def _sign(self, a):
+        return f"(({a}) > 0 ? {self._one()} : (({a}) < 0 ? {self.literal(-1)} : ({a})))"
+
+    def _round(self, a, decimals):
+        s = self.literal(10.0**decimals)
+        inner = f"{self._f('fabs', a)} * {s} + {self.literal(0.5)}"
+        return f"({self._sign(a)} * {self._f('floor', inner)} / {s})"
+
+    def _pow_int(self, a, n: int) -> str:
+        if n == 0:
+            return self._one()
+        m = abs(n)
+        if m > 16:
+            return self._f("pow", a, self.literal(n))
+        # binary exponentiation written out (an expression tree of products)
+        def power(e):
+            if e == 1:
+                return f"({a})"
+            half = power(e // 2)
+            sq = f"({half} * {half})"
+            return sq if e % 2 == 0 else f"({sq} * ({a}))"
+
+        p = power(m)
+        return p if n > 0 else f"({self._one()} / {p})"
+
+    _ELEMENTWISE: dict = {}
+    _STRUCTURAL: dict = {}
+
+    # ------------------------------------------------------------------
+    # structural ops: explicit statements
+    # ------------------------------------------------------------------
+    def _declare(self, name: str, d: int) -> str:
+        return f"{self.T} {name}[{d}];" if d > 1 else f"{self.T} {name};"
+
+    def _assign_loop(self, lines, name, d, expr_of_k, start=0, count=None):
+        """``name[start + k] = expr(k)`` for k < count, unrolled below the limit."""
+        count = d if count is None else count
+        def target(k):
+            if d == 1:
+                return name
+            return f"{name}[{start} + {k}]" if start else f"{name}[{k}]"
+
+        if count <= self.unroll_limit:
+            for k in range(count):
+                lines.append(f"{target(k)} = {expr_of_k(k)};")
+        else:
+            lines.append(self.unroll(8))
+            lines.append(f"for (int k_ = 0; k_ < {count}; ++k_) {target('k_')} = {expr_of_k('k_')};")
+
+    def _emit_sum(self, n, name, access, lines):
+        (a,) = n.args
+        if a.dim == 1:
+            lines.append(f"const {self.T} {name} = {access(a, 0)};")
+            return
+        lines.append(f"{self.T} {name} = {access(a, 0)};")
+        if a.dim - 1 <= self.unroll_limit:
+            for k in range(1, a.dim):
+                lines.append(f"{name} += {access(a, k)};")
+        else:
+            lines.append(self.unroll(8))
+            lines.append(f"for (int k_ = 1; k_ < {a.dim}; ++k_) {name} += {access(a, 'k_')};")
+
+    def _emit_sumt(self, n, name, access, lines):
+        (a,) = n.args
+        lines.append(self._declare(name, n.dim))
+        self._assign_loop(lines, name, n.dim, lambda k: access(a, 0))
+
+    def _emit_minmax(self, n, name, access, lines):
+        (a,) = n.args
+        cmp = "<" if n.op == "Min" else ">"
+        lines.append(f"{self.T} {name} = {access(a, 0)};")
+        # NaN propagates (as NumPy's max): once the running value is NaN it stays NaN
+        for k in self._range_text(1, a.dim, lines):
+            x = access(a, k)
+            lines.append(f"{name} = (({x}) {cmp} {name} || ({x}) != ({x})) ? ({x}) : {name};")
+
+    def _emit_argminmax(self, n, name, access, lines):
+        (a,) = n.args
+        cmp = "<" if n.op == "ArgMin" else ">"
+        best = f"{name}_b"
+        lines.append(f"{self.T} {best} = {access(a, 0)};")
+        lines.append(f"{self.T} {name} = {self._zero()};")
+        # first NaN wins; otherwise first strict optimum
+        for k in self._range_text(1, a.dim, lines):
+            x = access(a, k)
+            kk = self.literal(k) if isinstance(k, int) else f"(({self.T}){k})"
+            lines.append(
+                f"if ((({x}) {cmp} {best}) || (({x}) != ({x}) && {best} == {best})) "
+                f"{{ {best} = ({x}); {name} = {kk}; }}"
+            )
+
+    def _range_text(self, start: int, stop: int, lines):
+        """Component indices start..stop-1: ints (unrolled) or one loop variable."""
+        if stop - start <= self.unroll_limit:
+            return list(range(start, stop))
+        lines.append(self.unroll(8))
+        lines.append(f"for (int k_ = {start}; k_ < {stop}; ++k_)")
+        return ["k_"]
+
+    def _emit_onehot(self, n, name, access, lines):
+        (a,) = n.args
+        r = f"{name}_r"
+        lines.append(f"const {self.T} {r} = {self._round(access(a, 0), 0)};")
+        lines.append(self._declare(name, n.dim))
+        one, zero = self._one(), self._zero()
+        self._assign_loop(
+            lines, name, n.dim,
+            lambda k: f"({r} == {self.literal(k) if isinstance(k, int) else f'(({self.T}){k})'}"
+                      f" ? {one} : {zero})",
+        )
+
+    def _emit_elem(self, n, name, access, lines):
+        (a,) = n.args
+        lines.append(f"const {self.T} {name} = {access(a, n.params[0])};")
+
+    def _emit_elemt(self, n, name, access, lines):
+        (a,) = n.args
+        m, d = n.params
+        x = access(a, 0)
+        lines.append(self._declare(name, d))
+        self._assign_loop(lines, name, d, lambda k: f"({x}) * {self._zero()}")
+        lines.append(f"{name}[{m}] = {x};" if d > 1 else f"{name} = {x};")
+
+    def _emit_extract(self, n, name, access, lines):
+        (a,) = n.args
+        start, length = n.params
+        if length == 1:
+            lines.append(f"const {self.T} {name} = {access(a, start)};")
+            return
+        lines.append(self._declare(name, length))
+        self._assign_loop(
+            lines, name, length,
+            lambda k: access(a, start + k if isinstance(k, int) else f"{start} + {k}"),
+        )
+
+    def _emit_extractt(self, n, name, access, lines):
+        (a,) = n.args
+        start, d = n.params
+        zero = f"({access(a, 0)}) * {self._zero()}"
+        lines.append(self._declare(name, d))
+        if d == 1:
+            lines.append(f"{name} = {access(a, 0)};")
+            return
+        if start:
+            self._assign_loop(lines, name, d, lambda k: zero, 0, start)
+        self._assign_loop(lines, name, d, lambda k: access(a, k), start, a.dim)
+        tail = d - start - a.dim
+        if tail:
+            self._assign_loop(lines, name, d, lambda k: zero, start + a.dim, tail)
+
+    def _emit_concat(self, n, name, access, lines):
+        a, b = n.args
+        lines.append(self._declare(name, n.dim))
+        self._assign_loop(lines, name, n.dim, lambda k: access(a, k), 0, a.dim)
+        self._assign_loop(lines, name, n.dim, lambda k: access(b, k), a.dim, b.dim)
+
+    def _emit_matvec(self, n, name, access, lines):
+        a, x = n.args
+        cols = x.dim
+        rows = n.dim
+        lines.append(self._declare(name, rows))
+        for r in self._range_text(0, rows, lines):
+            tgt = name if rows == 1 else f"{name}[{r}]"
+            terms = self._dot(
+                lambda c, r=r: access(a, self._idx(r, cols, c)), lambda c: access(x, c), cols
+            )
+            lines.append(f"{{ {tgt} = {terms}; }}" if "\n" not in terms else terms.replace("@T@", tgt))
+
+    def _emit_vecmat(self, n, name, access, lines):
+        x, a = n.args
+        rows = x.dim
+        cols = n.dim
+        lines.append(self._declare(name, cols))
+        for c in self._range_text(0, cols, lines):
+            tgt = name if cols == 1 else f"{name}[{c}]"
+            terms = self._dot(
+                lambda r: access(x, r), lambda r, c=c: access(a, self._idx(r, cols, c)), rows
+            )
+            lines.append(f"{{ {tgt} = {terms}; }}" if "\n" not in terms else terms.replace("@T@", tgt))
+
+    def _idx(self, r, ncols: int, c):
+        if isinstance(r, int) and isinstance(c, int):
+            return r * ncols + c
+        return f"({r}) * {ncols} + ({c})"
+
+    def _dot(self, left, right, length: int) -> str:
+        """sum_c left(c) * right(c): an expression when short, else a loop template."""
+        if length <= self.unroll_limit:
+            return " + ".join(f"({left(c)}) * ({right(c)})" for c in range(length))
+        return (
+            f"{{ {self.T} s_ = {self._zero()};\n{self.unroll(8)}\n"
+            f"for (int c_ = 0; c_ < {length}; ++c_) s_ += ({left('c_')}) * ({right('c_')});\n"
+            "@T@ = s_; }"
+        )
+
+    def _emit_tensorprod(self, n, name, access, lines):
+        a, b = n.args
+        m, nn = a.dim, b.dim
+        lines.append(self._declare(name, m * nn))
+        if m * nn <= self.unroll_limit * 4:
+            for r in range(m):
+                for c in range(nn):
+                    tgt = name if m * nn == 1 else f"{name}[{r * nn + c}]"
+                    lines.append(f"{tgt} = ({access(a, r)}) * ({access(b, c)});")
+            return
+        lines.append(f"for (int r_ = 0; r_ < {m}; ++r_)")
+        lines.append(self.unroll(8))
+        lines.append(
+            f"for (int c_ = 0; c_ < {nn}; ++c_) {name}[r_ * {nn} + c_] = "
+            f"({access(a, 'r_')}) * ({access(b, 'c_')});"
+        )
+
+
+def _elementwise_rules() -> dict:
+    """op name -> rule(renderer, *component_exprs, *params) -> C expression."""
+
+    def f1(fname):
+        return lambda r, a: r._f(fname, a)
+
+    z = lambda r: r._zero()  # noqa: E731
+    one = lambda r: r._one()  # noqa: E731
+
+    def cmp(op):
+        return lambda r, a, b: f"((({a}) {op} ({b})) ? {one(r)} : {z(r)})"
+
+    return {
+        "Minus": lambda r, a: f"(-({a}))",
+        "Exp": f1("exp"),
+        "Log": f1("log"),
+        "XLogX": lambda r, a: f"(({a}) == {z(r)} ? ({a}) * {z(r)} : ({a}) * {r._f('log', a)})",
+        "Sin": f1("sin"),
+        "Cos": f1("cos"),
+        "SinXDivX": lambda r, a: f"(({a}) == {z(r)} ? {one(r)} : {r._f('sin', a)} / ({a}))",
+        "SinXDivXDeriv": lambda r, a: (
+            f"(({a}) == {z(r)} ? {z(r)} : ({r._f('cos', a)} - {r._f('sin', a)} / ({a})) / ({a}))"
+        ),
+        "Asin": f1("asin"),
+        "Acos": f1("acos"),
+        "Atan": f1("atan"),
+        "Sqrt": f1("sqrt"),
+        "Rsqrt": lambda r, a: f"(({a}) == {z(r)} ? {z(r)} : {one(r)} / {r._f('sqrt', a)})",
+        "Inv": lambda r, a: f"({one(r)} / ({a}))",
+        "Square": lambda r, a: f"(({a}) * ({a}))",
+        "Abs": f1("fabs"),
+        "Sign": lambda r, a: r._sign(a),
+        "Step": lambda r, a: f"(({a}) >= {z(r)} ? {one(r)} : {z(r)})",
+        "ReLU": lambda r, a: f"(({a}) > {z(r)} ? ({a}) : ({a}) * {z(r)})",
+        "Floor": f1("floor"),
+        "Add": lambda r, a, b: f"(({a}) + ({b}))",
+        "Subtract": lambda r, a, b: f"(({a}) - ({b}))",
+        "Mult": lambda r, a, b: f"(({a}) * ({b}))",
+        "Divide": lambda r, a, b: f"(({a}) / ({b}))",
+        "Powf": lambda r, a, b: r._f("pow", a, b),
+        "Atan2": lambda r, a, b: r._f("atan2", a, b),
+        "Equal": cmp("=="),
+        "NotEqual": cmp("!="),
+        "LessThan": cmp("<"),
+        "GreaterThan": cmp(">"),
+        "LessOrEqual": cmp("<="),
+        "GreaterOrEqual": cmp(">="),
+        # the reference adds 0 * other-operand terms (its broadcasting idiom); so do we,
+        # so that infinities and NaNs propagate identically
+        "IfElse": lambda r, c, a, b: (
+            f"(({c}) >= {z(r)} ? ({a}) + {z(r)} * ({b}) : ({b}) + {z(r)} * ({a}))"
+        ),
+        "Clamp": lambda r, x, a, b: (
+            f"(({x}) < ({a}) ? ({a}) + {z(r)} * ({x}) : (({x}) > ({b}) ? ({b}) + {z(r)} * ({x})"
+            f" : ({x}) + {z(r)} * ({a}) + {z(r)} * ({b})))"
+        ),
+        "ClampInt": lambda r, x, lo, hi: (
+            f"(({x}) < {r.literal(lo)} ? ({x}) * {z(r)} + {r.literal(lo)} : "
+            f"(({x}) > {r.literal(hi)} ? ({x}) * {z(r)} + {r.literal(hi)} : ({x})))"
+        ),
+        "Mod": lambda r, x, m, off: f"(({x}) - ({m}) * {r._f('floor', _paren_div(x, off, m))})",
+        "Round": lambda r, a, decimals: r._round(a, decimals),
+        "Pow": lambda r, a, n: r._pow_int(a, n),
+    }
+
+
+def _postorder(roots, stop) -> list[Node]:
+    """Distinct nodes reachable from ``roots`` without crossing ``stop`` nodes, children first."""
+    order: list[Node] = []
+    seen: set[Node] = set()
+    for root in roots:
+        stack = [(root, False)]
+        while stack:
+            n, expanded = stack.pop()
+            if expanded:
+                order.append(n)
+                continue
+            if n in seen or stop(n):
+                continue
+            seen.add(n)
+            stack.append((n, True))
+            stack.extend((a, False) for a in reversed(n.args) if a not in seen)
+    return order
+
+
+def _paren_div(x, off, m) -> str:
+    return f"(({x}) - ({off})) / ({m})"
+
+
+CRenderer._ELEMENTWISE = _elementwise_rules()
+CRenderer._STRUCTURAL = {
+    "Sum": "_emit_sum",
+    "SumT": "_emit_sumt",
+    "Max": "_emit_minmax",
+    "Min": "_emit_minmax",
+    "ArgMax": "_emit_argminmax",
+    "ArgMin": "_emit_argminmax",
+    "OneHot": "_emit_onehot",
+    "Elem": "_emit_elem",
+    "ElemT": "_emit_elemt",
+    "Extract": "_emit_extract",
+    "ExtractT": "_emit_extractt",
+    "Concat": "_emit_concat",
+    "MatVecMult": "_emit_matvec",
+    "VecMatMult": "_emit_vecmat",
+    "TensorProd": "_emit_tensorprod",
+}

@@ -1,0 +1,171 @@
+"""The CPU engine: blocked, SIMD-vectorised, multi-threaded map-reduce in C.
+
+Two engines share one calling convention (:class:`~.runtime.PkCall`):
+
+* the **generic engine** (``_generic``, a C extension compiled when the
+  package is built): interprets a compact op program of the formula over
+  (i-block x j-tile) buffers; it answers any new formula at once;
+* **specialised kernels**: C generated for one spec (formula inlined, sizes
+  fixed) by :mod:`.kernel_source`, compiled with the system C compiler into a
+  shared library, cached on disk (:mod:`.cache`) and loaded with ctypes.
+
+``POLYKEOPS_JIT`` chooses how they are used:
+
+* ``auto`` (default): a spec whose kernel is in memory or in the disk cache
+  runs it; otherwise the generic engine answers, and once a spec has done
+  enough work to be worth it (:data:`JIT_WORK_THRESHOLD` pairs in total; a
+  10k x 10k call qualifies at once) its kernel is built on a background thread
+  and swapped in for later calls;
+* ``sync``: build the kernel first, then run it (compiler errors are raised,
+  with the generated source path and the compiler log);
+* ``off``: never compile; the generic engine answers everything.
+
+Float16 inputs are computed in float32 (accumulating in ``dtype_acc``) and the
+results rounded back to float16.  Formulas with an op that neither engine knows
+(a third-party op) are declared unsupported in :attr:`CpuBackend.capabilities`,
+so automatic selection uses the reference backend for them.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from ... import config
+from ..codegen import CRenderer
+from ..contract import Backend, Capabilities
+from . import compiler, runtime
+
+#: pairs (i, j) evaluated by one spec, in total, before ``auto`` builds its kernel
+JIT_WORK_THRESHOLD = 2e7
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+    priority = 10
+
+    def __init__(self):
+        from . import generic
+
+        self.generic = generic
+        ops = CRenderer.supported_ops(CRenderer)
+        self.capabilities = Capabilities(
+            dtypes=frozenset({"float16", "float32", "float64"}),
+            array_kinds=frozenset({"numpy", "torch"}),
+            devices=frozenset({"cpu"}),
+            batch=True,
+            reductions=None,
+            ops=frozenset(ops),  # the C renderer's rules (SoftDTW has none: reference backend)
+            notes=(
+                "float16 is computed in float32",
+                "sum_scheme='direct_sum' uses the block (tile) summation of 'block_sum'",
+            ),
+        )
+        self._warned = set()
+
+    # -- availability -----------------------------------------------------
+    def compiler_status(self) -> tuple[bool, str]:
+        try:
+            ident = compiler.compiler_identity()
+        except compiler.CompilerNotFound as exc:
+            return False, str(exc)
+        return True, ident
+
+    def availability(self):
+        gen_ok, gen_why = self.generic.available()
+        cc_ok, cc_why = self.compiler_status()
+        mode = config.jit_mode()
+        if gen_ok and cc_ok:
+            return True, f"generic engine + specialised kernels (JIT {mode}; {cc_why.split(' ', 1)[-1]})"
+        if gen_ok:
+            return True, f"generic engine only; specialised kernels are off: {cc_why}"
+        if cc_ok:
+            return True, (
+                f"specialised kernels only (JIT {mode}); the generic engine is not built "
+                f"({gen_why}): run `pip install -e .` to build it"
+            )
+        return False, f"no generic engine ({gen_why}) and no C compiler ({cc_why})"
+
+    # -- evaluation -------------------------------------------------------
+    def evaluate(self, spec, args, *, nx, ny, batch_shape, ranges=None):
+        if ranges is not None:
+            raise NotImplementedError("the CPU backend does not declare block-sparse ranges")
+        batch_shape = tuple(batch_shape)
+        original = list(args)
+        work_spec = spec
+        half = spec.dtype == "float16"
+        if half:
+            acc = spec.dtype_acc if spec.dtype_acc in ("float32", "float64") else "float32"
+            work_spec = spec.with_(dtype="float32", dtype_acc=acc)
+            args = [runtime.to_dtype(a, "float32") for a in args]
+        args = [runtime.contiguous(a) for a in args]
+        pairs = float(nx) * float(ny) * float(max(1, _prod(batch_shape)))
+        engine, build_later = self._engine(work_spec, pairs)
+        if engine is None:
+            from ..reference import ReferenceBackend
+
+            return ReferenceBackend().evaluate(spec, original, nx=nx, ny=ny, batch_shape=batch_shape)
+        prepared = runtime.prepare(work_spec, args, nx, ny, batch_shape, runtime.default_threads())
+        engine.run(prepared)
+        if build_later:  # after the call: the compiler must not slow down the answer
+            runtime.TABLE.build_in_background(work_spec)
+        outs = prepared.outputs
+        if half:
+            outs = tuple(
+                runtime.to_dtype(r, "float16") if o.kind == "float" else r
+                for o, r in zip(spec.outputs(), outs)
+            )
+        return outs
+
+    def _engine(self, spec, pairs: float):
+        """``(engine, build_later)``: what runs ``spec`` now (None: the reference backend), and
+        whether to queue a background build of its kernel once this call is answered."""
+        mode = config.jit_mode()
+        table = runtime.TABLE
+        gen = self.generic.engine_for(spec)
+        if mode == "off":
+            return gen, False
+        if mode == "sync":
+            try:
+                return table.build(spec), False
+            except compiler.CompilerNotFound:
+                self._warn_once("nocc", "no C compiler: POLYKEOPS_JIT=sync falls back to the generic engine")
+                return gen, False
+        # auto
+        kernel = table.get_loaded(spec)
+        if kernel is not None:
+            return kernel, False
+        if not self.compiler_status()[0]:  # (cache keys name the compiler: none, no key)
+            return gen, False
+        kernel = table.load_cached(spec)
+        if kernel is not None:
+            return kernel, False
+        failure = table.failure(spec)
+        if failure is not None:
+            self._warn_once(("fail", spec), f"polykeops: specialised CPU kernel unavailable, using the "
+                                            f"generic engine: {failure}")
+            return gen, False
+        hot = table.add_work(spec, pairs) >= JIT_WORK_THRESHOLD
+        if gen is not None:
+            return gen, hot
+        if hot:
+            return table.build(spec), False
+        return None, False
+
+    def _warn_once(self, key, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+    def wait_for_builds(self, timeout: float = 120.0) -> bool:
+        """Block until background builds are done (for benchmarks and tests)."""
+        return runtime.TABLE.wait_idle(timeout)
+
+
+def _prod(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+__all__ = ["CpuBackend", "JIT_WORK_THRESHOLD"]

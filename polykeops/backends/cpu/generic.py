@@ -1,0 +1,338 @@
+"""The generic engine: any formula, no compilation at call time.
+
+:func:`compile_program` turns a canonical spec into the op program that the C
+interpreter of ``include/pk_generic_impl.h`` runs (see ``include/pk_generic.h``
+for the format): one slot per distinct node, instructions grouped by phase
+(uniform, row, tile, lane) so that sub-formulas depending on i only or on j
+only are computed once per row block or once per tile and shared.  The
+interpreter lives in the C extension ``_generic`` built by ``setup.py``; it is
+called through ctypes with the same :class:`~.runtime.PkCall` as specialised
+kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...formula.nodes import CAT_I, CAT_J, CAT_P, Node
+from .kernel_source import FAMILIES, dependencies
+from .runtime import PkCall, PreparedCall
+
+# slot kinds and families (pk_generic.h)
+S_CONST, S_PARAM, S_IVAR, S_JVAR, S_UNIFORM, S_ROW, S_TILE, S_LANE = range(8)
+FAMILY_CODES = {"sum": 0, "lse": 1, "softmax": 2, "select": 3, "kmin": 4}
+
+#: op name -> C op code (pk_generic.h); checked against the extension when it loads
+OPCODES = {
+    "Copy": 0, "Minus": 1, "Exp": 2, "Log": 3, "XLogX": 4, "Sin": 5, "Cos": 6, "SinXDivX": 7,
+    "SinXDivXDeriv": 8, "Asin": 9, "Acos": 10, "Atan": 11, "Sqrt": 12, "Rsqrt": 13, "Inv": 14,
+    "Square": 15, "Abs": 16, "Sign": 17, "Step": 18, "ReLU": 19, "Floor": 20, "Round": 21, "Pow": 22,
+    "ClampInt": 23, "Add": 30, "Subtract": 31, "Mult": 32, "Divide": 33, "Powf": 34, "Atan2": 35,
+    "Equal": 36, "NotEqual": 37, "LessThan": 38, "GreaterThan": 39, "LessOrEqual": 40,
+    "GreaterOrEqual": 41, "IfElse": 50, "Clamp": 51, "Mod": 52, "Sum": 60, "SumT": 61, "Max": 62,
+    "Min": 63, "ArgMax": 64, "ArgMin": 65, "OneHot": 66, "Elem": 67, "ElemT": 68, "Extract": 69,
+    "ExtractT": 70, "Concat": 71, "MatVecMult": 72, "VecMatMult": 73, "TensorProd": 74, "SqDist": 80,
+}
+SUPPORTED_OPS = frozenset(OPCODES) - {"Copy", "SqDist"}
+
+INSTR_DTYPE = np.dtype(
+    [("op", "<i4"), ("dim", "<i4"), ("out", "<i4"), ("nargs", "<i4"), ("arg", "<i4", (3,)),
+     ("ip0", "<i4"), ("ip1", "<i4"), ("pad", "<i4"), ("dp", "<f8")]
+)
+SLOT_DTYPE = np.dtype([("kind", "<i4"), ("dim", "<i4"), ("index", "<i4"), ("pad", "<i4")])
+
+
+class PkProgram(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int32) for name in (
+        "nslots", "ninstr", "n_uniform", "n_row", "n_tile", "n_lane", "family", "kind", "log", "kahan",
+        "want_value", "want_index", "K", "fslot", "gslot", "fdim", "gdim", "BI", "TJ", "nvars",
+        "dot_adim", "dot_bdim")] + [
+        ("slots", ctypes.c_void_p), ("code", ctypes.c_void_p), ("consts", ctypes.c_void_p)]
+
+
+C_SIZES = {"float32": 4, "float64": 8}
+
+
+@dataclass
+class Program:
+    """A compiled op program (arrays kept alive with the ctypes struct that points into them)."""
+
+    struct: PkProgram
+    slots: np.ndarray
+    code: np.ndarray
+    consts: np.ndarray
+    t_double: int
+    acc_double: int
+
+
+def _tile_sizes(spec, lane_dims: int, tile_dims: int, state_words: int) -> tuple[int, int]:
+    size = C_SIZES[spec.dtype]
+    per_col = (lane_dims + tile_dims + 2) * size
+    tj = 128 * 1024 // max(per_col, 1)
+    tj = max(32, min(1024, tj // 32 * 32))
+    bi = max(1, min(64, 64 * 1024 // max(8 * state_words, 1)))
+    return bi, tj
+
+
+def compile_program(spec) -> Program:
+    """The op program of a canonical float32/float64 spec."""
+    deps = dependencies(spec.formulas)
+    slots: list[tuple[int, int, int]] = []
+    slot_of: dict = {}
+    consts: list[float] = []
+    phases: dict[int, list] = {S_UNIFORM: [], S_ROW: [], S_TILE: [], S_LANE: []}
+
+    def phase_of(n: Node) -> int:
+        d = deps[n]
+        if CAT_I in d and CAT_J in d:
+            return S_LANE
+        if CAT_J in d:
+            return S_TILE
+        if CAT_I in d:
+            return S_ROW
+        return S_UNIFORM
+
+    def new_slot(kind, dim, index=0) -> int:
+        slots.append((kind, dim, index))
+        return len(slots) - 1
+
+    uses = _use_counts(spec.formulas)
+
+    def sqdist_operands(n: Node):
+        """(a, b) when n is Sum(Square(a - b)) with single-use inner nodes (fused into one op)."""
+        if n.op != "Sum":
+            return None
+        sq = n.args[0]
+        if uses[sq] != 1 or not (sq.op == "Square" or (sq.op == "Pow" and sq.params == (2,))):
+            return None
+        sub = sq.args[0]
+        if uses[sub] != 1 or sub.op != "Subtract":
+            return None
+        return sub.args
+
+    def slot(n: Node) -> int:
+        if n in slot_of:
+            return slot_of[n]
+        fused = sqdist_operands(n)
+        if fused is not None:
+            args = [slot(a) for a in fused]
+            kind = phase_of(n)
+            s = new_slot(kind, n.dim)
+            ins = dict(op=OPCODES["SqDist"], dim=1, out=s, nargs=2, arg=(args[0], args[1], 0),
+                       ip0=max(a.dim for a in fused))
+            phases[kind].append(ins)
+            slot_of[n] = s
+            return s
+        if n.op == "Var":
+            kind = {CAT_I: S_IVAR, CAT_J: S_JVAR, CAT_P: S_PARAM}[n.cat]
+            s = new_slot(kind, n.dim, n.index)
+        elif n.op in ("Const", "Zero"):
+            s = new_slot(S_CONST, n.dim, len(consts))
+            consts.extend([float(n.value)] * n.dim)
+        else:
+            args = [slot(a) for a in n.args]
+            kind = phase_of(n)
+            s = new_slot(kind, n.dim)
+            phases[kind].append(_instr(n, s, args))
+        slot_of[n] = s
+        return s
+
+    vec_kinds = (S_LANE, S_TILE, S_JVAR)
+    dot = None
+    f0 = spec.formulas[0]
+    if (spec.reduction == "Sum" and spec.sum_scheme != "kahan_scheme" and f0.op == "Mult"
+            and uses[f0] == 1):
+        sa, sb = slot(f0.args[0]), slot(f0.args[1])
+        if slots[sa][0] in vec_kinds and slots[sb][0] in vec_kinds:
+            dot = (sa, sb, f0.args[0].dim, f0.args[1].dim)
+    roots = []
+    for f in ([] if dot else spec.formulas):
+        s = slot(f)
+        if slots[s][0] not in (S_LANE, S_TILE, S_JVAR):
+            # the reduction reads [dim][TJ] buffers: copy a constant/row/parameter root into one
+            c = new_slot(S_LANE, f.dim)
+            phases[S_LANE].append(dict(op=OPCODES["Copy"], dim=f.dim, out=c, nargs=1, arg=(s, 0, 0)))
+            s = c
+        roots.append(s)
+
+    code_list = phases[S_UNIFORM] + phases[S_ROW] + phases[S_TILE] + phases[S_LANE]
+    code = np.zeros(max(1, len(code_list)), dtype=INSTR_DTYPE)
+    for q, ins in enumerate(code_list):
+        for key, value in ins.items():
+            code[q][key] = value
+    slot_arr = np.zeros(max(1, len(slots)), dtype=SLOT_DTYPE)
+    for q, (kind, dim, index) in enumerate(slots):
+        slot_arr[q] = (kind, dim, index, 0)
+    const_arr = np.array(consts + [0.0], dtype=np.float64)
+
+    if dot:
+        roots = [dot[0], dot[1]]
+    red = spec.red
+    family = FAMILIES[spec.reduction]
+    fdim = spec.formulas[0].dim
+    gdim = spec.formulas[1].dim if len(spec.formulas) > 1 else 0
+    lane_dims = sum(d for (k, d, _) in slots if k == S_LANE)
+    tile_dims = sum(d for (k, d, _) in slots if k in (S_TILE, S_JVAR))
+    state_words = {"sum": 2 * fdim, "lse": gdim + 2, "softmax": gdim + 3,
+                   "select": 2 * fdim, "kmin": 2 * fdim * (spec.k or 1)}[family]
+    bi, tj = _tile_sizes(spec, lane_dims, tile_dims, state_words)
+    acc = spec.accumulation_dtype
+    st = PkProgram(
+        nslots=len(slots), ninstr=len(code_list),
+        n_uniform=len(phases[S_UNIFORM]), n_row=len(phases[S_ROW]),
+        n_tile=len(phases[S_TILE]), n_lane=len(phases[S_LANE]),
+        family=FAMILY_CODES[family],
+        kind=1 if getattr(red, "selection_kind", "") == "max" else 0,
+        log=1 if getattr(red, "log", False) else 0,
+        kahan=1 if spec.sum_scheme == "kahan_scheme" else 0,
+        want_value=1 if getattr(red, "want_value", False) else 0,
+        want_index=1 if getattr(red, "want_index", False) else 0,
+        K=spec.k or 0, fslot=roots[0], gslot=roots[1] if len(roots) > 1 else -1,
+        fdim=fdim, gdim=gdim, BI=bi, TJ=tj, nvars=len(spec.variables),
+        dot_adim=dot[2] if dot else 0, dot_bdim=dot[3] if dot else 0,
+        slots=slot_arr.ctypes.data, code=code.ctypes.data, consts=const_arr.ctypes.data,
+    )
+    return Program(st, slot_arr, code, const_arr, int(spec.dtype == "float64"), int(acc == "float64"))
+
+
+def _use_counts(formulas) -> dict:
+    """node -> number of references (as an argument of a distinct node, or as a root)."""
+    from ...formula.nodes import walk
+
+    uses: dict = {}
+    seen = set()
+    for f in formulas:
+        uses[f] = uses.get(f, 0) + 1
+        for n in walk(f):
+            if n in seen:
+                continue
+            seen.add(n)
+            for a in n.args:
+                uses[a] = uses.get(a, 0) + 1
+    return uses
+
+
+def _instr(n: Node, out: int, args: list[int]) -> dict:
+    op = n.op
+    ins = dict(op=OPCODES[op], dim=n.dim, out=out, nargs=len(args), arg=tuple(args + [0] * (3 - len(args))))
+    p = n.params
+    if op == "Round":
+        ins["dp"] = 10.0 ** p[0]
+    elif op == "Pow":
+        ins["ip0"] = p[0]
+    elif op == "ClampInt":
+        ins["ip0"], ins["ip1"] = p
+    elif op in ("Elem",):
+        ins["ip0"] = p[0]
+    elif op in ("ElemT", "Extract", "ExtractT"):
+        ins["ip0"], ins["ip1"] = p
+    elif op in ("SumT", "OneHot"):
+        ins["ip0"] = p[0]
+    return ins
+
+
+# ---------------------------------------------------------------------------
+# the extension
+# ---------------------------------------------------------------------------
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def _load():
+    with _lock:
+        if "lib" in _state or "error" in _state:
+            return _state.get("lib")
+        lib = None
+        try:
+            from . import _generic_avx2
+
+            cand = ctypes.CDLL(_generic_avx2.__file__)
+            if cand.pk_generic_cpu_ok():
+                lib = cand
+        except (ImportError, OSError, AttributeError):
+            pass
+        if lib is None:
+            try:
+                from . import _generic
+            except ImportError as exc:
+                _state["error"] = (
+                    f"the generic engine extension is not built ({exc}); run `pip install -e .` "
+                    "(or `python setup.py build_ext --inplace`)"
+                )
+                return None
+            lib = ctypes.CDLL(_generic.__file__)
+        lib.pk_generic_opcode.argtypes = [ctypes.c_char_p]
+        lib.pk_generic_opcode.restype = ctypes.c_int
+        bad = [name for name, code in OPCODES.items() if lib.pk_generic_opcode(name.upper().encode()) != code]
+        if bad:
+            _state["error"] = f"the generic engine extension is out of date (op codes of {bad}); rebuild it"
+            return None
+        lib.pk_generic_abi.restype = ctypes.c_int64
+        if lib.pk_generic_abi() != INSTR_DTYPE.itemsize * 1000 + ctypes.sizeof(PkProgram):
+            _state["error"] = "the generic engine extension is out of date (ABI); rebuild it"
+            return None
+        lib.pk_generic_run.argtypes = [ctypes.POINTER(PkCall), ctypes.POINTER(PkProgram), ctypes.c_int,
+                                       ctypes.c_int]
+        lib.pk_generic_run.restype = ctypes.c_int
+        lib.pk_generic_isa.restype = ctypes.c_char_p
+        _state["lib"] = lib
+        return lib
+
+
+def available() -> tuple[bool, str]:
+    lib = _load()
+    if lib is None:
+        return False, _state.get("error", "not built")
+    return True, f"generic engine ({lib.pk_generic_isa().decode()})"
+
+
+class GenericEngine:
+    """Runs one spec through the interpreter (same ``run(prepared)`` interface as kernels)."""
+
+    def __init__(self, spec, lib):
+        self.spec = spec
+        self.lib = lib
+        self.program = compile_program(spec)
+
+    def run(self, prepared: PreparedCall) -> None:
+        p = self.program
+        err = self.lib.pk_generic_run(ctypes.byref(prepared.call), ctypes.byref(p.struct), p.t_double,
+                                      p.acc_double)
+        if err:
+            raise MemoryError("polykeops generic CPU engine: out of memory for its work buffers")
+
+    def __repr__(self) -> str:
+        return f"<polykeops generic engine for {self.spec}>"
+
+
+_engines: dict = {}
+
+
+def engine_for(spec):
+    """The generic engine for ``spec`` (None if the extension is missing or an op is unknown to it)."""
+    eng = _engines.get(spec)
+    if eng is not None:
+        return eng
+    lib = _load()
+    if lib is None:
+        return None
+    for f in spec.formulas:
+        if any(n.op not in SUPPORTED_OPS for n in _nodes(f) if not n.is_leaf):
+            return None
+    eng = GenericEngine(spec, lib)
+    with _lock:
+        if len(_engines) > 4096:
+            _engines.clear()
+        _engines[spec] = eng
+    return eng
+
+
+def _nodes(f):
+    from ...formula.nodes import walk
+
+    return walk(f)

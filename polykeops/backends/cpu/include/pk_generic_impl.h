@@ -1,0 +1,869 @@
+/* polykeops generic CPU engine: the interpreter, included once per (T, ACC) pair.
+ *
+ * Before including, define PK_T, PK_ACC, PK_FN(x) (name mangling), PK_EXPACC,
+ * PK_LOGACC and PK_T_IS_FLOAT (1 for float, 0 for double).  See pk_generic.h
+ * for the program format.  Element semantics follow the op table's reference
+ * implementations (and the C renderer of the specialised kernels).
+ */
+
+#include "pk_reduce.h"
+
+#undef PKM_EXP
+#undef PKM_LOG
+#undef PKM_SIN
+#undef PKM_COS
+#undef PKM_ASIN
+#undef PKM_ACOS
+#undef PKM_ATAN
+#undef PKM_ATAN2
+#undef PKM_SQRT
+#undef PKM_FABS
+#undef PKM_FLOOR
+#undef PKM_POW
+#if PK_T_IS_FLOAT
+#define PKM_EXP pk_expf
+#define PKM_LOG logf
+#define PKM_SIN sinf
+#define PKM_COS cosf
+#define PKM_ASIN asinf
+#define PKM_ACOS acosf
+#define PKM_ATAN atanf
+#define PKM_ATAN2 atan2f
+#define PKM_SQRT sqrtf
+#define PKM_FABS fabsf
+#define PKM_FLOOR floorf
+#define PKM_POW powf
+#else
+#define PKM_EXP pk_exp
+#define PKM_LOG log
+#define PKM_SIN sin
+#define PKM_COS cos
+#define PKM_ASIN asin
+#define PKM_ACOS acos
+#define PKM_ATAN atan
+#define PKM_ATAN2 atan2
+#define PKM_SQRT sqrt
+#define PKM_FABS fabs
+#define PKM_FLOOR floor
+#define PKM_POW pow
+#endif
+
+#ifndef PK_SIMD
+#define PK_SIMD _Pragma("omp simd")
+#endif
+
+typedef PK_T PK_FN(pk_t);
+
+/* x ** e for an integer e >= 1: the same product tree as the C renderer */
+static PK_T PK_FN(pk_powi)(PK_T a, int e)
+{
+    if (e == 1)
+        return a;
+    PK_T h = PK_FN(pk_powi)(a, e / 2);
+    PK_T sq = h * h;
+    return (e % 2) ? sq * a : sq;
+}
+
+static inline PK_T PK_FN(pk_sign)(PK_T a) { return a > 0 ? (PK_T)1 : (a < 0 ? (PK_T)-1 : a); }
+
+static inline PK_T PK_FN(pk_round)(PK_T a, PK_T s)
+{
+    return PK_FN(pk_sign)(a) * PKM_FLOOR(PKM_FABS(a) * s + (PK_T)0.5) / s;
+}
+
+/* views of the slots: base pointer, component stride, lane stride (0 or 1) */
+typedef struct {
+    PK_T **vb;
+    int64_t *vcs;
+    int32_t *vls;
+    const pk_gslot *slots;
+} PK_FN(pk_views);
+
+#define PKV_ARGP(q, k)                                                                                      \
+    (V->vb[in->arg[q]] + (V->slots[in->arg[q]].dim == 1 ? 0 : (int64_t)(k) * V->vcs[in->arg[q]]))
+#define PKV_ARGL(q) (V->vls[in->arg[q]])
+#define PKV_ADIM(q) (V->slots[in->arg[q]].dim)
+#define PKV_OUTP(k) (V->vb[in->out] + (int64_t)(k) * V->vcs[in->out])
+
+#define PK_UN_CASE(NAME, EXPR)                                                                              \
+    case PKOP_##NAME:                                                                                       \
+        for (int k = 0; k < in->dim; ++k) {                                                                 \
+            const PK_T *__restrict__ A = PKV_ARGP(0, k);                                                    \
+            PK_T *__restrict__ O = PKV_OUTP(k);                                                             \
+            if (PKV_ARGL(0)) {                                                                              \
+                PK_SIMD for (int l = 0; l < n; ++l)                                                         \
+                {                                                                                           \
+                    const PK_T a = A[l];                                                                    \
+                    O[l] = (EXPR);                                                                          \
+                }                                                                                           \
+            } else {                                                                                        \
+                const PK_T a = A[0];                                                                        \
+                const PK_T v_ = (EXPR);                                                                     \
+                for (int l = 0; l < n; ++l)                                                                 \
+                    O[l] = v_;                                                                              \
+            }                                                                                               \
+        }                                                                                                   \
+        break;
+
+#define PK_BIN_CASE(NAME, EXPR)                                                                             \
+    case PKOP_##NAME:                                                                                       \
+        for (int k = 0; k < in->dim; ++k) {                                                                 \
+            const PK_T *__restrict__ A = PKV_ARGP(0, k);                                                    \
+            const PK_T *__restrict__ B = PKV_ARGP(1, k);                                                    \
+            PK_T *__restrict__ O = PKV_OUTP(k);                                                             \
+            const int la = PKV_ARGL(0), lb = PKV_ARGL(1);                                                   \
+            if (la && lb) {                                                                                 \
+                PK_SIMD for (int l = 0; l < n; ++l)                                                         \
+                {                                                                                           \
+                    const PK_T a = A[l], b = B[l];                                                          \
+                    O[l] = (EXPR);                                                                          \
+                }                                                                                           \
+            } else if (la) {                                                                                \
+                const PK_T b = B[0];                                                                        \
+                PK_SIMD for (int l = 0; l < n; ++l)                                                         \
+                {                                                                                           \
+                    const PK_T a = A[l];                                                                    \
+                    O[l] = (EXPR);                                                                          \
+                }                                                                                           \
+            } else if (lb) {                                                                                \
+                const PK_T a = A[0];                                                                        \
+                PK_SIMD for (int l = 0; l < n; ++l)                                                         \
+                {                                                                                           \
+                    const PK_T b = B[l];                                                                    \
+                    O[l] = (EXPR);                                                                          \
+                }                                                                                           \
+            } else {                                                                                        \
+                const PK_T a = A[0], b = B[0];                                                              \
+                const PK_T v_ = (EXPR);                                                                     \
+                for (int l = 0; l < n; ++l)                                                                 \
+                    O[l] = v_;                                                                              \
+            }                                                                                               \
+        }                                                                                                   \
+        break;
+
+/* ternary ops are rare: one loop with general lane strides */
+#define PK_TER_CASE(NAME, EXPR)                                                                             \
+    case PKOP_##NAME:                                                                                       \
+        for (int k = 0; k < in->dim; ++k) {                                                                 \
+            const PK_T *__restrict__ A = PKV_ARGP(0, k);                                                    \
+            const PK_T *__restrict__ B = PKV_ARGP(1, k);                                                    \
+            const PK_T *__restrict__ C = PKV_ARGP(2, k);                                                    \
+            PK_T *__restrict__ O = PKV_OUTP(k);                                                             \
+            const int la = PKV_ARGL(0), lb = PKV_ARGL(1), lc = PKV_ARGL(2);                                 \
+            for (int l = 0; l < n; ++l) {                                                                   \
+                const PK_T a = A[l * la], b = B[l * lb], c = C[l * lc];                                     \
+                O[l] = (EXPR);                                                                              \
+            }                                                                                               \
+        }                                                                                                   \
+        break;
+
+static void PK_FN(pk_exec)(const pk_ginstr *in, const PK_FN(pk_views) * V, int n)
+{
+    const PK_T zero = 0, one = 1;
+    (void)zero;
+    (void)one;
+    switch (in->op) {
+        PK_UN_CASE(COPY, a)
+        PK_UN_CASE(MINUS, -a)
+        PK_UN_CASE(EXP, PKM_EXP(a))
+        PK_UN_CASE(LOG, PKM_LOG(a))
+        PK_UN_CASE(XLOGX, a == zero ? a * zero : a * PKM_LOG(a))
+        PK_UN_CASE(SIN, PKM_SIN(a))
+        PK_UN_CASE(COS, PKM_COS(a))
+        PK_UN_CASE(SINXDIVX, a == zero ? one : PKM_SIN(a) / a)
+        PK_UN_CASE(SINXDIVXDERIV, a == zero ? zero : (PKM_COS(a) - PKM_SIN(a) / a) / a)
+        PK_UN_CASE(ASIN, PKM_ASIN(a))
+        PK_UN_CASE(ACOS, PKM_ACOS(a))
+        PK_UN_CASE(ATAN, PKM_ATAN(a))
+        PK_UN_CASE(SQRT, PKM_SQRT(a))
+        PK_UN_CASE(RSQRT, a == zero ? zero : one / PKM_SQRT(a))
+        PK_UN_CASE(INV, one / a)
+        PK_UN_CASE(SQUARE, a * a)
+        PK_UN_CASE(ABS, PKM_FABS(a))
+        PK_UN_CASE(SIGN, a > zero ? one : (a < zero ? -one : a))
+        PK_UN_CASE(STEP, a >= zero ? one : zero)
+        PK_UN_CASE(RELU, a > zero ? a : a * zero)
+        PK_UN_CASE(FLOOR, PKM_FLOOR(a))
+    case PKOP_ROUND: {
+        const PK_T s = (PK_T)in->dp;
+        for (int k = 0; k < in->dim; ++k) {
+            const PK_T *__restrict__ A = PKV_ARGP(0, k);
+            PK_T *__restrict__ O = PKV_OUTP(k);
+            const int la = PKV_ARGL(0);
+            for (int l = 0; l < n; ++l)
+                O[l] = PK_FN(pk_round)(A[l * la], s);
+        }
+        break;
+    }
+    case PKOP_POW: {
+        const int e = in->ip0, m = e < 0 ? -e : e;
+        for (int k = 0; k < in->dim; ++k) {
+            const PK_T *__restrict__ A = PKV_ARGP(0, k);
+            PK_T *__restrict__ O = PKV_OUTP(k);
+            const int la = PKV_ARGL(0);
+            if (m == 2 && e > 0 && la) {
+                PK_SIMD for (int l = 0; l < n; ++l) O[l] = A[l] * A[l];
+                continue;
+            }
+            for (int l = 0; l < n; ++l) {
+                const PK_T a = A[l * la];
+                PK_T p = e == 0 ? one : (m > 16 ? PKM_POW(a, (PK_T)m) : PK_FN(pk_powi)(a, m));
+                O[l] = e < 0 ? (m > 16 ? PKM_POW(a, (PK_T)e) : one / p) : p;
+            }
+        }
+        break;
+    }
+    case PKOP_CLAMPINT: {
+        const PK_T lo = (PK_T)in->ip0, hi = (PK_T)in->ip1;
+        for (int k = 0; k < in->dim; ++k) {
+            const PK_T *__restrict__ A = PKV_ARGP(0, k);
+            PK_T *__restrict__ O = PKV_OUTP(k);
+            const int la = PKV_ARGL(0);
+            for (int l = 0; l < n; ++l) {
+                const PK_T a = A[l * la];
+                O[l] = a < lo ? a * zero + lo : (a > hi ? a * zero + hi : a);
+            }
+        }
+        break;
+    }
+        PK_BIN_CASE(ADD, a + b)
+        PK_BIN_CASE(SUBTRACT, a - b)
+        PK_BIN_CASE(MULT, a * b)
+        PK_BIN_CASE(DIVIDE, a / b)
+        PK_BIN_CASE(POWF, PKM_POW(a, b))
+        PK_BIN_CASE(ATAN2, PKM_ATAN2(a, b))
+        PK_BIN_CASE(EQUAL, a == b ? one : zero)
+        PK_BIN_CASE(NOTEQUAL, a != b ? one : zero)
+        PK_BIN_CASE(LESSTHAN, a < b ? one : zero)
+        PK_BIN_CASE(GREATERTHAN, a > b ? one : zero)
+        PK_BIN_CASE(LESSOREQUAL, a <= b ? one : zero)
+        PK_BIN_CASE(GREATEROREQUAL, a >= b ? one : zero)
+        PK_TER_CASE(IFELSE, a >= zero ? b + zero * c : c + zero * b)
+        PK_TER_CASE(CLAMP, a < b ? b + zero * a : (a > c ? c + zero * a : a + zero * b + zero * c))
+        PK_TER_CASE(MOD, a - b * PKM_FLOOR((a - c) / b))
+    case PKOP_SUM: {
+        const int da = PKV_ADIM(0), la = PKV_ARGL(0);
+        PK_T *__restrict__ O = PKV_OUTP(0);
+        const PK_T *__restrict__ A0 = PKV_ARGP(0, 0);
+        for (int l = 0; l < n; ++l)
+            O[l] = A0[l * la];
+        for (int k = 1; k < da; ++k) {
+            const PK_T *__restrict__ A = PKV_ARGP(0, k);
+            if (la) {
+                PK_SIMD for (int l = 0; l < n; ++l) O[l] += A[l];
+            } else {
+                for (int l = 0; l < n; ++l)
+                    O[l] += A[0];
+            }
+        }
+        break;
+    }
+    case PKOP_SUMT:
+        for (int k = 0; k < in->dim; ++k) {
+            const PK_T *__restrict__ A = PKV_ARGP(0, 0);
+            PK_T *__restrict__ O = PKV_OUTP(k);
+            const int la = PKV_ARGL(0);
+            for (int l = 0; l < n; ++l)
+                O[l] = A[l * la];
+        }
+        break;
+    case PKOP_MAX:
+    case PKOP_MIN: {
+        const int da = PKV_ADIM(0), la = PKV_ARGL(0), mx = in->op == PKOP_MAX;
+        PK_T *__restrict__ O = PKV_OUTP(0);
+        const PK_T *__restrict__ A0 = PKV_ARGP(0, 0);
+        for (int l = 0; l < n; ++l)
+            O[l] = A0[l * la];
+        for (int k = 1; k < da; ++k) {
+            const PK_T *__restrict__ A = PKV_ARGP(0, k);
+            for (int l = 0; l < n; ++l) {
+                const PK_T x = A[l * la], o = O[l];
+                O[l] = ((mx ? x > o : x < o) || x != x) ? x : o;
+            }
+        }
+        break;
+    }
+    case PKOP_ARGMAX:
+    case PKOP_ARGMIN: {
+        const int da = PKV_ADIM(0), la = PKV_ARGL(0), mx = in->op == PKOP_ARGMAX;
+        PK_T *__restrict__ O = PKV_OUTP(0);
+        for (int l = 0; l < n; ++l) {
+            PK_T best = PKV_ARGP(0, 0)[l * la];
+            PK_T idx = 0;
+            for (int k = 1; k < da; ++k) {
+                const PK_T x = PKV_ARGP(0, k)[l * la];
+                if ((mx ? x > best : x < best) || (x != x && best == best)) {
+                    best = x;
+                    idx = (PK_T)k;
+                }
+            }
+            O[l] = idx;
+        }
+        break;
+    }
+    case PKOP_ONEHOT: {
+        const PK_T *__restrict__ A = PKV_ARGP(0, 0);
+        const int la = PKV_ARGL(0);
+        for (int k = 0; k < in->dim; ++k) {
+            PK_T *__restrict__ O = PKV_OUTP(k);
+            for (int l = 0; l < n; ++l)
+                O[l] = PK_FN(pk_round)(A[l * la], one) == (PK_T)k ? one : zero;
+        }
+        break;
+    }
+    case PKOP_ELEM: {
+        const PK_T *__restrict__ A = PKV_ARGP(0, in->ip0);
+        PK_T *__restrict__ O = PKV_OUTP(0);
+        const int la = PKV_ARGL(0);
+        for (int l = 0; l < n; ++l)
+            O[l] = A[l * la];
+        break;
+    }
+    case PKOP_ELEMT: {
+        const PK_T *__restrict__ A = PKV_ARGP(0, 0);
+        const int la = PKV_ARGL(0);
+        for (int k = 0; k < in->dim; ++k) {
+            PK_T *__restrict__ O = PKV_OUTP(k);
+            for (int l = 0; l < n; ++l)
+                O[l] = k == in->ip0 ? A[l * la] : A[l * la] * zero;
+        }
+        break;
+    }
+    case PKOP_EXTRACT: {
+        const int la = PKV_ARGL(0);
+        for (int k = 0; k < in->dim; ++k) {
+            const PK_T *__restrict__ A = PKV_ARGP(0, in->ip0 + k);
+            PK_T *__restrict__ O = PKV_OUTP(k);
+            for (int l = 0; l < n; ++l)
+                O[l] = A[l * la];
+        }
+        break;
+    }
+    case PKOP_EXTRACTT: {
+        const int la = PKV_ARGL(0), da = PKV_ADIM(0), start = in->ip0;
+        const PK_T *__restrict__ A0 = PKV_ARGP(0, 0);
+        for (int k = 0; k < in->dim; ++k) {
+            PK_T *__restrict__ O = PKV_OUTP(k);
+            if (k >= start && k < start + da) {
+                const PK_T *__restrict__ A = PKV_ARGP(0, k - start);
+                for (int l = 0; l < n; ++l)
+                    O[l] = A[l * la];
+            } else {
+                for (int l = 0; l < n; ++l)
+                    O[l] = A0[l * la] * zero;
+            }
+        }
+        break;
+    }
+    case PKOP_CONCAT: {
+        const int da = PKV_ADIM(0);
+        for (int k = 0; k < in->dim; ++k) {
+            const int q = k < da ? 0 : 1;
+            const PK_T *__restrict__ A = PKV_ARGP(q, q ? k - da : k);
+            const int la = PKV_ARGL(q);
+            PK_T *__restrict__ O = PKV_OUTP(k);
+            for (int l = 0; l < n; ++l)
+                O[l] = A[l * la];
+        }
+        break;
+    }
+    case PKOP_MATVECMULT: { /* a (rows x cols), x (cols) */
+        const int cols = PKV_ADIM(1), la = PKV_ARGL(0), lx = PKV_ARGL(1);
+        for (int r = 0; r < in->dim; ++r) {
+            PK_T *__restrict__ O = PKV_OUTP(r);
+            for (int l = 0; l < n; ++l) {
+                PK_T s = PKV_ARGP(0, r * cols)[l * la] * PKV_ARGP(1, 0)[l * lx];
+                for (int c = 1; c < cols; ++c)
+                    s += PKV_ARGP(0, r * cols + c)[l * la] * PKV_ARGP(1, c)[l * lx];
+                O[l] = s;
+            }
+        }
+        break;
+    }
+    case PKOP_VECMATMULT: { /* x (rows), a (rows x cols) */
+        const int rows = PKV_ADIM(0), cols = in->dim, lx = PKV_ARGL(0), la = PKV_ARGL(1);
+        for (int c = 0; c < cols; ++c) {
+            PK_T *__restrict__ O = PKV_OUTP(c);
+            for (int l = 0; l < n; ++l) {
+                PK_T s = PKV_ARGP(0, 0)[l * lx] * PKV_ARGP(1, c)[l * la];
+                for (int r = 1; r < rows; ++r)
+                    s += PKV_ARGP(0, r)[l * lx] * PKV_ARGP(1, r * cols + c)[l * la];
+                O[l] = s;
+            }
+        }
+        break;
+    }
+    case PKOP_TENSORPROD: {
+        const int m = PKV_ADIM(0), nn = PKV_ADIM(1), la = PKV_ARGL(0), lb = PKV_ARGL(1);
+        for (int r = 0; r < m; ++r)
+            for (int c = 0; c < nn; ++c) {
+                const PK_T *__restrict__ A = PKV_ARGP(0, r);
+                const PK_T *__restrict__ B = PKV_ARGP(1, c);
+                PK_T *__restrict__ O = PKV_OUTP(r * nn + c);
+                for (int l = 0; l < n; ++l)
+                    O[l] = A[l * la] * B[l * lb];
+            }
+        break;
+    }
+    case PKOP_SQDIST: { /* Sum(Square(a - b)), fused */
+        const int dm = in->ip0;
+        PK_T *__restrict__ O = PKV_OUTP(0);
+        const int la = PKV_ARGL(0), lb = PKV_ARGL(1);
+        for (int k = 0; k < dm; ++k) {
+            const PK_T *__restrict__ A = PKV_ARGP(0, k);
+            const PK_T *__restrict__ B = PKV_ARGP(1, k);
+            if (la && lb) {
+                if (k == 0) {
+                    PK_SIMD for (int l = 0; l < n; ++l) { const PK_T d = A[l] - B[l]; O[l] = d * d; }
+                } else {
+                    PK_SIMD for (int l = 0; l < n; ++l) { const PK_T d = A[l] - B[l]; O[l] += d * d; }
+                }
+            } else if (la) {
+                const PK_T b = B[0];
+                if (k == 0) {
+                    PK_SIMD for (int l = 0; l < n; ++l) { const PK_T d = A[l] - b; O[l] = d * d; }
+                } else {
+                    PK_SIMD for (int l = 0; l < n; ++l) { const PK_T d = A[l] - b; O[l] += d * d; }
+                }
+            } else if (lb) {
+                const PK_T a = A[0];
+                if (k == 0) {
+                    PK_SIMD for (int l = 0; l < n; ++l) { const PK_T d = a - B[l]; O[l] = d * d; }
+                } else {
+                    PK_SIMD for (int l = 0; l < n; ++l) { const PK_T d = a - B[l]; O[l] += d * d; }
+                }
+            } else {
+                for (int l = 0; l < n; ++l) {
+                    const PK_T d = A[l * la] - B[l * lb];
+                    O[l] = k == 0 ? d * d : O[l] + d * d;
+                }
+            }
+        }
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * the driver
+ * ------------------------------------------------------------------------- */
+
+typedef struct {
+    const pk_call *c;
+    const pk_gprogram *p;
+    int64_t nbi, nch, chunk;
+    int nacc, nval, nidx, nconsts;
+    size_t *soff; /* scratch offset of each slot's buffer (0: none) */
+    size_t off_views, off_consts, off_state, off_eb, off_tmp, off_kt, bytes;
+    PK_ACC *pacc; /* partial states when j is split: [nbatch * nx * nch] records */
+    PK_T *pval;
+    int64_t *pidx;
+} PK_FN(pk_gctx);
+
+static void PK_FN(pk_gstate_init)(const pk_gprogram *p, PK_ACC *acc, PK_T *val, int64_t *idx, int nacc,
+                                  int nval)
+{
+    switch (p->family) {
+    case PKF_SUM:
+        for (int q = 0; q < nacc; ++q)
+            acc[q] = 0;
+        break;
+    case PKF_LSE:
+    case PKF_SOFTMAX:
+        acc[0] = -(PK_ACC)INFINITY;
+        for (int q = 1; q < nacc; ++q)
+            acc[q] = 0;
+        break;
+    default:
+        for (int q = 0; q < nval; ++q) {
+            val[q] = p->kind ? -(PK_T)INFINITY : (PK_T)INFINITY;
+            idx[q] = -1;
+        }
+    }
+}
+
+/* (acc1, val1, idx1) <- combine with the record 2 (larger j) */
+static void PK_FN(pk_gstate_combine)(const pk_gprogram *p, PK_ACC *acc1, PK_T *val1, int64_t *idx1,
+                                     const PK_ACC *acc2, const PK_T *val2, const int64_t *idx2, int nacc,
+                                     char *kt)
+{
+    const int D = p->fdim;
+    switch (p->family) {
+    case PKF_SUM:
+        if (p->kahan) {
+            for (int d = 0; d < D; ++d)
+                PK_FN(pk_neumaier_add)(&acc1[d], &acc1[D + d], acc2[d], acc2[D + d]);
+        } else {
+            for (int d = 0; d < D; ++d)
+                acc1[d] += acc2[d];
+        }
+        break;
+    case PKF_LSE:
+    case PKF_SOFTMAX:
+        PK_FN(pk_lse_combine)(&acc1[0], acc1 + 1, acc2[0], acc2 + 1, nacc - 1);
+        break;
+    case PKF_SELECT:
+        for (int d = 0; d < D; ++d)
+            PK_FN(pk_select_combine)(&val1[d], &idx1[d], val2[d], idx2[d], p->kind);
+        break;
+    default: {
+        PK_T *tv = (PK_T *)kt;
+        int64_t *ti = (int64_t *)(kt + PK_ALIGN64((size_t)p->K * sizeof(PK_T)));
+        for (int d = 0; d < D; ++d)
+            PK_FN(pk_kmin_merge)(val1 + d, idx1 + d, val2 + d, idx2 + d, p->K, D, tv, ti);
+    }
+    }
+}
+
+static void PK_FN(pk_gstate_finalize)(const pk_gprogram *p, const pk_call *c, int64_t row, const PK_ACC *acc,
+                                      const PK_T *val, const int64_t *idx, int nval)
+{
+    const int D = p->fdim;
+    PK_T *o0 = (PK_T *)c->outs[0];
+    switch (p->family) {
+    case PKF_SUM:
+        o0 += row * D;
+        for (int d = 0; d < D; ++d) {
+            PK_ACC s = acc[d];
+            o0[d] = (PK_T)(p->kahan && isfinite(s) ? s + acc[D + d] : s);
+        }
+        break;
+    case PKF_LSE: {
+        const int dg = p->gslot >= 0 ? p->gdim : 1;
+        const PK_ACC m = acc[0];
+        if (p->log) {
+            const PK_ACC ms = isfinite(m) ? m : 0;
+            o0 += row * dg;
+            for (int d = 0; d < dg; ++d)
+                o0[d] = (PK_T)(ms + PK_LOGACC(acc[1 + d]));
+        } else {
+            o0 += row * (1 + dg);
+            o0[0] = (PK_T)m;
+            for (int d = 0; d < dg; ++d)
+                o0[1 + d] = (PK_T)acc[1 + d];
+        }
+        break;
+    }
+    case PKF_SOFTMAX: {
+        const int dg = p->gdim;
+        o0 += row * dg;
+        for (int d = 0; d < dg; ++d)
+            o0[d] = (PK_T)(acc[2 + d] / acc[1]);
+        break;
+    }
+    default: {
+        int q = 0;
+        if (p->want_value) {
+            PK_T *o = (PK_T *)c->outs[q++] + row * nval;
+            for (int r = 0; r < nval; ++r)
+                o[r] = val[r];
+        }
+        if (p->want_index) {
+            int64_t *o = (int64_t *)c->outs[q] + row * nval;
+            for (int r = 0; r < nval; ++r)
+                o[r] = idx[r];
+        }
+    }
+    }
+}
+
+static void PK_FN(pk_gitem)(void *vctx, int64_t item, void *vscratch)
+{
+    const PK_FN(pk_gctx) *ctx = (const PK_FN(pk_gctx) *)vctx;
+    const pk_call *c = ctx->c;
+    const pk_gprogram *p = ctx->p;
+    char *scratch = (char *)vscratch;
+    const int BI = p->BI, TJ = p->TJ, ns = p->nslots;
+    const int64_t ch = item % ctx->nch, rest = item / ctx->nch;
+    const int64_t ib = rest % ctx->nbi, b = rest / ctx->nbi;
+    const int64_t i0 = ib * BI, i1 = i0 + BI < c->nx ? i0 + BI : c->nx;
+    const int64_t ja = ch * ctx->chunk, jb = ja + ctx->chunk < c->ny ? ja + ctx->chunk : c->ny;
+    const int nrows = (int)(i1 - i0);
+    const int64_t *bo = c->boff + b * p->nvars;
+
+    PK_FN(pk_views) V;
+    V.vb = (PK_T **)(scratch + ctx->off_views);
+    V.vcs = (int64_t *)(scratch + ctx->off_views + PK_ALIGN64(sizeof(PK_T *) * ns));
+    V.vls = (int32_t *)((char *)V.vcs + PK_ALIGN64(sizeof(int64_t) * ns));
+    V.slots = p->slots;
+    PK_T *consts = (PK_T *)(scratch + ctx->off_consts);
+    for (int q = 0; q < ctx->nconsts; ++q)
+        consts[q] = (PK_T)p->consts[q];
+
+    /* views for the whole item */
+    for (int s = 0; s < ns; ++s) {
+        const pk_gslot *sl = &p->slots[s];
+        PK_T *buf = (PK_T *)(scratch + ctx->soff[s]);
+        switch (sl->kind) {
+        case PKS_CONST:
+            V.vb[s] = consts + sl->index;
+            V.vcs[s] = 1;
+            V.vls[s] = 0;
+            break;
+        case PKS_PARAM:
+            V.vb[s] = (PK_T *)c->args[sl->index] + bo[sl->index];
+            V.vcs[s] = 1;
+            V.vls[s] = 0;
+            break;
+        case PKS_UNIFORM:
+            V.vb[s] = buf;
+            V.vcs[s] = 1;
+            V.vls[s] = 0;
+            break;
+        case PKS_IVAR:
+        case PKS_ROW:
+            V.vb[s] = buf;
+            V.vcs[s] = BI;
+            V.vls[s] = 1;
+            break;
+        default: /* JVAR, TILE, LANE */
+            V.vb[s] = buf;
+            V.vcs[s] = TJ;
+            V.vls[s] = 1;
+        }
+    }
+    const pk_ginstr *code = p->code;
+    const pk_ginstr *c_row = code + p->n_uniform;
+    const pk_ginstr *c_tile = c_row + p->n_row;
+    const pk_ginstr *c_lane = c_tile + p->n_tile;
+
+    for (int q = 0; q < p->n_uniform; ++q)
+        PK_FN(pk_exec)(&code[q], &V, 1);
+    /* rows of the block, transposed */
+    for (int s = 0; s < ns; ++s) {
+        const pk_gslot *sl = &p->slots[s];
+        if (sl->kind != PKS_IVAR)
+            continue;
+        const PK_T *src = (const PK_T *)c->args[sl->index] + bo[sl->index] + i0 * sl->dim;
+        PK_T *buf = V.vb[s];
+        for (int r = 0; r < nrows; ++r)
+            for (int k = 0; k < sl->dim; ++k)
+                buf[(size_t)k * BI + r] = src[(size_t)r * sl->dim + k];
+    }
+    for (int q = 0; q < p->n_row; ++q)
+        PK_FN(pk_exec)(&c_row[q], &V, nrows);
+    /* from now on, i-slots are read one row at a time (lane stride 0) */
+    PK_T *row_base[ns > 0 ? ns : 1];
+    for (int s = 0; s < ns; ++s) {
+        row_base[s] = V.vb[s];
+        if (p->slots[s].kind == PKS_IVAR || p->slots[s].kind == PKS_ROW)
+            V.vls[s] = 0;
+    }
+
+    PK_ACC *sacc = (PK_ACC *)(scratch + ctx->off_state);
+    PK_T *sval = (PK_T *)((char *)sacc + PK_ALIGN64(sizeof(PK_ACC) * (size_t)BI * (ctx->nacc + 1)));
+    int64_t *sidx = (int64_t *)((char *)sval + PK_ALIGN64(sizeof(PK_T) * (size_t)BI * (ctx->nval + 1)));
+    PK_ACC *eb = (PK_ACC *)(scratch + ctx->off_eb);
+    PK_ACC *tmp = (PK_ACC *)(scratch + ctx->off_tmp);
+    for (int r = 0; r < nrows; ++r)
+        PK_FN(pk_gstate_init)(p, sacc + (size_t)r * ctx->nacc, sval + (size_t)r * ctx->nval,
+                              sidx + (size_t)r * ctx->nidx, ctx->nacc, ctx->nval);
+
+    const int D = p->fdim;
+    for (int64_t jt = ja; jt < jb; jt += TJ) {
+        const int n = (int)((jb - jt) < TJ ? (jb - jt) : TJ);
+        for (int s = 0; s < ns; ++s) {
+            const pk_gslot *sl = &p->slots[s];
+            if (sl->kind != PKS_JVAR)
+                continue;
+            const PK_T *src = (const PK_T *)c->args[sl->index] + bo[sl->index] + jt * sl->dim;
+            PK_T *buf = V.vb[s];
+            if (sl->dim == 1) {
+                memcpy(buf, src, sizeof(PK_T) * (size_t)n);
+            } else {
+                for (int j = 0; j < n; ++j)
+                    for (int k = 0; k < sl->dim; ++k)
+                        buf[(size_t)k * TJ + j] = src[(size_t)j * sl->dim + k];
+            }
+        }
+        for (int q = 0; q < p->n_tile; ++q)
+            PK_FN(pk_exec)(&c_tile[q], &V, n);
+        for (int r = 0; r < nrows; ++r) {
+            for (int s = 0; s < ns; ++s)
+                if (p->slots[s].kind == PKS_IVAR || p->slots[s].kind == PKS_ROW)
+                    V.vb[s] = row_base[s] + r;
+            for (int q = 0; q < p->n_lane; ++q)
+                PK_FN(pk_exec)(&c_lane[q], &V, n);
+            const PK_T *F = V.vb[p->fslot];
+            PK_ACC *acc = sacc + (size_t)r * ctx->nacc;
+            PK_T *val = sval + (size_t)r * ctx->nval;
+            int64_t *idx = sidx + (size_t)r * ctx->nidx;
+            switch (p->family) {
+            case PKF_SUM:
+                if (p->gslot >= 0) { /* Sum of F * G */
+                    const PK_T *G = V.vb[p->gslot];
+                    for (int d = 0; d < D; ++d)
+                        acc[d] += PK_FN(pk_dot_tile)(F + (size_t)(p->dot_adim == 1 ? 0 : d) * TJ,
+                                                     G + (size_t)(p->dot_bdim == 1 ? 0 : d) * TJ, n);
+                    break;
+                }
+                for (int d = 0; d < D; ++d) {
+                    if (p->kahan)
+                        PK_FN(pk_kahan_tile)(F + (size_t)d * TJ, n, &acc[d], &acc[D + d]);
+                    else
+                        acc[d] += PK_FN(pk_sum_tile)(F + (size_t)d * TJ, n);
+                }
+                break;
+            case PKF_LSE:
+            case PKF_SOFTMAX: {
+                const PK_T *G = p->gslot >= 0 ? V.vb[p->gslot] : 0;
+                const int dg = p->gslot >= 0 ? p->gdim : 1;
+                PK_FN(pk_lse_tile)(F, G, n, TJ, dg, p->family == PKF_SOFTMAX, &acc[0], acc + 1, eb, tmp);
+                break;
+            }
+            case PKF_SELECT:
+                for (int d = 0; d < D; ++d)
+                    PK_FN(pk_select_tile)(F + (size_t)d * TJ, n, jt, p->kind, &val[d], &idx[d]);
+                break;
+            default:
+                for (int d = 0; d < D; ++d)
+                    PK_FN(pk_kmin_tile)(F + (size_t)d * TJ, n, jt, p->K, D, val + d, idx + d);
+            }
+        }
+    }
+    for (int r = 0; r < nrows; ++r) {
+        const int64_t i = i0 + r;
+        PK_ACC *acc = sacc + (size_t)r * ctx->nacc;
+        PK_T *val = sval + (size_t)r * ctx->nval;
+        int64_t *idx = sidx + (size_t)r * ctx->nidx;
+        if (ctx->nch == 1) {
+            PK_FN(pk_gstate_finalize)(p, c, b * c->nx + i, acc, val, idx, ctx->nval);
+        } else {
+            const size_t rec = (size_t)((b * c->nx + i) * ctx->nch + ch);
+            memcpy(ctx->pacc + rec * ctx->nacc, acc, sizeof(PK_ACC) * ctx->nacc);
+            memcpy(ctx->pval + rec * ctx->nval, val, sizeof(PK_T) * ctx->nval);
+            memcpy(ctx->pidx + rec * ctx->nidx, idx, sizeof(int64_t) * ctx->nidx);
+        }
+    }
+}
+
+static void PK_FN(pk_gmerge)(void *vctx, int64_t item, void *vscratch)
+{
+    const PK_FN(pk_gctx) *ctx = (const PK_FN(pk_gctx) *)vctx;
+    const pk_call *c = ctx->c;
+    const pk_gprogram *p = ctx->p;
+    char *scratch = (char *)vscratch;
+    const int64_t ib = item % ctx->nbi, b = item / ctx->nbi;
+    const int64_t i0 = ib * p->BI, i1 = i0 + p->BI < c->nx ? i0 + p->BI : c->nx;
+    for (int64_t i = i0; i < i1; ++i) {
+        const size_t rec = (size_t)((b * c->nx + i) * ctx->nch);
+        PK_ACC *acc = ctx->pacc + rec * ctx->nacc;
+        PK_T *val = ctx->pval + rec * ctx->nval;
+        int64_t *idx = ctx->pidx + rec * ctx->nidx;
+        for (int64_t ch = 1; ch < ctx->nch; ++ch)
+            PK_FN(pk_gstate_combine)(p, acc, val, idx, acc + ch * ctx->nacc, val + ch * ctx->nval,
+                                     idx + ch * ctx->nidx, ctx->nacc, scratch + ctx->off_kt);
+        PK_FN(pk_gstate_finalize)(p, c, b * c->nx + i, acc, val, idx, ctx->nval);
+    }
+}
+
+/* 0: done; 1: out of memory */
+static int PK_FN(pk_grun)(const pk_call *c, const pk_gprogram *p)
+{
+    PK_FN(pk_gctx) ctx;
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.c = c;
+    ctx.p = p;
+    const int BI = p->BI, TJ = p->TJ, ns = p->nslots, D = p->fdim;
+    const int dg = p->gslot >= 0 ? p->gdim : 1;
+    switch (p->family) {
+    case PKF_SUM:
+        ctx.nacc = p->kahan ? 2 * D : D;
+        break;
+    case PKF_LSE:
+        ctx.nacc = 1 + dg;
+        break;
+    case PKF_SOFTMAX:
+        ctx.nacc = 2 + dg;
+        break;
+    case PKF_SELECT:
+        ctx.nval = ctx.nidx = D;
+        break;
+    default:
+        ctx.nval = ctx.nidx = p->K * D;
+    }
+    ctx.nconsts = 0;
+    size_t *soff = (size_t *)malloc(sizeof(size_t) * (ns > 0 ? ns : 1));
+    if (!soff)
+        return 1;
+    ctx.soff = soff;
+    size_t off = 0;
+    ctx.off_views = off;
+    off += PK_ALIGN64(sizeof(PK_T *) * ns) + PK_ALIGN64(sizeof(int64_t) * ns) + PK_ALIGN64(sizeof(int32_t) * ns);
+    for (int s = 0; s < ns; ++s) {
+        const pk_gslot *sl = &p->slots[s];
+        size_t len = 0;
+        switch (sl->kind) {
+        case PKS_CONST:
+            if (sl->index + sl->dim > ctx.nconsts)
+                ctx.nconsts = sl->index + sl->dim;
+            break;
+        case PKS_UNIFORM:
+            len = (size_t)sl->dim;
+            break;
+        case PKS_IVAR:
+        case PKS_ROW:
+            len = (size_t)sl->dim * BI;
+            break;
+        case PKS_JVAR:
+        case PKS_TILE:
+        case PKS_LANE:
+            len = (size_t)sl->dim * TJ;
+            break;
+        default:
+            break;
+        }
+        soff[s] = off;
+        off += PK_ALIGN64(len * sizeof(PK_T));
+    }
+    ctx.off_consts = off;
+    off += PK_ALIGN64(sizeof(PK_T) * (size_t)(ctx.nconsts + 1));
+    ctx.off_state = off;
+    off += PK_ALIGN64(sizeof(PK_ACC) * (size_t)BI * (ctx.nacc + 1)) +
+           PK_ALIGN64(sizeof(PK_T) * (size_t)BI * (ctx.nval + 1)) +
+           PK_ALIGN64(sizeof(int64_t) * (size_t)BI * (ctx.nidx + 1));
+    ctx.off_eb = off;
+    off += PK_ALIGN64(sizeof(PK_ACC) * (size_t)TJ);
+    ctx.off_tmp = off;
+    off += PK_ALIGN64(sizeof(PK_ACC) * (size_t)(dg + 2));
+    ctx.off_kt = off;
+    off += PK_ALIGN64(sizeof(PK_T) * (size_t)(p->K + 1)) + PK_ALIGN64(sizeof(int64_t) * (size_t)(p->K + 1));
+    ctx.bytes = off + 64;
+
+    int nthreads = (int)c->nthreads;
+    if ((double)c->nbatch * (double)c->nx * (double)c->ny < 65536.0 || nthreads < 1)
+        nthreads = 1;
+    ctx.nbi = (c->nx + BI - 1) / BI;
+    ctx.nch = 1;
+    ctx.chunk = c->ny > 0 ? c->ny : 1;
+    const int64_t items = c->nbatch * ctx.nbi;
+    if (nthreads > 1 && items < 4 * (int64_t)nthreads) {
+        int64_t want = (4 * (int64_t)nthreads + items - 1) / items;
+        int64_t most = c->ny / (2 * (int64_t)TJ);
+        ctx.nch = want < most ? want : most;
+        if (ctx.nch < 1)
+            ctx.nch = 1;
+        ctx.chunk = ((c->ny + ctx.nch - 1) / ctx.nch + TJ - 1) / TJ * TJ;
+        ctx.nch = (c->ny + ctx.chunk - 1) / ctx.chunk;
+    }
+    int err = 0;
+    if (ctx.nch > 1) {
+        const size_t recs = (size_t)(c->nbatch * c->nx * ctx.nch);
+        ctx.pacc = (PK_ACC *)malloc(sizeof(PK_ACC) * recs * (ctx.nacc + 1));
+        ctx.pval = (PK_T *)malloc(sizeof(PK_T) * recs * (ctx.nval + 1));
+        ctx.pidx = (int64_t *)malloc(sizeof(int64_t) * recs * (ctx.nidx + 1));
+        if (!ctx.pacc || !ctx.pval || !ctx.pidx)
+            err = 1;
+    }
+    if (!err)
+        err = pk_parallel_for(nthreads, items * ctx.nch, ctx.bytes, PK_FN(pk_gitem), &ctx);
+    if (!err && ctx.nch > 1)
+        err = pk_parallel_for(nthreads, items, ctx.bytes, PK_FN(pk_gmerge), &ctx);
+    free(ctx.pacc);
+    free(ctx.pval);
+    free(ctx.pidx);
+    free(soff);
+    return err ? 1 : 0;
+}

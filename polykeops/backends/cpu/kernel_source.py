@@ -1,0 +1,768 @@
+"""C source of a specialised CPU kernel for one canonical reduction spec.
+
+The kernel is a blocked map-reduce (see ``docs/cpu_engine.md``):
+
+* work items are (batch, block of ``BI`` rows i, chunk of j); threads take
+  items from an atomic counter (``pk_parallel_for`` in ``include/pk_runtime.h``);
+* j is walked in tiles of ``TJ`` columns: each j-variable of the tile is
+  transposed into a structure-of-arrays buffer, and sub-formulas that depend
+  on j only are computed once per tile, shared by the ``BI`` rows;
+* sub-formulas that depend on i only are computed once per row;
+* the rest runs in an ``omp simd`` loop over the tile (one lane per j), either
+  fused with the accumulation (Sum of a small formula: per-lane accumulators)
+  or writing the formula values to a tile buffer that the reduction helpers of
+  ``include/pk_reduce.h`` then reduce (LogSumExp family, Min/Max, K-min, Kahan);
+* short and wide problems (few rows, large N) also split j across threads; the
+  partial states are then merged in j order with the reduction's combine rule.
+
+The formula itself is rendered by :class:`~polykeops.backends.codegen.CRenderer`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...formula.nodes import CAT_I, CAT_J, CAT_P, Node, walk
+from ..codegen import CRenderer
+
+C_TYPES = {"float32": "float", "float64": "double"}
+SIZEOF = {"float32": 4, "float64": 8, "float16": 2}
+
+#: reduction name -> family
+FAMILIES = {
+    "Sum": "sum",
+    "LogSumExp": "lse",
+    "LogSumExpWeight": "lse",
+    "Max_SumShiftExp": "lse",
+    "Max_SumShiftExpWeight": "lse",
+    "SumSoftMaxWeight": "softmax",
+    "Min": "select",
+    "Max": "select",
+    "ArgMin": "select",
+    "ArgMax": "select",
+    "Min_ArgMin": "select",
+    "Max_ArgMax": "select",
+    "KMin": "kmin",
+    "ArgKMin": "kmin",
+    "KMin_ArgKMin": "kmin",
+}
+
+#: the C interface of every kernel (also mirrored by runtime.PkCall)
+CALL_STRUCT = """typedef struct {
+    int64_t nx, ny, nbatch, nthreads;
+    const void *const *args;   /* one base pointer per variable */
+    const int64_t *boff;       /* [nbatch][nvars] element offsets of each argument's batch slice */
+    void *const *outs;         /* one base pointer per output */
+} pk_call;
+"""
+
+
+@dataclass(frozen=True)
+class KernelLayout:
+    """Sizes chosen for one kernel (they are part of its source, hence of its cache key)."""
+
+    bi: int  # rows per work item
+    tj: int  # columns per tile
+
+
+def dependencies(formulas) -> dict[Node, frozenset]:
+    """node -> the categories of the variables it depends on."""
+    deps: dict[Node, frozenset] = {}
+    for f in formulas:
+        for n in walk(f):
+            if n in deps:
+                continue
+            if n.op == "Var":
+                deps[n] = frozenset({n.cat})
+            elif not n.args:
+                deps[n] = frozenset()
+            else:
+                deps[n] = frozenset().union(*(deps[a] for a in n.args))
+    return deps
+
+
+def choose_layout(spec, state_bytes: int, fbuf_dims: int) -> KernelLayout:
+    size = SIZEOF[spec.dtype]
+    jdims = sum(v.dim for v in spec.variables if v.cat == CAT_J)
+    per_col = (jdims + fbuf_dims + 2) * size
+    tj = 96 * 1024 // max(per_col, 1)
+    tj = max(64, min(2048, tj // 64 * 64))
+    bi = max(1, min(32, (128 * 1024) // max(state_bytes, 1)))
+    return KernelLayout(bi=bi, tj=tj)
+
+
+class KernelSource:
+    """Builds the C text of the kernel of one canonical spec (float32 or float64)."""
+
+    fused_sum_limit = 16  # Sum of a formula of dimension <= this: per-lane accumulators
+
+    def __init__(self, spec, renderer_cls=CRenderer):
+        if spec.axis != 1:
+            raise ValueError("kernels are generated for canonical specs (axis == 1)")
+        if spec.dtype not in C_TYPES:
+            raise ValueError(f"no C kernel for dtype {spec.dtype}")
+        self.spec = spec
+        self.T = C_TYPES[spec.dtype]
+        acc = spec.accumulation_dtype
+        self.ACC = C_TYPES.get(acc, "float")  # float16 accumulation is done in float32
+        self.renderer = renderer_cls(spec.dtype)
+        self.family = FAMILIES[spec.reduction]
+        self.red = spec.red
+        self.fdims = [f.dim for f in spec.formulas]
+        self.k = spec.k
+        self.kahan = spec.sum_scheme == "kahan_scheme"
+        self.fused = self.family == "sum" and not self.kahan and self.fdims[0] <= self.fused_sum_limit
+        self.outputs = spec.outputs()
+
+    # ------------------------------------------------------------------
+    def state_fields(self) -> list[str]:
+        T, ACC, fam = self.T, self.ACC, self.family
+        D = self.fdims[0]
+        if fam == "sum":
+            fields = [f"{ACC} s[{D}];"]
+            if self.kahan:
+                fields.append(f"{ACC} c[{D}];")
+            return fields
+        if fam in ("lse", "softmax"):
+            dg = self.fdims[1] if len(self.fdims) > 1 else 1
+            length = dg + 1 if fam == "softmax" else dg
+            return [f"{ACC} m;", f"{ACC} s[{length}];"]
+        if fam == "select":
+            return [f"{T} v[{D}];", f"int64_t i[{D}];"]
+        return [f"{T} v[{self.k * D}];", f"int64_t i[{self.k * D}];"]
+
+    def state_bytes(self) -> int:
+        size, acc = SIZEOF[self.spec.dtype], SIZEOF[self.spec.accumulation_dtype]
+        acc = max(acc, 4)
+        D = self.fdims[0]
+        fam = self.family
+        if fam == "sum":
+            return D * acc * (2 if self.kahan else 1)
+        if fam in ("lse", "softmax"):
+            dg = self.fdims[1] if len(self.fdims) > 1 else 1
+            return acc * (dg + 2)
+        n = D if fam == "select" else self.k * D
+        return n * (size + 8)
+
+    def fbuf_dims(self) -> int:
+        if self.fused:
+            return 0
+        return sum(self.fdims)
+
+    # ------------------------------------------------------------------
+    def source(self) -> str:
+        spec = self.spec
+        T, ACC = self.T, self.ACC
+        variables = spec.variables
+        formulas = spec.formulas
+        deps = dependencies(formulas)
+        roots = list(formulas)
+
+        # -- classify nodes ------------------------------------------------
+        def is_lane(n):
+            return CAT_I in deps[n] and CAT_J in deps[n]
+
+        def is_tile(n):
+            return n.op != "Var" and bool(n.args) and CAT_J in deps[n] and CAT_I not in deps[n]
+
+        def is_row(n):
+            return n.op != "Var" and bool(n.args) and CAT_J not in deps[n]
+
+        consumers_lane: set[Node] = set()
+        for f in formulas:
+            for n in walk(f):
+                if is_lane(n):
+                    consumers_lane.update(n.args)
+        tile_front = [n for n in _ordered(formulas) if is_tile(n) and (n in consumers_lane or n in roots)]
+        row_front = [n for n in _ordered(formulas) if is_row(n) and (n in consumers_lane or n in roots)]
+
+        used = {v for f in formulas for v in walk(f) if v.op == "Var"}
+        jvars = [v for v in variables if v.cat == CAT_J and v in used]
+        ivars = [v for v in variables if v.cat == CAT_I and v in used]
+        pvars = [v for v in variables if v.cat == CAT_P and v in used]
+
+        R = self.renderer
+        counter = [0]
+
+        def leaf_lane(v, k):
+            if v.cat == CAT_I:
+                return f"xr{v.index}[{k}]"
+            if v.cat == CAT_J:
+                return f"yt{v.index}[({k}) * TJ + j]"
+            return f"pr{v.index}[{k}]"
+
+        # tile nodes: rendered in the tile loop (lane = j), stored in buffers
+        tile_lines = []
+        tile_known = {}
+        if tile_front:
+            rf = R.render(tile_front, leaf_lane, prefix="t", counter=counter)
+            tile_lines = list(rf.lines)
+            for n in tile_front:
+                for k in range(n.dim):
+                    tile_lines.append(f"tb{_id(n, tile_front)}[{k} * TJ + j] = {rf.value(n, k)};")
+        for n in tile_front:
+            name = f"tb{_id(n, tile_front)}"
+            tile_known[n] = (lambda k, name=name: f"{name}[({k}) * TJ + j]")
+
+        # row nodes: rendered once per row, outside the j loop
+        row_lines = []
+        row_known = {}
+        if row_front:
+            rr = R.render(row_front, leaf_lane, prefix="r", counter=counter)
+            row_lines = list(rr.lines)
+            for n in row_front:
+                row_known[n] = (lambda k, n=n, rr=rr: rr.value(n, k))
+
+        known = {**tile_known, **row_known}
+        lane_lines, lane_bufs = self._lane_code(roots, known, leaf_lane, counter)
+        layout = choose_layout(spec, self.state_bytes(), sum(d for _, _, d in lane_bufs))
+        self.layout = layout
+        BI, TJ = layout.bi, layout.tj
+
+        # -- assemble --------------------------------------------------------
+        out = []
+        w = out.append
+        w("/* polykeops specialised CPU kernel (generated; do not edit) */")
+        w(f"/* spec: {_comment(str(spec))} */")
+        w("#include \"pk_runtime.h\"")
+        w(f"typedef {T} T;")
+        w(f"typedef {ACC} ACC;")
+        w(f"#define PK_T {T}")
+        w(f"#define PK_ACC {ACC}")
+        w("#define PK_FN(x) x")
+        w(f"#define PK_EXPACC {'pk_expf' if ACC == 'float' else 'pk_exp'}")
+        w(f"#define PK_LOGACC {'logf' if ACC == 'float' else 'log'}")
+        w("#include \"pk_reduce.h\"")
+        w(f"#define NV {len(variables)}")
+        w(f"#define BI {BI}")
+        w(f"#define TJ {TJ}")
+        w(CALL_STRUCT)
+        w("typedef struct {")
+        for fld in self.state_fields():
+            w("    " + fld)
+        w("} pk_state;")
+        w("")
+        # scratch layout
+        offs = ["#define OFF_STATE 0", "#define END_STATE (OFF_STATE + BI * sizeof(pk_state))"]
+        prev = "END_STATE"
+        bufs = []
+        for v in jvars:
+            bufs.append((f"yt{v.index}", T, v.dim))
+        for n in tile_front:
+            bufs.append((f"tb{_id(n, tile_front)}", T, n.dim))
+        bufs.extend(lane_bufs)
+        for name, ty, dim in bufs:
+            offs.append(f"#define OFF_{name} PK_ALIGN64({prev})")
+            offs.append(f"#define END_{name} (OFF_{name} + (size_t){dim} * TJ * sizeof({ty}))")
+            prev = f"END_{name}"
+        if self.family == "kmin":
+            offs.append(f"#define OFF_kt PK_ALIGN64({prev})")
+            offs.append(f"#define END_kt (OFF_kt + (size_t){self.k} * (sizeof(T) + sizeof(int64_t)))")
+            prev = "END_kt"
+        offs.append(f"#define SCRATCH_BYTES ({prev} + 64)")
+        out.extend(offs)
+        w("")
+        out.extend(self._state_functions())
+        w("")
+        # the block routine
+        w("static void pk_process(const pk_call *c, int64_t b, int64_t i0, int64_t i1, int64_t ja,"
+          " int64_t jb, pk_state *st, char *scratch)")
+        w("{")
+        w("    const int64_t *bo = c->boff + b * NV;")
+        for v in jvars + ivars + pvars:
+            w(f"    const T *__restrict__ a{v.index} = (const T *)c->args[{v.index}] + bo[{v.index}];")
+        for v in pvars:
+            w(f"    T pr{v.index}[{v.dim}];")
+            w(f"    for (int k = 0; k < {v.dim}; ++k) pr{v.index}[k] = a{v.index}[k];")
+        for name, ty, _dim in bufs:
+            w(f"    {ty} *__restrict__ {name} = ({ty} *)(scratch + OFF_{name});")
+        if self.family == "kmin":
+            w("    T *kt_v = (T *)(scratch + OFF_kt);")
+            w(f"    int64_t *kt_i = (int64_t *)(kt_v + {self.k});")
+            w("    (void)kt_v; (void)kt_i;")
+        w("    for (int64_t jt = ja; jt < jb; jt += TJ) {")
+        w("        const int n = (int)((jb - jt) < TJ ? (jb - jt) : TJ);")
+        for v in jvars:
+            d = v.dim
+            w("        {")
+            w(f"            const T *__restrict__ src = a{v.index} + jt * {d};")
+            if d == 1:
+                w(f"            memcpy(yt{v.index}, src, (size_t)n * sizeof(T));")
+            elif d <= 16:
+                w("            for (int j = 0; j < n; ++j) {")
+                for k in range(d):
+                    w(f"                yt{v.index}[{k} * TJ + j] = src[j * {d} + {k}];")
+                w("            }")
+            else:
+                w("            for (int j = 0; j < n; ++j)")
+                w(f"                for (int k = 0; k < {d}; ++k)")
+                w(f"                    yt{v.index}[k * TJ + j] = src[j * {d} + k];")
+            w("        }")
+        if tile_lines:
+            w("        " + R.simd_pragma)
+            w("        for (int j = 0; j < n; ++j) {")
+            for line in tile_lines:
+                w("            " + line)
+            w("        }")
+        w("        for (int64_t i = i0; i < i1; ++i) {")
+        w("            pk_state *__restrict__ s = st + (i - i0);")
+        for v in ivars:
+            w(f"            T xr{v.index}[{v.dim}];")
+            w(f"            for (int k = 0; k < {v.dim}; ++k) xr{v.index}[k] = a{v.index}[i * {v.dim} + k];")
+        for line in row_lines:
+            w("            " + line)
+        out.extend("            " + line for line in lane_lines)
+        w("        }")
+        w("    }")
+        w("}")
+        w("")
+        out.append(DRIVER)
+        return "\n".join(out) + "\n"
+
+    # ------------------------------------------------------------------
+    def _lane_code(self, roots, known, leaf, counter) -> tuple[list[str], list]:
+        """Code run for one row and one tile (lanes = the tile's columns j), and its buffers.
+
+        The sub-formulas that depend on i and j are computed in *stages*: fused
+        ``omp simd`` loops over j for values of small dimension (one scalar or a
+        small array per lane), and, for large elementwise vectors (dimension above
+        the renderer's unroll limit, e.g. ``x_i - y_j`` in 64-D), loops over the
+        components with an ``omp simd`` loop over j inside, where each component
+        is a scalar and a ``Sum`` of the vector is accumulated in place.  Values
+        crossing stages go through [dim][TJ] tile buffers.  The last stage feeds
+        the reduction: per-lane accumulators (Sum of a small formula), or formula
+        buffers reduced by the helpers of pk_reduce.h.
+        """
+        R = self.renderer
+        T = self.T
+        fam = self.family
+        lane_nodes = _lane_nodes(roots, known)
+        lane_set = set(lane_nodes)
+        pos = {n: q for q, n in enumerate(lane_nodes)}
+        big = {n for n in lane_nodes if n.dim > R.unroll_limit and R.is_elementwise(n)}
+        region = _regions(big, lane_nodes)
+        absorbed = {n: region[n.args[0]] for n in lane_nodes if n.op == "Sum" and n.args[0] in big}
+        unit_of = {}
+        for n in lane_nodes:
+            if n in big:
+                unit_of[n] = ("R", region[n])
+            elif n in absorbed:
+                unit_of[n] = ("R", absorbed[n])
+            else:
+                unit_of[n] = ("S", pos[n])
+        sink = ("S", len(lane_nodes))
+        deps = {u: set() for u in set(unit_of.values()) | {sink}}
+        for n in lane_nodes:
+            for a in n.args:
+                if a in lane_set and unit_of[a] != unit_of[n]:
+                    deps[unit_of[n]].add(unit_of[a])
+        for r in roots:
+            if r in lane_set:
+                deps[sink].add(unit_of[r])
+        first = {}
+        for n in lane_nodes:
+            first.setdefault(unit_of[n], pos[n])
+        first[sink] = len(lane_nodes)
+        remaining = sorted(deps, key=lambda u: first[u])
+        stages, done = [], set()
+        while remaining:
+            group = []
+            grew = True
+            while grew:
+                grew = False
+                for u in remaining:
+                    if u[0] == "S" and u not in group and deps[u] <= done | set(group):
+                        group.append(u)
+                        grew = True
+            if group:
+                stages.append(("fused", group))
+            else:
+                group = [next(u for u in remaining if u[0] == "R" and deps[u] <= done)]
+                stages.append(("region", group))
+            done |= set(group)
+            remaining = [u for u in remaining if u not in done]
+        stage_of = {u: q for q, (_, units) in enumerate(stages) for u in units}
+
+        # which values cross stages (-> tile buffers)
+        crossing = set()
+        for n in lane_nodes:
+            for a in n.args:
+                if a in lane_set and stage_of[unit_of[a]] != stage_of[unit_of[n]]:
+                    crossing.add(a)
+        for r in roots:
+            if r in lane_set and stage_of[unit_of[r]] != stage_of[sink]:
+                crossing.add(r)
+        root0 = roots[0]
+        # Sum of a large vector computed in a component loop: reduce it there, per component
+        region_reduce = (fam == "sum" and not self.kahan and root0 in big and len(roots) == 1)
+        if region_reduce:
+            crossing.discard(root0)
+
+        bufs = []
+        buf_known = {}  # filled stage after stage: values of earlier stages, read from their buffers
+        names = {}
+        for n in lane_nodes:
+            if n in crossing:
+                name = f"lb{len(names)}"
+                names[n] = name
+                dim = 1 if n in absorbed else n.dim
+                bufs.append((name, T, dim))
+        buffered = not self.fused and not region_reduce
+        if buffered:
+            bufs.append(("fb", T, self.fdims[0]))
+            if len(self.fdims) > 1:
+                bufs.append(("gb", T, self.fdims[1]))
+            if fam in ("lse", "softmax"):
+                bufs.append(("eb", self.ACC, 1))
+
+        lines: list[str] = []
+        D = self.fdims[0]
+        for kind, units in stages:
+            nodes = [n for n in lane_nodes if unit_of[n] in units]
+            scope = {**known, **buf_known}
+            for n in nodes:
+                if n in names:
+                    buf_known[n] = (lambda k, name=names[n]: f"{name}[({k}) * TJ + j]")
+            if kind == "fused":
+                rf = R.render(nodes, leaf, known=scope, prefix="v", counter=counter)
+                body = list(rf.lines)
+                for n in nodes:
+                    if n in names:
+                        body.extend(f"{names[n]}[{k} * TJ + j] = {rf.value(n, k)};" for k in range(n.dim))
+                pragma = R.simd_pragma
+                if sink in units:
+                    if self.fused:
+                        accs = [f"acc{d}" for d in range(D)]
+                        lines.append("ACC " + ", ".join(f"{a} = 0" for a in accs) + ";")
+                        pragma += f" reduction(+ : {', '.join(accs)})"
+                        body.extend(f"acc{d} += (ACC)({rf.value(root0, d)});" for d in range(D))
+                    elif buffered:
+                        for buf, f in zip(("fb", "gb"), roots):
+                            body.extend(f"{buf}[{d} * TJ + j] = {rf.value(f, d)};" for d in range(f.dim))
+                if body:
+                    lines.append(pragma)
+                    lines.append("for (int j = 0; j < n; ++j) {")
+                    lines.extend("    " + x for x in body)
+                    lines.append("}")
+                if sink in units and self.fused:
+                    lines.extend(f"s->s[{d}] += acc{d};" for d in range(D))
+                continue
+            # a component loop
+            vec = [n for n in nodes if n in big]
+            sums = [n for n in nodes if n in absorbed]
+            dim = vec[0].dim
+            clines, cnames = R.render_component(vec, "k", dim, leaf, known=scope, prefix="c", counter=counter)
+            reduce_here = region_reduce and root0 in vec
+            if sums and not reduce_here:
+                # register blocking: JB columns at a time, the Sums of the components stay in
+                # registers across the loop over components (tile buffers hold TJ >= n columns,
+                # a multiple of JB, so the last block may compute a few unused columns)
+                jb = 32 if T == "float" else 16
+                lines.append(f"for (int j0 = 0; j0 < n; j0 += {jb}) {{")
+                for sm in sums:
+                    lines.append(f"    {T} sa_{names[sm]}[{jb}];")
+                    lines.append(f"    for (int l = 0; l < {jb}; ++l) sa_{names[sm]}[l] = 0;")
+                lines.append(f"    for (int k = 0; k < {dim}; ++k) {{")
+                lines.append(f"        {R.simd_pragma}")
+                lines.append(f"        for (int l = 0; l < {jb}; ++l) {{")
+                body = ["const int j = j0 + l;"] + list(clines)
+                for n in vec:
+                    if n in names:
+                        body.append(f"{names[n]}[k * TJ + j] = {cnames[n]};")
+                for sm in sums:
+                    body.append(f"sa_{names[sm]}[l] += {cnames[sm.args[0]]};")
+                lines.extend("            " + x for x in body)
+                lines.append("        }")
+                lines.append("    }")
+                for sm in sums:
+                    nm = names[sm]
+                    lines.append(f"    for (int l = 0; l < {jb}; ++l) {nm}[j0 + l] = sa_{nm}[l];")
+                lines.append("}")
+                continue
+            for sm in sums:
+                lines.append(R.simd_pragma)
+                lines.append(f"for (int j = 0; j < n; ++j) {names[sm]}[j] = 0;")
+            if reduce_here and dim >= 8:
+                # reduced per component: 4 components per pass over j, so that the values shared
+                # by the components (the scalar factor of K_ij * b_j) are loaded once for 4 sums
+                u = 4
+                top = dim - dim % u
+                ks = [f"kq + {q}" for q in range(u)]
+                body = []
+                for q in range(u):
+                    cl, cn = R.render_component(vec, ks[q], dim, leaf, known=scope, prefix=f"u{q}_",
+                                                counter=counter)
+                    body.extend(cl)
+                    body.append(f"acc{q} += (ACC)({cn[root0]});")
+                    for n in vec:
+                        if n in names:
+                            body.append(f"{names[n]}[({ks[q]}) * TJ + j] = {cn[n]};")
+                lines.append(f"for (int kq = 0; kq < {top}; kq += {u}) {{")
+                lines.append("    " + " ".join(f"ACC acc{q} = 0;" for q in range(u)))
+                accs = ", ".join(f"acc{q}" for q in range(u))
+                lines.append(f"    {R.simd_pragma} reduction(+ : {accs})")
+                lines.append("    for (int j = 0; j < n; ++j) {")
+                lines.extend("        " + x for x in body)
+                lines.append("    }")
+                lines.extend(f"    s->s[kq + {q}] += acc{q};" for q in range(u))
+                lines.append("}")
+                if top == dim:
+                    continue
+                lines.append(f"for (int k = {top}; k < {dim}; ++k) {{")
+            else:
+                lines.append(f"for (int k = 0; k < {dim}; ++k) {{")
+            if reduce_here:
+                lines.append("    ACC acc = 0;")
+                lines.append(f"    {R.simd_pragma} reduction(+ : acc)")
+            else:
+                lines.append(f"    {R.simd_pragma}")
+            lines.append("    for (int j = 0; j < n; ++j) {")
+            body = list(clines)
+            for n in vec:
+                if n in names:
+                    body.append(f"{names[n]}[k * TJ + j] = {cnames[n]};")
+            for sm in sums:
+                body.append(f"{names[sm]}[j] += {cnames[sm.args[0]]};")
+            if reduce_here:
+                body.append(f"acc += (ACC)({cnames[root0]});")
+            lines.extend("        " + x for x in body)
+            lines.append("    }")
+            if reduce_here:
+                lines.append("    s->s[k] += acc;")
+            lines.append("}")
+        if buffered:
+            lines.extend(self._buffer_reduction())
+        return lines, bufs
+
+    def _buffer_reduction(self) -> list[str]:
+        """Reduce the formula buffers fb (and gb) of one row and one tile into the state ``s``."""
+        fam = self.family
+        D = self.fdims[0]
+        f = self.spec.formulas
+        lines = []
+        if fam == "sum":
+            for d in range(D):
+                if self.kahan:
+                    lines.append(f"pk_kahan_tile(fb + {d} * TJ, n, &s->s[{d}], &s->c[{d}]);")
+                else:
+                    lines.append(f"s->s[{d}] += pk_sum_tile(fb + {d} * TJ, n);")
+        elif fam in ("lse", "softmax"):
+            dg = self.fdims[1] if len(f) > 1 else 1
+            g = "gb" if len(f) > 1 else "0"
+            soft = 1 if fam == "softmax" else 0
+            lines.append(f"{{ ACC tmp[{dg + 1}];")
+            lines.append(f"  pk_lse_tile(fb, {g}, n, TJ, {dg}, {soft}, &s->m, s->s, eb, tmp); }}")
+        elif fam == "select":
+            kind = 0 if self.red.selection_kind == "min" else 1
+            for d in range(D):
+                lines.append(f"pk_select_tile(fb + {d} * TJ, n, jt, {kind}, &s->v[{d}], &s->i[{d}]);")
+        else:
+            for d in range(D):
+                lines.append(f"pk_kmin_tile(fb + {d} * TJ, n, jt, {self.k}, {D}, s->v + {d}, s->i + {d});")
+        return lines
+
+    def _state_functions(self) -> list[str]:
+        fam = self.family
+        D = self.fdims[0]
+        L = []
+        w = L.append
+        # init
+        w("static inline void pk_state_init(pk_state *s)")
+        w("{")
+        if fam == "sum":
+            w(f"    for (int d = 0; d < {D}; ++d) s->s[d] = 0;")
+            if self.kahan:
+                w(f"    for (int d = 0; d < {D}; ++d) s->c[d] = 0;")
+        elif fam in ("lse", "softmax"):
+            w("    s->m = -(ACC)INFINITY;")
+            w("    for (size_t d = 0; d < sizeof(s->s) / sizeof(ACC); ++d) s->s[d] = 0;")
+        else:
+            kind = self.red.selection_kind
+            n = D if fam == "select" else self.k * D
+            init = "(T)INFINITY" if kind == "min" else "-(T)INFINITY"
+            w(f"    for (int q = 0; q < {n}; ++q) {{ s->v[q] = {init}; s->i[q] = -1; }}")
+        w("}")
+        # combine (a covers smaller j than b)
+        w("static inline void pk_state_combine(pk_state *a, const pk_state *b, char *scratch)")
+        w("{")
+        w("    (void)scratch;")
+        if fam == "sum":
+            if self.kahan:
+                w(f"    for (int d = 0; d < {D}; ++d) pk_neumaier_add(&a->s[d], &a->c[d], b->s[d], b->c[d]);")
+            else:
+                w(f"    for (int d = 0; d < {D}; ++d) a->s[d] += b->s[d];")
+        elif fam in ("lse", "softmax"):
+            w("    pk_lse_combine(&a->m, a->s, b->m, b->s, (int)(sizeof(a->s) / sizeof(ACC)));")
+        elif fam == "select":
+            kind = 0 if self.red.selection_kind == "min" else 1
+            w(f"    for (int d = 0; d < {D}; ++d)")
+            w(f"        pk_select_combine(&a->v[d], &a->i[d], b->v[d], b->i[d], {kind});")
+        else:
+            w("    T *tv = (T *)(scratch + OFF_kt);")
+            w(f"    int64_t *ti = (int64_t *)(tv + {self.k});")
+            w(f"    for (int d = 0; d < {D}; ++d)")
+            w(f"        pk_kmin_merge(a->v + d, a->i + d, b->v + d, b->i + d, {self.k}, {D}, tv, ti);")
+        w("}")
+        # finalize: write the outputs of row (b, i)
+        w("static inline void pk_state_finalize(const pk_call *c, const pk_state *s, int64_t row)")
+        w("{")
+        outs = self.outputs
+        for pos, o in enumerate(outs):
+            ty = "int64_t" if o.kind == "index" else "T"
+            w(f"    {ty} *o{pos} = ({ty} *)c->outs[{pos}] + row * {o.dim};")
+        if fam == "sum":
+            if self.kahan:
+                w(f"    for (int d = 0; d < {D}; ++d)")
+                w("        o0[d] = (T)(isfinite(s->s[d]) ? s->s[d] + s->c[d] : s->s[d]);")
+            else:
+                w(f"    for (int d = 0; d < {D}; ++d) o0[d] = (T)s->s[d];")
+        elif fam == "softmax":
+            dg = self.fdims[1]
+            w(f"    for (int d = 0; d < {dg}; ++d) o0[d] = (T)(s->s[1 + d] / s->s[0]);")
+        elif fam == "lse":
+            dg = self.fdims[1] if len(self.fdims) > 1 else 1
+            if self.red.log:
+                w("    const ACC ms = isfinite(s->m) ? s->m : 0;")
+                w(f"    for (int d = 0; d < {dg}; ++d) o0[d] = (T)(ms + PK_LOGACC(s->s[d]));")
+            else:
+                w("    o0[0] = (T)s->m;")
+                w(f"    for (int d = 0; d < {dg}; ++d) o0[1 + d] = (T)s->s[d];")
+        else:
+            n = D if fam == "select" else self.k * D
+            pos = 0
+            if self.red.want_value:
+                w(f"    for (int q = 0; q < {n}; ++q) o{pos}[q] = s->v[q];")
+                pos += 1
+            if self.red.want_index:
+                w(f"    for (int q = 0; q < {n}; ++q) o{pos}[q] = s->i[q];")
+        w("}")
+        return L
+
+
+def _lane_nodes(roots, known) -> list:
+    """The computed nodes reachable from ``roots`` without crossing known nodes, children first."""
+    from ..codegen.c_renderer import _postorder
+
+    return _postorder(roots, stop=lambda n: n in known or n.is_leaf)
+
+
+def _regions(big: set, order: list) -> dict:
+    """Group large elementwise nodes that feed each other (same dimension) into component loops."""
+    parent = {n: n for n in big}
+
+    def find(n):
+        while parent[n] is not n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for n in big:
+        for a in n.args:
+            if a in big and a.dim == n.dim:
+                parent[find(a)] = find(n)
+    reps: dict = {}
+    return {n: reps.setdefault(find(n), len(reps)) for n in order if n in big}
+
+
+def _ordered(formulas):
+    seen = set()
+    order = []
+    for f in formulas:
+        for n in walk(f):
+            if n not in seen:
+                seen.add(n)
+                order.append(n)
+    return order
+
+
+def _id(node, seq) -> int:
+    return seq.index(node)
+
+
+def _comment(text: str) -> str:
+    return text.replace("*/", "* /")
+
+
+#: the work decomposition and entry point, shared by every kernel
+DRIVER = r"""
+typedef struct {
+    const pk_call *c;
+    int64_t nbi, nch, chunk;
+    pk_state *partial; /* [nbatch][nx][nch] when j is split */
+} pk_ctx;
+
+static void pk_item(void *vctx, int64_t item, void *scratch)
+{
+    const pk_ctx *ctx = (const pk_ctx *)vctx;
+    const pk_call *c = ctx->c;
+    int64_t ch = item % ctx->nch, rest = item / ctx->nch;
+    int64_t ib = rest % ctx->nbi, b = rest / ctx->nbi;
+    int64_t i0 = ib * BI, i1 = i0 + BI < c->nx ? i0 + BI : c->nx;
+    int64_t ja = ch * ctx->chunk, jb = ja + ctx->chunk < c->ny ? ja + ctx->chunk : c->ny;
+    pk_state *st = (pk_state *)((char *)scratch + OFF_STATE);
+    for (int64_t i = i0; i < i1; ++i)
+        pk_state_init(st + (i - i0));
+    if (ja < jb)
+        pk_process(c, b, i0, i1, ja, jb, st, (char *)scratch);
+    for (int64_t i = i0; i < i1; ++i) {
+        if (ctx->nch == 1)
+            pk_state_finalize(c, st + (i - i0), b * c->nx + i);
+        else
+            ctx->partial[(b * c->nx + i) * ctx->nch + ch] = st[i - i0];
+    }
+}
+
+static void pk_merge(void *vctx, int64_t item, void *scratch)
+{
+    const pk_ctx *ctx = (const pk_ctx *)vctx;
+    const pk_call *c = ctx->c;
+    int64_t ib = item % ctx->nbi, b = item / ctx->nbi;
+    int64_t i0 = ib * BI, i1 = i0 + BI < c->nx ? i0 + BI : c->nx;
+    for (int64_t i = i0; i < i1; ++i) {
+        pk_state *p = ctx->partial + (b * c->nx + i) * ctx->nch;
+        for (int64_t ch = 1; ch < ctx->nch; ++ch)
+            pk_state_combine(p, p + ch, (char *)scratch);
+        pk_state_finalize(c, p, b * c->nx + i);
+    }
+}
+
+PK_EXPORT int64_t pk_scratch_bytes(void) { return (int64_t)SCRATCH_BYTES; }
+PK_EXPORT int64_t pk_state_bytes(void) { return (int64_t)sizeof(pk_state); }
+
+/* 0: done; 1: out of memory */
+PK_EXPORT int pk_run(const pk_call *c)
+{
+    pk_ctx ctx;
+    int nthreads = (int)c->nthreads;
+    ctx.c = c;
+    ctx.nbi = (c->nx + BI - 1) / BI;
+    ctx.nch = 1;
+    ctx.chunk = c->ny > 0 ? c->ny : 1;
+    ctx.partial = NULL;
+    if ((double)c->nbatch * (double)c->nx * (double)c->ny < 65536.0)
+        nthreads = 1;
+    if (nthreads < 1)
+        nthreads = 1;
+    int64_t items = c->nbatch * ctx.nbi;
+    if (nthreads > 1 && items < 4 * (int64_t)nthreads) {
+        int64_t want = (4 * (int64_t)nthreads + items - 1) / items;
+        int64_t most = c->ny / (2 * TJ);
+        ctx.nch = want < most ? want : most;
+        if (ctx.nch < 1)
+            ctx.nch = 1;
+        /* chunks are whole tiles */
+        ctx.chunk = ((c->ny + ctx.nch - 1) / ctx.nch + TJ - 1) / TJ * TJ;
+        ctx.nch = (c->ny + ctx.chunk - 1) / ctx.chunk;
+    }
+    if (ctx.nch > 1) {
+        ctx.partial = (pk_state *)malloc((size_t)(c->nbatch * c->nx * ctx.nch) * sizeof(pk_state));
+        if (!ctx.partial)
+            return 1;
+    }
+    int err = pk_parallel_for(nthreads, items * ctx.nch, SCRATCH_BYTES, pk_item, &ctx);
+    if (!err && ctx.nch > 1)
+        err = pk_parallel_for(nthreads, items, SCRATCH_BYTES, pk_merge, &ctx);
+    free(ctx.partial);
+    return err ? 1 : 0;
+}
+"""

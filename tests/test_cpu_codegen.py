@@ -1,0 +1,171 @@
+"""The shared C renderer: every op of the op table renders, compiles and matches the reference."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from polykeops.backends.codegen import CRenderer
+from polykeops.backends.cpu import CpuBackend, generic
+from polykeops.backends.cpu.kernel_source import KernelSource
+from polykeops.backends.reference import ReferenceBackend
+from polykeops.formula import ReductionSpec, Var
+from polykeops.formula import algebra as A
+from polykeops.formula.nodes import CAT_I, CAT_J, Node, walk
+from polykeops.formula.ops import OPS
+
+X = Var(0, 3, CAT_I)
+Y = Var(1, 3, CAT_J)
+W = Var(2, 2, CAT_J)
+U = A.sub(X, Y)  # real values of order 1, depending on i and j
+POS = A.add(A.square(U), A.const(0.5))
+UNIT = A.mul(A.node("Sin", U), A.const(0.9))
+SCALAR = A.node("Elem", U, params=(1,))
+
+
+def operand(domain: str) -> Node:
+    return {"real": U, "positive": POS, "unit": UNIT, "nonzero": POS}.get(domain, U)
+
+
+def instance(name: str) -> Node:
+    """One node of every op, with arguments in its domain."""
+    op = OPS[name]
+    rnd = random.Random(name)
+    special = {
+        "OneHot": lambda: Node("OneHot", (A.mul(SCALAR, A.const(2)),), (4,)),
+        "SumT": lambda: Node("SumT", (SCALAR,), (3,)),
+        "ElemT": lambda: Node("ElemT", (SCALAR,), (1, 3)),
+        "ExtractT": lambda: Node("ExtractT", (U,), (1, 5)),
+        "Concat": lambda: Node("Concat", (U, W)),
+        "MatVecMult": lambda: Node("MatVecMult", (Node("Concat", (U, U)), U)),
+        "VecMatMult": lambda: Node("VecMatMult", (U, Node("Concat", (U, U)))),
+        "TensorProd": lambda: Node("TensorProd", (U, W)),
+        "Mod": lambda: Node("Mod", (U, POS, A.const(-0.5))),
+        "Clamp": lambda: Node("Clamp", (U, A.const(-0.3), A.const(0.4))),
+        "IfElse": lambda: Node("IfElse", (U, A.square(U), A.neg(U))),
+    }
+    if name in special:
+        return special[name]()
+    args = tuple(operand(d) for d in op.domain) if op.domain else (U,) * op.arity
+    params = op.random_params([a.dim for a in args], rnd) if op.random_params else ()
+    return Node(name, args, params)
+
+
+#: ops without a C rule (a dynamic programme per pair): the reference backend evaluates them
+NO_C_RULE = {"SoftDTWSqDist", "GradSoftDTWSqDist", "SoftDTWSqDistGrad2"}
+RENDERED = sorted(set(OPS) - NO_C_RULE)
+
+
+def all_ops_spec(dtype="float64"):
+    parts = [instance(name) for name in RENDERED]
+    out = parts[0]
+    for p in parts[1:]:
+        out = Node("Concat", (out, p))
+    return ReductionSpec("Sum", (out,), (X, Y, W), dtype=dtype), parts
+
+
+def test_every_op_has_a_c_rule():
+    assert set(CRenderer.supported_ops(CRenderer)) == set(RENDERED)
+    assert generic.SUPPORTED_OPS == set(RENDERED)
+    assert CpuBackend().capabilities.ops == set(RENDERED)
+
+
+def test_ops_without_a_c_rule_go_to_the_reference_backend():
+    from polykeops.backends import select_backend
+
+    x, y, g = Var(0, 4, CAT_I), Var(1, 5, CAT_J), Var(2, 1, 2)
+    spec = ReductionSpec("Sum", (Node("SoftDTWSqDist", (g, x, y)),), (x, y, g))
+    assert "SoftDTWSqDist" in CpuBackend().capabilities.unsupported(spec, "numpy", "cpu", False)
+    assert select_backend(None, spec, "numpy", "cpu", False).name == "reference"
+
+
+def test_every_op_renders_one_variable_per_node():
+    spec, parts = all_ops_spec()
+    r = CRenderer("float32")
+    rendered = r.render(spec.formulas, lambda v, k: f"in{v.index}[{k}]")
+    computed = [n for n in walk(spec.formulas[0]) if not n.is_leaf]
+    assert len(rendered.names) == len(computed)  # CSE: each distinct node once
+    assert len(set(rendered.names.values())) == len(computed)
+    text = "\n".join(rendered.lines)
+    assert "pk_expf(" in text and "sinf(" in text
+
+
+def test_dialect_is_a_few_class_attributes():
+    class OtherC(CRenderer):
+        math_funcs = {
+            t: {**fns, "exp": "__expf" if t == "float" else "exp"} for t, fns in CRenderer.math_funcs.items()
+        }
+        unroll_pragma = "#pragma unroll {n}"
+
+    f = A.node("Exp", A.vsum(A.square(A.sub(Var(0, 20, CAT_I), Var(1, 20, CAT_J)))))
+    text = "\n".join(OtherC("float32").render([f], lambda v, k: f"in{v.index}[{k}]").lines)
+    assert "__expf(" in text and "#pragma unroll 8" in text and "pk_expf" not in text
+
+
+def test_literals_round_like_numpy():
+    r = CRenderer("float32")
+    assert r.literal(0.1) == "((float)0.1)"
+    assert CRenderer("float64").literal(-2.5) == "(-2.5)"
+    assert "INFINITY" in r.literal(float("inf")) and "NAN" in r.literal(float("nan"))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("mode", ["off", "sync"])
+def test_every_op_computes_like_the_reference(mode, monkeypatch):
+    """One kernel with every op (its outputs concatenated), against the reference in float64."""
+    monkeypatch.setenv("POLYKEOPS_JIT", mode)
+    backend = CpuBackend()
+    if mode == "sync" and not backend.compiler_status()[0]:
+        pytest.skip("no C compiler")
+    if mode == "off" and not generic.available()[0]:
+        pytest.skip("generic engine not built")
+    spec, parts = all_ops_spec()
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal((37, 3)), rng.standard_normal((300, 3)), rng.standard_normal((300, 2))]
+    (out,) = backend.evaluate(spec, args, nx=37, ny=300, batch_shape=())
+    (ref,) = ReferenceBackend().evaluate(spec, args, nx=37, ny=300, batch_shape=())
+    start = 0
+    for name, p in zip(RENDERED, parts):
+        sl = slice(start, start + p.dim)
+        start += p.dim
+        np.testing.assert_allclose(out[:, sl], ref[:, sl], rtol=1e-9, atol=1e-9, err_msg=name)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's exp overflowing in the reference
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("mode", ["off", "sync"])
+def test_vectorised_exp_is_accurate_and_ieee(dtype, mode, monkeypatch):
+    """exp over the whole range, overflow, underflow to subnormals and zero, inf and NaN
+    (vectorised over rows in the generic engine, per row in specialised kernels)."""
+    monkeypatch.setenv("POLYKEOPS_JIT", mode)
+    backend = CpuBackend()
+    if mode == "sync" and not backend.compiler_status()[0]:
+        pytest.skip("no C compiler")
+    if mode == "off" and not generic.available()[0]:
+        pytest.skip("generic engine not built")
+    hi, lo = (95.0, -110.0) if dtype == "float32" else (715.0, -750.0)
+    vals = np.concatenate([np.linspace(lo, hi, 400_001), [np.inf, -np.inf, np.nan, 0.0, -0.0]]).astype(dtype)
+    x, y = Var(0, 1, CAT_I), Var(1, 1, CAT_J)
+    spec = ReductionSpec("Sum", (A.mul(A.node("Exp", x), y),), (x, y), dtype=dtype)
+    args = [vals[:, None], np.ones((1, 1), dtype)]
+    (out,) = backend.evaluate(spec, args, nx=len(vals), ny=1, batch_shape=())
+    got = out[:, 0].astype(np.float64)
+    exact = np.exp(vals.astype(np.float64))
+    rounded = exact.astype(dtype).astype(np.float64)  # what a correctly rounded exp returns
+    special = ~np.isfinite(rounded) | (rounded == 0)
+    np.testing.assert_array_equal(got[special], rounded[special])
+    tiny = np.finfo(dtype).tiny
+    normal = ~special & (rounded >= tiny)
+    ulp = np.finfo(dtype).eps
+    assert np.max(np.abs(got[normal] - exact[normal]) / exact[normal]) <= 2 * ulp
+    sub = ~special & (rounded < tiny)  # subnormal results: within 2 units of the smallest subnormal
+    smallest = np.nextafter(np.zeros(1, dtype), np.ones(1, dtype))[0]
+    assert np.max(np.abs(got[sub] - exact[sub]), initial=0) <= 2 * smallest
+
+
+def test_specialised_source_is_deterministic():
+    """The same spec gives the same source (and cache key) in every process."""
+    spec, _ = all_ops_spec("float32")
+    assert KernelSource(spec).source() == KernelSource(spec).source()

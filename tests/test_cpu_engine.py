@@ -1,0 +1,372 @@
+"""The CPU backend against the reference backend: every reduction, both engines.
+
+The generic engine (``POLYKEOPS_JIT=off``) runs every case; specialised kernels
+(``sync``) run one spec per reduction (each is a compilation, cached on disk
+under ``POLYKEOPS_CACHE_DIR``).  Sizes cross the tile and block boundaries of
+both engines, and the split of j across threads (forced with
+``POLYKEOPS_NUM_THREADS`` and one row).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from polykeops.backends import get_backend
+from polykeops.backends.cpu import CpuBackend, generic, runtime
+from polykeops.backends.reference import ReferenceBackend
+from polykeops.formula import ReductionSpec, Var
+from polykeops.formula import algebra as A
+from polykeops.formula.nodes import CAT_I, CAT_J, CAT_P
+from polykeops.formula.reductions import REDUCTIONS
+
+pytestmark = [
+    pytest.mark.skipif(not generic.available()[0], reason="generic engine not built"),
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),  # NumPy reference on inf/NaN inputs
+]
+
+REF = ReferenceBackend()
+
+X = Var(0, 3, CAT_I)
+Y = Var(1, 3, CAT_J)
+B = Var(2, 2, CAT_J)
+P = Var(3, 1, CAT_P)
+VARS = (X, Y, B, P)
+D2 = A.vsum(A.square(A.sub(X, Y)))
+GAUSS = A.node("Exp", A.neg(A.mul(D2, P)))
+
+
+def case(name):
+    """A formula (tuple) and K for each reduction, using the variables X, Y, B, P."""
+    diff = A.sub(X, Y)
+    table = {
+        "Sum": ((A.mul(GAUSS, B),), None),
+        "LogSumExp": ((A.neg(D2),), None),
+        "LogSumExpWeight": ((A.neg(D2), B), None),
+        "Max_SumShiftExp": ((A.neg(D2),), None),
+        "Max_SumShiftExpWeight": ((A.neg(D2), B), None),
+        "SumSoftMaxWeight": ((A.neg(D2), B), None),
+        "Min": ((diff,), None),
+        "Max": ((diff,), None),
+        "ArgMin": ((diff,), None),
+        "ArgMax": ((diff,), None),
+        "Min_ArgMin": ((D2,), None),
+        "Max_ArgMax": ((diff,), None),
+        "KMin": ((D2,), 5),
+        "ArgKMin": ((diff,), 3),
+        "KMin_ArgKMin": ((diff,), 4),
+    }
+    return table[name]
+
+
+def spec_of(name, dtype="float32", **kw):
+    forms, k = case(name)
+    return ReductionSpec(name, forms, VARS, k=k, dtype=dtype, **kw)
+
+
+def make_args(spec, nx, ny, batch=(), rng=None, special=False, kind="numpy", ties=False):
+    rng = rng or np.random.default_rng(0)
+    args = []
+    for v in spec.variables:
+        n = nx if v.cat == CAT_I else ny if v.cat == CAT_J else None
+        shape = batch + ((n,) if n else ()) + (v.dim,)
+        a = rng.standard_normal(shape)
+        if ties:
+            a = np.round(a)  # many exact ties
+        if v.cat == CAT_P:
+            a = np.abs(a) + 0.1
+        elif special:
+            flat = a.reshape(-1)
+            idx = rng.choice(flat.size, size=max(1, flat.size // 40), replace=False)
+            flat[idx] = rng.choice([np.inf, -np.inf, np.nan], size=idx.size)
+        a = a.astype(spec.dtype)
+        args.append(torch.from_numpy(a) if kind == "torch" else a)
+    return args
+
+
+def compare(spec, out, ref, rtol=None):
+    assert len(out) == len(ref)
+    for o, r, meta in zip(out, ref, spec.outputs()):
+        o = o.numpy() if isinstance(o, torch.Tensor) else o
+        r = r.numpy() if isinstance(r, torch.Tensor) else r
+        assert o.shape == r.shape, (o.shape, r.shape)
+        if meta.kind == "index":
+            assert o.dtype == np.int64
+            np.testing.assert_array_equal(o, r)
+            continue
+        assert o.dtype == r.dtype
+        np.testing.assert_array_equal(np.isnan(o), np.isnan(r))
+        tol = rtol or {"float16": 3e-3, "float32": 2e-5, "float64": 1e-12}[spec.dtype]
+        o64, r64 = o.astype(np.float64), r.astype(np.float64)
+        finite = np.isfinite(r64)
+        np.testing.assert_array_equal(o64[~finite & ~np.isnan(r64)], r64[~finite & ~np.isnan(r64)])
+        scale = max(1.0, float(np.abs(r64[finite]).max())) if finite.any() else 1.0
+        np.testing.assert_allclose(o64[finite], r64[finite], rtol=tol * 10, atol=tol * scale)
+
+
+def check(spec, nx, ny, batch=(), **kw):
+    args = make_args(spec, nx, ny, batch, **kw)
+    out = CpuBackend().evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch)
+    ref = REF.evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch)
+    compare(spec, out, ref)
+
+
+@pytest.fixture
+def jit_off(monkeypatch):
+    monkeypatch.setenv("POLYKEOPS_JIT", "off")
+
+
+@pytest.fixture
+def jit_sync(monkeypatch):
+    monkeypatch.setenv("POLYKEOPS_JIT", "sync")
+    if not CpuBackend().compiler_status()[0]:
+        pytest.skip("no C compiler")
+
+
+# sizes: rows crossing BI (32 / 64), columns crossing the tiles (TJ <= 2048), a single row
+SIZES = [(1, 1, ()), (70, 2100, ()), (131, 37, ()), (3, 4500, ()), (33, 65, (2, 3)), (5, 600, (3, 1))]
+
+
+@pytest.mark.parametrize("name", sorted(REDUCTIONS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_generic_engine_matches_reference(name, dtype, jit_off):
+    spec = spec_of(name, dtype)
+    for nx, ny, batch in SIZES:
+        if spec.k and ny < spec.k:
+            continue
+        check(spec, nx, ny, batch)
+
+
+@pytest.mark.parametrize("name", sorted(REDUCTIONS))
+def test_generic_engine_special_values(name, jit_off):
+    spec = spec_of(name)
+    check(spec, 40, 1500, special=True)
+    check(spec, 17, 300, ties=True)
+
+
+@pytest.mark.parametrize("name", sorted(REDUCTIONS))
+def test_specialised_kernels_match_reference(name, jit_sync):
+    spec = spec_of(name)
+    for nx, ny, batch in SIZES:
+        if spec.k and ny < spec.k:
+            continue
+        check(spec, nx, ny, batch)
+    check(spec, 40, 2500, special=True)
+    check(spec, 17, 300, ties=True)
+
+
+@pytest.mark.parametrize("name", ["Sum", "LogSumExpWeight", "Min_ArgMin", "KMin_ArgKMin"])
+def test_specialised_float64(name, jit_sync):
+    spec = spec_of(name, "float64")
+    for nx, ny, batch in SIZES[1:4]:
+        check(spec, nx, ny, batch)
+    check(spec, 40, 2500, special=True)
+
+
+@pytest.mark.parametrize("mode", ["off", "sync"])
+@pytest.mark.parametrize("name", ["Sum", "LogSumExp", "ArgMin", "KMin_ArgKMin", "SumSoftMaxWeight"])
+def test_j_split_across_threads(name, mode, monkeypatch):
+    """Few rows and many columns: j is split across threads and the partial states merged."""
+    monkeypatch.setenv("POLYKEOPS_JIT", mode)
+    if mode == "sync" and not CpuBackend().compiler_status()[0]:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("POLYKEOPS_NUM_THREADS", "4")
+    spec = spec_of(name)
+    check(spec, 1, 20000)
+    check(spec, 3, 9000, (2,))
+    check(spec, 2, 9000, special=True)
+
+
+@pytest.mark.parametrize("mode", ["off", "sync"])
+@pytest.mark.parametrize("scheme", ["kahan_scheme", "direct_sum"])
+def test_sum_schemes_and_accumulation(scheme, mode, monkeypatch):
+    monkeypatch.setenv("POLYKEOPS_JIT", mode)
+    if mode == "sync" and not CpuBackend().compiler_status()[0]:
+        pytest.skip("no C compiler")
+    spec = spec_of("Sum", sum_scheme=scheme)
+    check(spec, 50, 3000)
+    check(spec, 1, 9000)
+
+
+def test_kahan_is_more_accurate_than_plain_float32(jit_off):
+    """sum_j (1 + 1e-4 * noise): Kahan in float32 is close to the float64 sum."""
+    one = Var(0, 1, CAT_J)
+    xi = Var(1, 1, CAT_I)
+    f = A.add(one, A.mul(xi, A.const(0)))
+    n = 200_000
+    vals = (1 + 1e-4 * np.random.default_rng(1).standard_normal((n, 1))).astype(np.float32)
+    xs = np.zeros((2, 1), np.float32)
+    exact = vals.astype(np.float64).sum()
+    res = {}
+    for scheme in ("block_sum", "kahan_scheme"):
+        spec = ReductionSpec("Sum", (f,), (one, xi), sum_scheme=scheme)
+        (out,) = CpuBackend().evaluate(spec, [vals, xs], nx=2, ny=n, batch_shape=())
+        res[scheme] = abs(float(out[0, 0]) - exact)
+    ulp = float(np.spacing(np.float32(exact)))
+    assert res["kahan_scheme"] <= ulp  # exact up to the rounding of the float32 output
+    assert res["kahan_scheme"] <= res["block_sum"] + 1e-6
+
+
+@pytest.mark.parametrize("mode", ["off", "sync"])
+def test_float64_accumulation_of_float32(mode, monkeypatch):
+    monkeypatch.setenv("POLYKEOPS_JIT", mode)
+    if mode == "sync" and not CpuBackend().compiler_status()[0]:
+        pytest.skip("no C compiler")
+    spec = spec_of("Sum", dtype_acc="float64")
+    check(spec, 40, 3000)
+    spec = spec_of("LogSumExp", dtype_acc="float64")
+    check(spec, 40, 3000)
+
+
+def test_float16_is_computed_in_float32(jit_off):
+    for name in ("Sum", "LogSumExp", "ArgKMin"):
+        spec = spec_of(name, "float16")
+        check(spec, 40, 700)
+        args = make_args(spec, 10, 50, kind="torch")
+        out = CpuBackend().evaluate(spec, args, nx=10, ny=50, batch_shape=())
+        assert out[0].dtype in (torch.float16, torch.int64)
+
+
+@pytest.mark.parametrize("mode", ["off", "sync"])
+def test_torch_tensors_in_torch_tensors_out(mode, monkeypatch):
+    monkeypatch.setenv("POLYKEOPS_JIT", mode)
+    if mode == "sync" and not CpuBackend().compiler_status()[0]:
+        pytest.skip("no C compiler")
+    spec = spec_of("Min_ArgMin")
+    args = make_args(spec, 30, 900, (2,), kind="torch")
+    out = CpuBackend().evaluate(spec, args, nx=30, ny=900, batch_shape=(2,))
+    assert all(isinstance(o, torch.Tensor) for o in out)
+    assert out[1].dtype == torch.int64
+    ref = REF.evaluate(spec, args, nx=30, ny=900, batch_shape=(2,))
+    compare(spec, out, ref)
+
+
+def test_batch_broadcasting_offsets():
+    """Arguments broadcasting along different batch dimensions get 0 strides."""
+    boff = runtime.batch_offsets([(2, 1, 5, 3), (1, 3, 7, 3), (2, 3, 1)], 3, (2, 3))
+    assert boff.shape == (6, 3)
+    np.testing.assert_array_equal(boff[:, 0], [0, 0, 0, 15, 15, 15])
+    np.testing.assert_array_equal(boff[:, 1], [0, 21, 42, 0, 21, 42])
+    np.testing.assert_array_equal(boff[:, 2], [0, 1, 2, 3, 4, 5])
+
+
+@pytest.mark.parametrize("mode", ["off", "sync"])
+def test_i_only_j_only_and_constant_roots(mode, monkeypatch):
+    """Roots that do not depend on both i and j (hoisted rows, tile buffers, constants)."""
+    monkeypatch.setenv("POLYKEOPS_JIT", mode)
+    if mode == "sync" and not CpuBackend().compiler_status()[0]:
+        pytest.skip("no C compiler")
+    x, y, p = Var(0, 2, CAT_I), Var(1, 2, CAT_J), Var(2, 2, CAT_P)
+    forms = [
+        A.mul(A.node("Exp", x), p),  # i only: every j gives the same value
+        A.node("Exp", A.mul(y, p)),  # j only
+        A.add(A.node("Sin", x), A.node("Cos", y)),  # i-only and j-only sub-formulas
+    ]
+    for pos, f in enumerate(forms):
+        spec = ReductionSpec("Sum" if pos % 2 else "Max_ArgMax", (f,), (x, y, p))
+        check(spec, 45, 700)
+        if mode == "off":
+            spec = ReductionSpec("Max_ArgMax" if pos % 2 else "Sum", (f,), (x, y, p))
+            check(spec, 45, 700)
+
+
+@pytest.mark.parametrize("mode", ["off", "sync"])
+def test_large_vector_dimensions(mode, monkeypatch):
+    """Vectors above the unroll limit: component loops, in-place Sums, buffers across stages."""
+    monkeypatch.setenv("POLYKEOPS_JIT", mode)
+    if mode == "sync" and not CpuBackend().compiler_status()[0]:
+        pytest.skip("no C compiler")
+    x, y, b, p = Var(0, 40, CAT_I), Var(1, 40, CAT_J), Var(2, 20, CAT_J), Var(3, 20, CAT_P)
+    diff = A.sub(x, y)
+    d2 = A.vsum(A.square(diff))
+    k = A.node("Exp", A.neg(A.mul(d2, A.const(0.01))))
+    mixed = A.add(A.mul(k, b), A.mul(A.node("Sin", A.node("Extract", diff, params=(3, 20))), p))
+    cases = [
+        ("ArgKMin", (d2,), 7),  # Sum of a 40-D square: accumulated inside the component loop
+        ("Sum", (A.mul(k, b),), None),  # a 20-D root reduced per component (4 at a time)
+        ("Sum", (A.mul(k, A.node("Extract", b, params=(1, 18))),), None),  # 4 at a time, then 2
+        ("Sum", (mixed,), None),  # small and large stages, Extract of a large vector
+        ("Max_ArgMax", (A.node("Cos", diff),), None),  # a 40-D root through the formula buffer
+        ("LogSumExpWeight", (A.neg(d2), b), None),
+    ]
+    for name, forms, kk in cases:
+        spec = ReductionSpec(name, forms, (x, y, b, p), k=kk, sum_scheme="block_sum")
+        check(spec, 37, 2300)
+        check(spec, 2, 300, (2,))
+
+
+# -- gradients through the whole stack (torch autograd), both engines -----------------
+
+
+def _grad_inputs(n=60, m=900, d=3, dtype=torch.float64):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, d, dtype=dtype, generator=g, requires_grad=True)
+    y = torch.randn(m, d, dtype=dtype, generator=g, requires_grad=True)
+    b = torch.randn(m, 2, dtype=dtype, generator=g, requires_grad=True)
+    return x, y, b
+
+
+GRAD_CASES = ["sum", "lse", "lse_w", "softmax", "min", "kmin", "sum_axis0"]
+
+
+def _reduction(name, x, y, b, backend):
+    from polykeops.torch import LazyTensor
+
+    xi, yj, bj = LazyTensor(x[:, None, :]), LazyTensor(y[None, :, :]), LazyTensor(b[None, :, :])
+    d2 = ((xi - yj) ** 2).sum(-1)
+    k = (-d2).exp()
+    return {
+        "sum": lambda: (k * bj).sum(dim=1, backend=backend),
+        "lse": lambda: (-d2).logsumexp(dim=1, backend=backend),
+        "lse_w": lambda: (-d2).logsumexp(dim=1, weight=bj.exp(), backend=backend),
+        "softmax": lambda: (-d2).sumsoftmaxweight(bj, dim=1, backend=backend),
+        "min": lambda: d2.min(dim=1, backend=backend),
+        "kmin": lambda: d2.Kmin(3, dim=1, backend=backend),
+        "sum_axis0": lambda: (k * xi[:, :, :1]).sum(dim=0, backend=backend),
+    }[name]()
+
+
+@pytest.mark.parametrize("mode", ["off", "sync"])
+def test_gradients_match_reference(mode, monkeypatch):
+    monkeypatch.setenv("POLYKEOPS_JIT", mode)
+    if mode == "sync" and not CpuBackend().compiler_status()[0]:
+        pytest.skip("no C compiler")
+    x, y, b = _grad_inputs()
+    # every gradient through the generic engine; the main ones through compiled kernels
+    names = GRAD_CASES if mode == "off" else ["sum", "lse", "min"]
+    for name in names:
+        out, ref = _reduction(name, x, y, b, "cpu"), _reduction(name, x, y, b, "reference")
+        torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+        w = torch.randn_like(out)
+        g1 = torch.autograd.grad((out * w).sum(), [x, y, b], allow_unused=True)
+        g2 = torch.autograd.grad((ref * w).sum(), [x, y, b], allow_unused=True)
+        for a, r in zip(g1, g2):
+            if r is None:
+                assert a is None or float(a.abs().max()) == 0
+            else:
+                torch.testing.assert_close(a, r, rtol=1e-8, atol=1e-8, msg=f"gradient of {name}")
+
+
+def test_second_order_gradient_through_generic_engine(jit_off):
+    x, y, b = _grad_inputs(20, 200)
+    from polykeops.torch import LazyTensor
+
+    def energy(backend):
+        xi, yj = LazyTensor(x[:, None, :]), LazyTensor(y[None, :, :])
+        return (-((xi - yj) ** 2).sum(-1)).exp().sum(dim=1, backend=backend).sum()
+
+    g1 = torch.autograd.grad(energy("cpu"), x, create_graph=True)[0]
+    h1 = torch.autograd.grad(g1.square().sum(), x)[0]
+    g2 = torch.autograd.grad(energy("reference"), x, create_graph=True)[0]
+    h2 = torch.autograd.grad(g2.square().sum(), x)[0]
+    torch.testing.assert_close(h1, h2, rtol=1e-8, atol=1e-8)
+
+
+def test_cpu_is_the_automatic_default_on_cpu(monkeypatch):
+    monkeypatch.delenv("POLYKEOPS_BACKEND", raising=False)
+    from polykeops.backends import select_backend
+
+    chosen = select_backend(None, spec_of("Sum"), "numpy", "cpu", False)
+    assert chosen.name == "cpu"
+    assert get_backend("cpu").priority > get_backend("reference").priority
