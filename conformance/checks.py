@@ -38,10 +38,9 @@ class ConformanceFailure(AssertionError):
 
 
 def reject(reason: str):
-    """Discard the current hypothesis example (outside the suite's scope)."""
+    """Discard the current hypothesis example: ``reason`` says why it is outside the suite's scope."""
     from hypothesis import reject as _reject
 
-    del reason
     _reject()
 
 
@@ -120,7 +119,6 @@ def summarize_floats(label, got, exp, tol, scale, bad, err, case, what="output")
     if bool(fin.any()):
         e = torch.where(fin, err, torch.zeros_like(err))
         k = int(torch.argmax(e.reshape(-1)))
-        sc = scale.reshape(-1)[k] if scale is not None else exp.abs().reshape(-1)[k]
         lines.append(
             f"  max abs error {_fmt(e.reshape(-1)[k])} at {_where(k, shape, case, what)}: got "
             f"{_fmt(got.reshape(-1)[k])}, expected {_fmt(exp.reshape(-1)[k])}, tolerance "
@@ -134,7 +132,6 @@ def summarize_floats(label, got, exp, tol, scale, bad, err, case, what="output")
             f"  max rel error {_fmt(rel.reshape(-1)[k2])} (relative to the magnitude of the reduced "
             f"terms, {_fmt(s.reshape(-1)[k2])}) at {_where(k2, shape, case, what)}"
         )
-        del sc
     badk = torch.nonzero(bad.reshape(-1)).reshape(-1)
     if len(badk):
         ratio = torch.where(
@@ -144,8 +141,8 @@ def summarize_floats(label, got, exp, tol, scale, bad, err, case, what="output")
         k = int(badk[int(torch.argmax(torch.nan_to_num(rk, nan=math.inf)))])
         lines.append(
             f"  worst against its tolerance at {_where(k, shape, case, what)}: got "
-            f"{_fmt(got.reshape(-1)[k])}, expected {_fmt(exp.reshape(-1)[k])}, tolerance "
-            f"{_fmt(tol.reshape(-1)[k])}"
+            f"{_fmt(got.reshape(-1)[k])}, expected {_fmt(exp.reshape(-1)[k])}, error "
+            f"{_fmt(err.reshape(-1)[k])}, tolerance {_fmt(tol.reshape(-1)[k])}"
         )
     return lines
 

@@ -296,6 +296,71 @@ def test_large_vector_dimensions(mode, monkeypatch):
         check(spec, 2, 300, (2,))
 
 
+# -- block-sparse ranges -------------------------------------------------------------------
+
+
+def random_ranges(rng, nx, ny, nblocks=6, batch=()):
+    """(ranges_x, slices_x, redranges_y): some rows in no range, some blocks with no interval,
+    empty intervals."""
+    def one():
+        cuts = np.sort(rng.choice(np.arange(1, nx), size=min(nblocks, nx - 1), replace=False))
+        starts = np.concatenate([[0], cuts])
+        ends = np.concatenate([cuts, [nx]])
+        keep = rng.random(len(starts)) < 0.8
+        rx = np.stack([starts, ends], 1)[keep]
+        counts = rng.integers(0, 4, size=len(rx))
+        sx = np.cumsum(counts)
+        a = rng.integers(0, ny, size=(int(sx[-1]) if len(sx) else 0, 2))
+        ry = np.sort(a, axis=1)
+        if len(ry):
+            ry[0, 1] = ny  # up to the last column
+        return rx.astype(np.int64), sx.astype(np.int64), ry.astype(np.int64)
+
+    if not batch:
+        return one()
+    sets = [one() for _ in range(int(np.prod(batch)))]
+    k = min(len(s[0]) for s in sets)
+    s_ = min(int(s[1][k - 1]) if k else 0 for s in sets)
+    rx = np.stack([s[0][:k] for s in sets]).reshape(batch + (k, 2))
+    sx = np.stack([np.minimum(s[1][:k], s_) for s in sets]).reshape(batch + (k,))
+    ry = np.stack([s[2][:s_] for s in sets]).reshape(batch + (s_, 2))
+    return rx, sx, ry
+
+
+def check_ranges(spec, nx, ny, batch=(), ranges_batch=None, seed=0, kind="numpy"):
+    rng = np.random.default_rng(seed)
+    args = make_args(spec, nx, ny, batch, rng=rng, kind=kind)
+    ranges = random_ranges(rng, nx, ny, batch=batch if ranges_batch is None else ranges_batch)
+    if kind == "torch":
+        ranges = tuple(torch.from_numpy(r) for r in ranges)
+    out = CpuBackend().evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch, ranges=ranges)
+    ref = REF.evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch, ranges=ranges)
+    compare(spec, out, ref)
+
+
+@pytest.mark.parametrize("name", sorted(REDUCTIONS))
+def test_block_sparse_ranges_generic(name, jit_off):
+    spec = spec_of(name)
+    for seed, (nx, ny, batch, rbatch) in enumerate(
+        [(150, 3000, (), None), (80, 500, (2, 3), None), (80, 500, (2, 3), (1, 3)), (70, 400, (2,), ())]
+    ):
+        check_ranges(spec, nx, ny, batch, rbatch, seed=seed)
+
+
+@pytest.mark.parametrize("name", ["Sum", "LogSumExpWeight", "Min_ArgMin", "KMin_ArgKMin"])
+def test_block_sparse_ranges_specialised(name, jit_sync):
+    spec = spec_of(name)
+    check_ranges(spec, 150, 3000)
+    check_ranges(spec, 80, 500, (2, 3), seed=1, kind="torch")
+
+
+def test_block_sparse_ranges_are_declared():
+    assert CpuBackend().capabilities.ranges
+    from polykeops.backends import select_backend
+
+    assert select_backend(None, spec_of("Sum"), "numpy", "cpu", False, True).name == "cpu"
+
+
 # -- gradients through the whole stack (torch autograd), both engines -----------------
 
 

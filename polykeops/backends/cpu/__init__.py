@@ -53,6 +53,7 @@ class CpuBackend(Backend):
             array_kinds=frozenset({"numpy", "torch"}),
             devices=frozenset({"cpu"}),
             batch=True,
+            ranges=True,
             reductions=None,
             ops=frozenset(ops),  # the C renderer's rules (SoftDTW has none: reference backend)
             notes=(
@@ -87,8 +88,6 @@ class CpuBackend(Backend):
 
     # -- evaluation -------------------------------------------------------
     def evaluate(self, spec, args, *, nx, ny, batch_shape, ranges=None):
-        if ranges is not None:
-            raise NotImplementedError("the CPU backend does not declare block-sparse ranges")
         batch_shape = tuple(batch_shape)
         original = list(args)
         work_spec = spec
@@ -103,8 +102,10 @@ class CpuBackend(Backend):
         if engine is None:
             from ..reference import ReferenceBackend
 
-            return ReferenceBackend().evaluate(spec, original, nx=nx, ny=ny, batch_shape=batch_shape)
-        prepared = runtime.prepare(work_spec, args, nx, ny, batch_shape, runtime.default_threads())
+            return ReferenceBackend().evaluate(spec, original, nx=nx, ny=ny, batch_shape=batch_shape,
+                                               ranges=ranges)
+        prepared = runtime.prepare(work_spec, args, nx, ny, batch_shape, runtime.default_threads(),
+                                   ranges=ranges, block_rows=engine.block_rows)
         engine.run(prepared)
         if build_later:  # after the call: the compiler must not slow down the answer
             runtime.TABLE.build_in_background(work_spec)

@@ -273,7 +273,8 @@ def _load():
             _state["error"] = f"the generic engine extension is out of date (op codes of {bad}); rebuild it"
             return None
         lib.pk_generic_abi.restype = ctypes.c_int64
-        if lib.pk_generic_abi() != INSTR_DTYPE.itemsize * 1000 + ctypes.sizeof(PkProgram):
+        abi = (INSTR_DTYPE.itemsize * 1000 + ctypes.sizeof(PkProgram)) * 1000 + ctypes.sizeof(PkCall)
+        if lib.pk_generic_abi() != abi:
             _state["error"] = "the generic engine extension is out of date (ABI); rebuild it"
             return None
         lib.pk_generic_run.argtypes = [ctypes.POINTER(PkCall), ctypes.POINTER(PkProgram), ctypes.c_int,
@@ -298,6 +299,7 @@ class GenericEngine:
         self.spec = spec
         self.lib = lib
         self.program = compile_program(spec)
+        self.block_rows = self.program.struct.BI
 
     def run(self, prepared: PreparedCall) -> None:
         p = self.program

@@ -53,6 +53,10 @@ CALL_STRUCT = """typedef struct {
     const void *const *args;   /* one base pointer per variable */
     const int64_t *boff;       /* [nbatch][nvars] element offsets of each argument's batch slice */
     void *const *outs;         /* one base pointer per output */
+    int64_t nitems;            /* block-sparse (items != NULL): [nitems][4] (b, i0, i1, block) */
+    const int64_t *items;
+    const int64_t *ivoff;      /* [nblocks + 1]: the j intervals of each block in ivals */
+    const int64_t *ivals;      /* [n][2] j intervals */
 } pk_call;
 """
 
@@ -712,6 +716,25 @@ static void pk_item(void *vctx, int64_t item, void *scratch)
     }
 }
 
+static void pk_item_ranges(void *vctx, int64_t item, void *scratch)
+{
+    const pk_ctx *ctx = (const pk_ctx *)vctx;
+    const pk_call *c = ctx->c;
+    const int64_t *it = c->items + 4 * item;
+    const int64_t b = it[0], i0 = it[1], i1 = it[2], blk = it[3];
+    pk_state *st = (pk_state *)((char *)scratch + OFF_STATE);
+    for (int64_t i = i0; i < i1; ++i)
+        pk_state_init(st + (i - i0));
+    for (int64_t s = c->ivoff[blk]; s < c->ivoff[blk + 1]; ++s) {
+        int64_t ja = c->ivals[2 * s] > 0 ? c->ivals[2 * s] : 0;
+        int64_t jb = c->ivals[2 * s + 1] < c->ny ? c->ivals[2 * s + 1] : c->ny;
+        if (ja < jb)
+            pk_process(c, b, i0, i1, ja, jb, st, (char *)scratch);
+    }
+    for (int64_t i = i0; i < i1; ++i)
+        pk_state_finalize(c, st + (i - i0), b * c->nx + i);
+}
+
 static void pk_merge(void *vctx, int64_t item, void *scratch)
 {
     const pk_ctx *ctx = (const pk_ctx *)vctx;
@@ -727,6 +750,7 @@ static void pk_merge(void *vctx, int64_t item, void *scratch)
 }
 
 PK_EXPORT int64_t pk_scratch_bytes(void) { return (int64_t)SCRATCH_BYTES; }
+PK_EXPORT int64_t pk_block_rows(void) { return (int64_t)BI; }
 PK_EXPORT int64_t pk_state_bytes(void) { return (int64_t)sizeof(pk_state); }
 
 /* 0: done; 1: out of memory */
@@ -743,6 +767,8 @@ PK_EXPORT int pk_run(const pk_call *c)
         nthreads = 1;
     if (nthreads < 1)
         nthreads = 1;
+    if (c->items) /* block-sparse: one item per block of at most BI rows, no split of j */
+        return pk_parallel_for(nthreads, c->nitems, SCRATCH_BYTES, pk_item_ranges, &ctx) ? 1 : 0;
     int64_t items = c->nbatch * ctx.nbi;
     if (nthreads > 1 && items < 4 * (int64_t)nthreads) {
         int64_t want = (4 * (int64_t)nthreads + items - 1) / items;

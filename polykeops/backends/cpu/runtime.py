@@ -37,6 +37,10 @@ class PkCall(ctypes.Structure):
         ("args", ctypes.POINTER(ctypes.c_void_p)),
         ("boff", ctypes.POINTER(ctypes.c_int64)),
         ("outs", ctypes.POINTER(ctypes.c_void_p)),
+        ("nitems", ctypes.c_int64),
+        ("items", ctypes.POINTER(ctypes.c_int64)),
+        ("ivoff", ctypes.POINTER(ctypes.c_int64)),
+        ("ivals", ctypes.POINTER(ctypes.c_int64)),
     ]
 
 
@@ -116,13 +120,72 @@ class PreparedCall:
     outputs: tuple
 
 
-def prepare(spec, args, nx: int, ny: int, batch_shape: tuple, nthreads: int) -> PreparedCall:
+def block_table(ranges, batch_shape: tuple, nx: int, block_rows: int):
+    """``(items, ivoff, ivals)`` int64 arrays for block-sparse ``ranges`` (see ``pk_call``).
+
+    ``ranges = (ranges_x, slices_x, redranges_y)``, optionally with leading batch
+    dimensions (one set of ranges per batch entry, broadcasting); each block of rows
+    is cut into items of at most ``block_rows`` rows.
+    """
+    host = [np.asarray(r.detach().cpu().numpy() if is_torch(r) else r, dtype=np.int64) for r in ranges]
+    nb = len(batch_shape)
+    rb = host[0].ndim - 2
+    if rb not in (0, nb):
+        raise ValueError(f"ranges have {rb} batch dimension(s), the reduction {nb}")
+    nbatch = math.prod(batch_shape) if nb else 1
+    items, ivoff, ivals = [], [np.zeros(1, np.int64)], []
+    nblk = nint = 0
+    for b in range(nbatch if rb else 1):
+        idx = np.unravel_index(b, batch_shape) if rb else ()
+        r_idx = tuple(0 if host[0].shape[k] == 1 else int(i) for k, i in enumerate(idx))
+        rx, sx, ry = (h[r_idx] if rb else h for h in host)
+        k = rx.shape[0]
+        if k:
+            ivoff.append(nint + sx.astype(np.int64))
+            ivals.append(ry[: int(sx[-1])].reshape(-1, 2))
+            nint += int(sx[-1])
+        i0 = np.clip(rx[:, 0], 0, nx)
+        i1 = np.clip(rx[:, 1], 0, nx)
+        counts = np.maximum(0, -(-(i1 - i0) // block_rows))
+        blk = np.repeat(np.arange(k), counts)
+        within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        c0 = i0[blk] + within * block_rows
+        c1 = np.minimum(c0 + block_rows, i1[blk])
+        batches = [b] if rb else range(nbatch)
+        for bb in batches:
+            items.append(np.stack([np.full_like(c0, bb), c0, c1, blk + nblk], axis=1))
+        nblk += k
+    items = np.concatenate(items) if items else np.zeros((0, 4), np.int64)
+    ivoff = np.concatenate(ivoff)
+    ivals = np.concatenate(ivals) if ivals else np.zeros((0, 2), np.int64)
+    return (np.ascontiguousarray(items, dtype=np.int64), np.ascontiguousarray(ivoff, dtype=np.int64),
+            np.ascontiguousarray(ivals, dtype=np.int64))
+
+
+def fill_empty(spec, outs) -> None:
+    """Every row holds the reduction of nothing (block-sparse rows outside all ranges)."""
+    fills = spec.red.empty_outputs(tuple(f.dim for f in spec.formulas), spec.k)
+    for o, fill in zip(outs, fills):
+        if is_torch(o):
+            import torch
+
+            o[...] = torch.tensor(fill, dtype=o.dtype)
+        else:
+            o[...] = np.asarray(fill, dtype=o.dtype)
+
+
+def prepare(spec, args, nx: int, ny: int, batch_shape: tuple, nthreads: int, ranges=None,
+            block_rows: int = 32) -> PreparedCall:
     """Outputs allocated with the inputs' library, and the C call description."""
     torch_kind = bool(args) and is_torch(args[0])
     outs = []
     for o in spec.outputs():
         dtype = "int64" if o.kind == "index" else spec.dtype
         outs.append(empty(torch_kind, tuple(batch_shape) + (nx, o.dim), dtype))
+    table = ()
+    if ranges is not None:
+        fill_empty(spec, outs)
+        table = block_table(ranges, tuple(batch_shape), nx, block_rows)
     shapes = [tuple(a.shape) for a in args]
     boff = batch_offsets(shapes, len(args), tuple(batch_shape))
     arg_ptrs = (ctypes.c_void_p * max(1, len(args)))(*[data_ptr(a) for a in args])
@@ -136,7 +199,14 @@ def prepare(spec, args, nx: int, ny: int, batch_shape: tuple, nthreads: int) -> 
         boff=boff.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)),
         outs=ctypes.cast(out_ptrs, ctypes.POINTER(ctypes.c_void_p)),
     )
-    return PreparedCall(call, (arg_ptrs, out_ptrs, boff, args), tuple(outs))
+    if table:
+        items, ivoff, ivals = table
+        i64 = ctypes.POINTER(ctypes.c_int64)
+        call.nitems = items.shape[0]
+        call.items = items.ctypes.data_as(i64)
+        call.ivoff = ivoff.ctypes.data_as(i64)
+        call.ivals = ivals.ctypes.data_as(i64)
+    return PreparedCall(call, (arg_ptrs, out_ptrs, boff, args, table), tuple(outs))
 
 
 # ---------------------------------------------------------------------------
@@ -155,6 +225,8 @@ class CompiledKernel:
         self._run = self.lib.pk_run
         self._run.argtypes = [ctypes.POINTER(PkCall)]
         self._run.restype = ctypes.c_int
+        self.lib.pk_block_rows.restype = ctypes.c_int64
+        self.block_rows = int(self.lib.pk_block_rows())
 
     def run(self, prepared: PreparedCall) -> None:
         err = self._run(ctypes.byref(prepared.call))

@@ -117,6 +117,13 @@ typedef struct {
     const void *const *args;
     const int64_t *boff;
     void *const *outs;
+    /* block-sparse reductions (items == NULL: dense): item q reduces rows items[4q+1] to
+     * items[4q+2] (at most BI rows) of batch items[4q] over the j intervals
+     * ivals[2s], ivals[2s+1] for ivoff[blk] <= s < ivoff[blk + 1], blk = items[4q+3] */
+    int64_t nitems;
+    const int64_t *items;
+    const int64_t *ivoff;
+    const int64_t *ivals;
 } pk_call;
 
 #endif

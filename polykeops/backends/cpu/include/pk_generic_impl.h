@@ -569,17 +569,14 @@ static void PK_FN(pk_gstate_finalize)(const pk_gprogram *p, const pk_call *c, in
     }
 }
 
-static void PK_FN(pk_gitem)(void *vctx, int64_t item, void *vscratch)
+/* rows [i0, i1) (at most BI) of batch b, reduced over the niv j intervals iv[2s], iv[2s+1];
+ * partial states go to chunk ch of the partial buffer when j is split (ctx->nch > 1) */
+static void PK_FN(pk_grows)(const PK_FN(pk_gctx) * ctx, int64_t b, int64_t i0, int64_t i1, const int64_t *iv,
+                            int64_t niv, int64_t ch, char *scratch)
 {
-    const PK_FN(pk_gctx) *ctx = (const PK_FN(pk_gctx) *)vctx;
     const pk_call *c = ctx->c;
     const pk_gprogram *p = ctx->p;
-    char *scratch = (char *)vscratch;
     const int BI = p->BI, TJ = p->TJ, ns = p->nslots;
-    const int64_t ch = item % ctx->nch, rest = item / ctx->nch;
-    const int64_t ib = rest % ctx->nbi, b = rest / ctx->nbi;
-    const int64_t i0 = ib * BI, i1 = i0 + BI < c->nx ? i0 + BI : c->nx;
-    const int64_t ja = ch * ctx->chunk, jb = ja + ctx->chunk < c->ny ? ja + ctx->chunk : c->ny;
     const int nrows = (int)(i1 - i0);
     const int64_t *bo = c->boff + b * p->nvars;
 
@@ -662,6 +659,9 @@ static void PK_FN(pk_gitem)(void *vctx, int64_t item, void *vscratch)
                               sidx + (size_t)r * ctx->nidx, ctx->nacc, ctx->nval);
 
     const int D = p->fdim;
+    for (int64_t q = 0; q < niv; ++q) {
+    const int64_t ja = iv[2 * q] > 0 ? iv[2 * q] : 0;
+    const int64_t jb = iv[2 * q + 1] < c->ny ? iv[2 * q + 1] : c->ny;
     for (int64_t jt = ja; jt < jb; jt += TJ) {
         const int n = (int)((jb - jt) < TJ ? (jb - jt) : TJ);
         for (int s = 0; s < ns; ++s) {
@@ -723,6 +723,7 @@ static void PK_FN(pk_gitem)(void *vctx, int64_t item, void *vscratch)
             }
         }
     }
+    } /* intervals */
     for (int r = 0; r < nrows; ++r) {
         const int64_t i = i0 + r;
         PK_ACC *acc = sacc + (size_t)r * ctx->nacc;
@@ -737,6 +738,29 @@ static void PK_FN(pk_gitem)(void *vctx, int64_t item, void *vscratch)
             memcpy(ctx->pidx + rec * ctx->nidx, idx, sizeof(int64_t) * ctx->nidx);
         }
     }
+}
+
+static void PK_FN(pk_gitem)(void *vctx, int64_t item, void *vscratch)
+{
+    const PK_FN(pk_gctx) *ctx = (const PK_FN(pk_gctx) *)vctx;
+    const pk_call *c = ctx->c;
+    const int BI = ctx->p->BI;
+    const int64_t ch = item % ctx->nch, rest = item / ctx->nch;
+    const int64_t ib = rest % ctx->nbi, b = rest / ctx->nbi;
+    const int64_t i0 = ib * BI, i1 = i0 + BI < c->nx ? i0 + BI : c->nx;
+    const int64_t ja = ch * ctx->chunk, jb = ja + ctx->chunk < c->ny ? ja + ctx->chunk : c->ny;
+    const int64_t iv[2] = {ja, jb};
+    PK_FN(pk_grows)(ctx, b, i0, i1, iv, 1, ch, (char *)vscratch);
+}
+
+static void PK_FN(pk_gitem_ranges)(void *vctx, int64_t item, void *vscratch)
+{
+    const PK_FN(pk_gctx) *ctx = (const PK_FN(pk_gctx) *)vctx;
+    const pk_call *c = ctx->c;
+    const int64_t *it = c->items + 4 * item;
+    const int64_t blk = it[3];
+    PK_FN(pk_grows)(ctx, it[0], it[1], it[2], c->ivals + 2 * c->ivoff[blk], c->ivoff[blk + 1] - c->ivoff[blk], 0,
+                    (char *)vscratch);
 }
 
 static void PK_FN(pk_gmerge)(void *vctx, int64_t item, void *vscratch)
@@ -838,6 +862,11 @@ static int PK_FN(pk_grun)(const pk_call *c, const pk_gprogram *p)
     ctx.nbi = (c->nx + BI - 1) / BI;
     ctx.nch = 1;
     ctx.chunk = c->ny > 0 ? c->ny : 1;
+    if (c->items) { /* block-sparse: one item per block of rows, no split of j */
+        int err = pk_parallel_for(nthreads, c->nitems, ctx.bytes, PK_FN(pk_gitem_ranges), &ctx);
+        free(soff);
+        return err ? 1 : 0;
+    }
     const int64_t items = c->nbatch * ctx.nbi;
     if (nthreads > 1 && items < 4 * (int64_t)nthreads) {
         int64_t want = (4 * (int64_t)nthreads + items - 1) / items;
