@@ -83,7 +83,6 @@ def pytest_configure(config):
     OPTIONS.compile_targets = session.resolve_compile_targets(OPTIONS.backends, OPTIONS.user_selected)
     OPTIONS.skips = session.read_id_file(_opt(config, "--skips-file", "SKIPS_FILE"))
     OPTIONS.xfails = session.read_id_file(_opt(config, "--xfails-file", "XFAILS_FILE"))
-    config.addinivalue_line("markers", "conformance_meta: meta-tests of the conformance suite itself")
 
 
 def pytest_report_header(config):

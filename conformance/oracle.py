@@ -35,7 +35,8 @@ output entry passes when ``|got - expected| <= tol`` with
   expected one (a tie is accepted when the values tie); when the tied values are
   exactly representable and exactly computed (``exact``), the smallest index must win
   (ascending order of j among equal values for ArgKMin);
-* gradients:           ``tol = eps_acc fac(n) (sum |contributions| + S) + noise_grad + 2 eps |expected|``
+* gradients:           ``tol = (eps_acc fac(n) + 4 eps) (sum |contributions| + S) + noise_grad
+  + 2 eps |expected|``
   (``n`` terms summed; ``S`` the largest contribution magnitude of the whole gradient, so that
   gradients cancelling to ~0 are compared with the scale of the computation).
 
@@ -43,7 +44,7 @@ output entry passes when ``|got - expected| <= tol`` with
 on the formula (then propagated through the reduction as above)::
 
     noise = 4 |F32 - F64| eps/eps32            (F32: the same formula evaluated in float32)
-          + |F64~ - F64|                        (F64~: inputs and every intermediate value v
+          + max |F64~ - F64|                    (F64~, two samples: inputs and every intermediate value v
                                                  moved by +-16 eps |x|, +-16 eps S_v, random
                                                  signs, S_v the largest magnitude in v's
                                                  sub-formula: large where F is a small
@@ -51,7 +52,8 @@ on the formula (then propagated through the reduction as above)::
                                                  near discontinuities, e.g. of Round, IfElse or
                                                  Sign, where a correct backend may legitimately
                                                  land on the other side)
-          + eps |F64|
+          + eps (|F64| + 4 B)                   (B = sum over nodes v of |dF/dv| S_v: the
+                                                 first-order rounding bound, deterministic)
 
 For gradients, ``noise_grad = 8 |g32 - g64| eps/eps32`` (g32: the whole dense
 pipeline in float32) plus the change under the same perturbation; it is widened
@@ -177,14 +179,16 @@ def sum_back(t, v, a_shape, nb: int):
     return t.reshape(a_shape)
 
 
-def dense(spec, arrays, M: int, N: int, dtype=F64, grid_leaves=None, perturb=None):
+def dense(spec, arrays, M: int, N: int, dtype=F64, grid_leaves=None, perturb=None, bounds=None):
     """The formulas on the grid, oriented ``(*batch, R, C, dim)``: R indexes the output, C is reduced.
 
     ``perturb=(eps, seed)``: every intermediate value v is moved by ``+- 16 eps S_v``
     (random signs per element; ``S_v`` the largest magnitude in v's sub-formula),
     as the rounding of a backend that computes in another order may move it --
     which flips discontinuous ops (``Round``, ``IfElse``, comparisons...) whose
-    argument is within rounding distance of a jump.
+    argument is within rounding distance of a jump.  With a list ``bounds``, it
+    receives per formula ``sum over nodes v of |dF/dv| S_v`` (oriented like the
+    values): the first-order bound of the rounding error, in units of eps.
     """
     xp = TorchNamespace(dtype)
     nb = batch_ndim(spec, arrays)
@@ -200,7 +204,10 @@ def dense(spec, arrays, M: int, N: int, dtype=F64, grid_leaves=None, perturb=Non
         if perturb is None:
             val = evaluate(f, xp, values)
         else:
-            val = _evaluate_perturbed(f, xp, values, shape, *perturb)
+            val, bound = _evaluate_perturbed(f, xp, values, shape, *perturb, bound=bounds is not None)
+            if bounds is not None:
+                bound = bound.expand(shape + (f.dim,))
+                bounds.append((bound.transpose(-3, -2) if spec.axis == 0 else bound).contiguous())
         if not isinstance(val, torch.Tensor):  # pragma: no cover - evaluate returns tensors
             val = torch.as_tensor(val, dtype=dtype)
         val = val.to(dtype)
@@ -213,7 +220,7 @@ def dense(spec, arrays, M: int, N: int, dtype=F64, grid_leaves=None, perturb=Non
     return outs
 
 
-def _evaluate_perturbed(formula, xp, values, shape, eps: float, seed: int):
+def _evaluate_perturbed(formula, xp, values, shape, eps: float, seed: int, bound: bool = False):
     from polykeops.formula.nodes import walk
     from polykeops.formula.ops import OPS
 
@@ -221,7 +228,7 @@ def _evaluate_perturbed(formula, xp, values, shape, eps: float, seed: int):
     width = max(n.dim for n in nodes)
     gen = torch.Generator().manual_seed(seed)
     signs = torch.randint(0, 2, shape + (2 * width,), generator=gen).to(xp.dtype) * 2 - 1
-    memo, scale = {}, {}
+    memo, scale, deltas = {}, {}, []
     for k, n in enumerate(nodes):
         if n.op == "Var":
             memo[n] = values[n.index]
@@ -238,9 +245,24 @@ def _evaluate_perturbed(formula, xp, values, shape, eps: float, seed: int):
             s_n = torch.maximum(s_n, s_a)
         d = val.shape[-1]
         off = k % (2 * width - d + 1)
-        memo[n] = val + (16 * eps) * s_n * signs[..., off : off + d]
+        val = val + (16 * eps) * s_n * signs[..., off : off + d]
+        if bound and val.is_floating_point():
+            delta = torch.zeros(val.shape, dtype=val.dtype, requires_grad=True)
+            deltas.append((delta, s_n))
+            val = val + delta
+        memo[n] = val
         scale[n] = s_n
-    return memo[formula]
+    out = memo[formula]
+    if not bound:
+        return out, None
+    total = torch.zeros(shape + (1,), dtype=xp.dtype)
+    if deltas and isinstance(out, torch.Tensor) and out.requires_grad:
+        with torch.enable_grad():
+            grads = torch.autograd.grad(out.sum(), [d for d, _ in deltas], allow_unused=True)
+        for g, (_, s_n) in zip(grads, deltas):
+            if g is not None:
+                total = total + (g.abs() * s_n).sum(-1, keepdim=True)
+    return out.detach(), torch.nan_to_num(total, nan=0.0, posinf=0.0)
 
 
 # ---------------------------------------------------------------------------
@@ -392,7 +414,11 @@ class CaseOracle:
         self.F = dense(spec, self.arrays, M, N)
         arr32 = [a.to(torch.float32) for a in self.arrays]
         F32 = [f.to(F64) for f in dense(spec, arr32, M, N, dtype=torch.float32)]
-        pert = dense(spec, _perturbed(self.arrays, 16 * self.eps, 1), M, N, perturb=(self.eps, 1))
+        bounds = []
+        pert = dense(
+            spec, _perturbed(self.arrays, 16 * self.eps, 1), M, N, perturb=(self.eps, 1), bounds=bounds
+        )
+        pert2 = dense(spec, _perturbed(self.arrays, 16 * self.eps, 2), M, N, perturb=(self.eps, 2))
         if not allow_special:
             top = max(float(torch.nan_to_num(f.abs(), nan=math.inf).max()) for f in self.F + F32 + pert)
             if not math.isfinite(top):
@@ -401,8 +427,9 @@ class CaseOracle:
                 raise Rejected(f"formula values up to {top:.3g}: too large to be meaningful in {self.dtype}")
         self.noise = []
         self.exact = []
-        for f, f32, p in zip(self.F, F32, pert):
-            n = 4 * (f32 - f).abs() * (self.eps / EPS32) + (p - f).abs() + self.eps * f.abs()
+        for f, f32, p, p2, b in zip(self.F, F32, pert, pert2, bounds):
+            dev = torch.maximum((p - f).abs(), (p2 - f).abs())
+            n = 4 * (f32 - f).abs() * (self.eps / EPS32) + dev + self.eps * (f.abs() + 4 * b)
             n = torch.where(torch.isfinite(n), n, torch.zeros_like(n))
             if not allow_special:
                 n = torch.where(torch.isfinite(f32) & torch.isfinite(f), n, torch.full_like(n, math.inf))
@@ -679,7 +706,9 @@ def _gradient_expectations(case, cotangents, indices, directions, low_precision)
         noise = 8 * dev * (eps / EPS32) + (c - a).abs()
         noise = torch.where(torch.isfinite(noise), noise, torch.full_like(noise, math.inf))
         fc = fac(n, spec.sum_scheme)
-        tol = eps_acc * fc * (mag + scale) + noise + 2 * eps * a.abs() + TINY[spec.dtype]
+        # eps (not eps_acc) x magnitudes: the forward outputs a gradient reduction reuses (OUT, LSE)
+        # and the cotangents come in the dtype, each rounded once
+        tol = (eps_acc * fc + 4 * eps) * (mag + scale) + noise + 2 * eps * a.abs() + TINY[spec.dtype]
         if directions is not None:
             tol = 2 * tol
         result.append((a, tol, mag))

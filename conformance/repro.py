@@ -17,24 +17,30 @@ _CAT = {CAT_I: "Vi", CAT_J: "Vj"}
 
 
 def _roundtrips(spec) -> bool:
+    """Whether ``Genred`` with the printed formula(s) builds exactly this spec."""
     try:
-        from polykeops.common.genred import GenericGenred  # noqa: F401
-        from polykeops.formula.parser import parse_reduction_formula
+        from polykeops.numpy import Genred
 
-        for f in spec.formulas:
-            g, _ = parse_reduction_formula(to_string(f), [])
-            if g != f:
-                return False
-        return True
+        kwargs = {"reduction_op": spec.reduction, "axis": spec.axis}
+        if len(spec.formulas) > 1:
+            kwargs["formula2"] = to_string(spec.formulas[1])
+        if spec.k is not None:
+            kwargs["opt_arg"] = spec.k
+        built = Genred(to_string(spec.formulas[0]), [], **kwargs).spec
+        return built.formulas == spec.formulas and built.variables == spec.variables
     except Exception:
         return False
 
 
-def _node_code(f):
-    """Python code that rebuilds ``f`` from :class:`Node` constructors, and the name of the result."""
-    names = {}
+def _node_code(f, names):
+    """Python code that rebuilds ``f`` from :class:`Node` constructors, and the name of the result.
+
+    ``names`` (shared by the formulas of one spec) maps the nodes already written to their names.
+    """
     lines = []
     for n in walk(f):
+        if n in names:
+            continue
         if n.op == "Var":
             text = f"Var({n.params[0]}, {n.params[1]}, {n.params[2]})"
         else:
@@ -109,14 +115,16 @@ def snippet(case, bt, *, mode: str = "forward", device: str = "cpu") -> str:
         spec_expr = f"fn.spec.with_(dtype={spec.dtype!r})"
     else:
         tools = "NumpyTools as Tools" if kind == "numpy" else "TorchTools as Tools"
+        lines.append("from fractions import Fraction")
         lines.append("from polykeops.formula.nodes import Node, Var")
         lines.append("from polykeops.formula.spec import ReductionSpec")
         lines.append(f"from {front}.tools import {tools}")
         lines.append("from polykeops.common.reduce import run_spec")
-        forms = []
+        forms, names = [], {}
         for f in spec.formulas:
-            code, name = _node_code(f)
-            lines.append(code)
+            code, name = _node_code(f, names)
+            if code:
+                lines.append(code)
             forms.append(name)
         variables = ", ".join(f"Var({v.index}, {v.dim}, {v.cat})" for v in spec.variables)
         lines.append(

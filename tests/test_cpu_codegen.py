@@ -165,6 +165,36 @@ def test_vectorised_exp_is_accurate_and_ieee(dtype, mode, monkeypatch):
     assert np.max(np.abs(got[sub] - exact[sub]), initial=0) <= 2 * smallest
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's log of 0 and negatives
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("mode", ["off", "sync"])
+def test_vectorised_log_is_accurate_and_ieee(dtype, mode, monkeypatch):
+    monkeypatch.setenv("POLYKEOPS_JIT", mode)
+    backend = CpuBackend()
+    if mode == "sync" and not backend.compiler_status()[0]:
+        pytest.skip("no C compiler")
+    if mode == "off" and not generic.available()[0]:
+        pytest.skip("generic engine not built")
+    fi = np.finfo(dtype)
+    smallest = np.nextafter(np.zeros(1, dtype), np.ones(1, dtype))[0]
+    vals = np.concatenate([
+        np.geomspace(smallest, fi.max, 200_001, dtype=np.float64).astype(dtype),  # subnormals to max
+        np.linspace(0.5, 2.0, 100_001),  # around 1
+        [0.0, -0.0, -1.0, -np.inf, np.inf, np.nan, 1.0],
+    ]).astype(dtype)
+    x, y = Var(0, 1, CAT_I), Var(1, 1, CAT_J)
+    spec = ReductionSpec("Sum", (A.mul(A.node("Log", x), y),), (x, y), dtype=dtype)
+    args = [vals[:, None], np.ones((1, 1), dtype)]
+    (out,) = backend.evaluate(spec, args, nx=len(vals), ny=1, batch_shape=())
+    got = out[:, 0].astype(np.float64)
+    ref = np.log(vals.astype(np.float64))
+    special = ~np.isfinite(ref)
+    np.testing.assert_array_equal(got[special], ref[special].astype(dtype).astype(np.float64))
+    ok = ~special
+    ulp = np.spacing(np.abs(ref[ok]).astype(dtype)).astype(np.float64)
+    assert np.max(np.abs(got[ok] - ref[ok]) / np.maximum(ulp, fi.tiny)) <= 2.5
+
+
 def test_specialised_source_is_deterministic():
     """The same spec gives the same source (and cache key) in every process."""
     spec, _ = all_ops_spec("float32")

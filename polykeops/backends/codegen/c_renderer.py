@@ -62,16 +62,16 @@ class CRenderer:
     unroll_pragma = "#pragma GCC unroll {n}"
     infinity = "INFINITY"
     nan = "NAN"
-    #: math function names per C scalar type ("exp" is a vectorisable IEEE-safe
-    #: polynomial defined in the CPU runtime header; CUDA would use expf/exp)
+    #: math function names per C scalar type ("exp" and "log" are vectorisable IEEE-safe
+    #: polynomials defined in the CPU runtime header; CUDA would use expf/logf)
     math_funcs = {
         "float": {
-            "exp": "pk_expf", "log": "logf", "sin": "sinf", "cos": "cosf", "asin": "asinf",
+            "exp": "pk_expf", "log": "pk_logf", "sin": "sinf", "cos": "cosf", "asin": "asinf",
             "acos": "acosf", "atan": "atanf", "atan2": "atan2f", "sqrt": "sqrtf",
             "fabs": "fabsf", "floor": "floorf", "pow": "powf",
         },
         "double": {
-            "exp": "pk_exp", "log": "log", "sin": "sin", "cos": "cos", "asin": "asin",
+            "exp": "pk_exp", "log": "pk_log", "sin": "sin", "cos": "cos", "asin": "asin",
             "acos": "acos", "atan": "atan", "atan2": "atan2", "sqrt": "sqrt",
             "fabs": "fabs", "floor": "floor", "pow": "pow",
         },

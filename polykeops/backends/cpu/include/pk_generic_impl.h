@@ -22,7 +22,7 @@
 #undef PKM_POW
 #if PK_T_IS_FLOAT
 #define PKM_EXP pk_expf
-#define PKM_LOG logf
+#define PKM_LOG pk_logf
 #define PKM_SIN sinf
 #define PKM_COS cosf
 #define PKM_ASIN asinf
@@ -35,7 +35,7 @@
 #define PKM_POW powf
 #else
 #define PKM_EXP pk_exp
-#define PKM_LOG log
+#define PKM_LOG pk_log
 #define PKM_SIN sin
 #define PKM_COS cos
 #define PKM_ASIN asin
