@@ -17,19 +17,27 @@ import numpy as np
 import torch
 
 from polykeops.formula.nodes import CAT_I, CAT_J
+from polykeops.formula.reductions import REDUCTIONS
 
 from .oracle import CaseOracle, Rejected, gradient_expectations
 from .repro import snippet
 from .runner import cotangents_for, directions_for, run_forward, run_gradients, to_torch_cpu
 
-#: selection reductions -> the variant that also returns indices
+
+def _with_indices(red) -> str | None:
+    """The reduction of the same selection as ``red`` that returns both values and indices."""
+    for other in REDUCTIONS.values():
+        same = type(other) is type(red) and other.selection_kind == red.selection_kind
+        if same and other.want_value and other.want_index:
+            return other.name
+    return None
+
+
+#: selection reductions (Min, KMin, Min_ArgMin, ...) -> the variant that also returns indices
 WITH_INDICES = {
-    "Min": "Min_ArgMin",
-    "Max": "Max_ArgMax",
-    "KMin": "KMin_ArgKMin",
-    "Min_ArgMin": "Min_ArgMin",
-    "Max_ArgMax": "Max_ArgMax",
-    "KMin_ArgKMin": "KMin_ArgKMin",
+    name: both
+    for name, red in REDUCTIONS.items()
+    if red.is_selection and red.want_value and (both := _with_indices(red)) is not None
 }
 
 

@@ -24,6 +24,8 @@ import importlib
 import os
 from dataclasses import dataclass, field
 
+import pytest
+
 #: examples per property test when --max-examples is not given
 DEFAULT_MAX_EXAMPLES = {"fast": 5, "full": 60}
 
@@ -194,3 +196,27 @@ def hypothesis_settings(factor: float = 1.0, **overrides):
     )
     kwargs.update(overrides)
     return settings(**kwargs)
+
+
+def property_test(factor: float = 1.0, **overrides):
+    """Decorator of a property test that draws from a ``data`` argument: ``@given(data=st.data())``
+    under :func:`hypothesis_settings`."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    settings = hypothesis_settings(factor, **overrides)
+    return lambda test: settings(given(data=st.data())(test))
+
+
+#: ``axis`` parameter of a test over both reduction axes
+AXES = pytest.mark.parametrize("axis", [0, 1], ids=["axis0", "axis1"])
+
+
+def claims(backend, reduction: str | None = None, dtype: str | None = None):
+    """The capabilities of ``backend``; skips the test unless it claims ``dtype`` and ``reduction``."""
+    caps = backend.capabilities
+    if dtype is not None and dtype not in caps.dtypes:
+        pytest.skip(f"{backend.label} does not claim {dtype}")
+    if reduction is not None and caps.reductions is not None and reduction not in caps.reductions:
+        pytest.skip(f"{backend.label} does not claim the {reduction} reduction")
+    return caps

@@ -42,6 +42,8 @@ from polykeops.formula.reductions import REDUCTIONS
 from polykeops.formula.spec import ReductionSpec
 from polykeops.numpy.xp import NumpyNamespace
 
+from .session import OPTIONS
+
 #: leaf data lies in (-LEAF, LEAF) (standard normal draws, squashed by LEAF tanh(x / LEAF))
 LEAF = 3.0
 #: magnitude above which a node's arguments are squashed before it is built
@@ -511,14 +513,7 @@ def cases(
     spec = ReductionSpec(
         reduction=reduction, formulas=forms, variables=vars_, axis=axis, k=k, dtype=dtype, sum_scheme=scheme
     )
-    shapes = []
-    for v, b in zip(vars_, per):
-        if v.cat == CAT_I:
-            shapes.append(b + (M, v.dim))
-        elif v.cat == CAT_J:
-            shapes.append(b + (N, v.dim))
-        else:
-            shapes.append(b + (v.dim,))
+    shapes = _shapes(vars_, per, M, N)
     kind = (
         draw(st.sampled_from(list(array_kinds)), label="array kind")
         if len(array_kinds) > 1
@@ -527,7 +522,7 @@ def cases(
     seed = draw(st.integers(0, 2**32 - 1), label="data seed")
     return Case(
         spec=spec,
-        shapes=tuple(shapes),
+        shapes=shapes,
         M=M,
         N=N,
         batch=bshape,
@@ -538,17 +533,27 @@ def cases(
     )
 
 
+def draw_case(source, caps, reduction: str, axis: int, dtype: str, **kwargs) -> Case:
+    """A :func:`cases` draw (labelled ``case``) from a test's ``st.data()`` object ``source``, at the
+    session's tier, with batch dimensions if the capabilities ``caps`` claim them."""
+    return source.draw(
+        cases(reduction, axis, dtype, tier=OPTIONS.tier, batch=caps.batch, **kwargs), label="case"
+    )
+
+
 def case_from(
     spec: ReductionSpec, M: int, N: int, *, seed: int = 0, batch=(), per_var_batch=None, **kwargs
 ) -> Case:
     """A :class:`Case` for a hand-written spec (deterministic tests)."""
-    shapes = []
-    for pos, v in enumerate(spec.variables):
-        b = tuple(per_var_batch[pos]) if per_var_batch is not None else tuple(batch)
-        if v.cat == CAT_I:
-            shapes.append(b + (M, v.dim))
-        elif v.cat == CAT_J:
-            shapes.append(b + (N, v.dim))
-        else:
-            shapes.append(b + (v.dim,))
-    return Case(spec=spec, shapes=tuple(shapes), M=M, N=N, batch=tuple(batch), seed=seed, **kwargs)
+    per = [
+        tuple(per_var_batch[pos]) if per_var_batch is not None else tuple(batch)
+        for pos in range(len(spec.variables))
+    ]
+    shapes = _shapes(spec.variables, per, M, N)
+    return Case(spec=spec, shapes=shapes, M=M, N=N, batch=tuple(batch), seed=seed, **kwargs)
+
+
+def _shapes(variables_, per_var_batch, M: int, N: int) -> tuple[tuple[int, ...], ...]:
+    """The argument shapes: each variable's batch shape, then (M, dim), (N, dim) or (dim,)."""
+    rows = {CAT_I: (M,), CAT_J: (N,)}
+    return tuple(b + rows.get(v.cat, ()) + (v.dim,) for v, b in zip(variables_, per_var_batch))

@@ -7,10 +7,9 @@ built-in ``cuda`` backend is checked with NVRTC on machines without a GPU.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance.session import OPTIONS, hypothesis_settings
+from conformance.session import OPTIONS, property_test
 from conformance.strategies import cases
 from polykeops.formula.printing import to_string
 from polykeops.formula.reductions import REDUCTIONS
@@ -55,8 +54,7 @@ def _compile(target, specs, batch_dims):
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=[t.label if t else "none" for t in TARGETS])
-@hypothesis_settings(0.2 if not OPTIONS.full else 0.5)
-@given(data=st.data())
+@property_test(0.2 if not OPTIONS.full else 0.5)
 def test_generated_code_compiles(target, data):
     """Two random specs per reduction (random dtype, axis, sizes), compiled in one go per batch rank."""
     if target is None:

@@ -7,12 +7,11 @@ parameters, with batch broadcasting), second order for Sum and LogSumExp.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
 from hypothesis import strategies as st
 
 from conformance.checks import check_gradients
-from conformance.session import OPTIONS, hypothesis_settings
-from conformance.strategies import case_from, cases
+from conformance.session import AXES, OPTIONS, claims, property_test
+from conformance.strategies import case_from, draw_case
 from polykeops.formula import algebra as A
 from polykeops.formula.composite import sqdist
 from polykeops.formula.nodes import Const, Var
@@ -28,57 +27,33 @@ def grad_dtypes(backend):
 
 
 def needs_torch(backend, reduction=None):
-    caps = backend.capabilities
-    if "torch" not in caps.array_kinds:
+    if "torch" not in backend.capabilities.array_kinds:
         pytest.skip(f"{backend.label} does not claim torch tensors (gradients go through torch.autograd)")
-    if reduction is not None and caps.reductions is not None and reduction not in caps.reductions:
-        pytest.skip(f"{backend.label} does not claim the {reduction} reduction")
-    return caps
+    return claims(backend, reduction)
 
 
-@pytest.mark.parametrize("axis", [0, 1], ids=["axis0", "axis1"])
+@AXES
 @pytest.mark.parametrize("reduction", DIFFERENTIABLE)
-@hypothesis_settings(1.0)
-@given(data=st.data())
+@property_test(1.0)
 def test_gradient(backend, device, reduction, axis, data):
     """d(reduction)/d(every argument) for a random formula, random cotangents."""
     caps = needs_torch(backend, reduction)
     dtype = data.draw(st.sampled_from(grad_dtypes(backend)), label="dtype")
-    case = data.draw(
-        cases(
-            reduction,
-            axis,
-            dtype,
-            tier=OPTIONS.tier,
-            batch=caps.batch,
-            max_depth=2 if dtype == "float16" else 3,
-            max_size=None if OPTIONS.full else 120,
-        ),
-        label="case",
+    depth = 2 if dtype == "float16" else 3
+    case = draw_case(
+        data, caps, reduction, axis, dtype, max_depth=depth, max_size=None if OPTIONS.full else 120
     )
     check_gradients(backend, case, device=device)
 
 
-@pytest.mark.parametrize("axis", [0, 1], ids=["axis0", "axis1"])
+@AXES
 @pytest.mark.parametrize("reduction", ["Sum", "LogSumExp"])
-@hypothesis_settings(1.0)
-@given(data=st.data())
+@property_test(1.0)
 def test_second_order(backend, device, reduction, axis, data):
     """Second derivatives (gradient of <gradient, V>) through the backend's gradient reductions."""
     caps = needs_torch(backend, reduction)
     dtype = data.draw(st.sampled_from([d for d in grad_dtypes(backend) if d != "float16"]), label="dtype")
-    case = data.draw(
-        cases(
-            reduction,
-            axis,
-            dtype,
-            tier=OPTIONS.tier,
-            batch=caps.batch,
-            max_depth=2,
-            max_size=None if OPTIONS.full else 60,
-        ),
-        label="case",
-    )
+    case = draw_case(data, caps, reduction, axis, dtype, max_depth=2, max_size=None if OPTIONS.full else 60)
     check_gradients(backend, case, order=2, device=device)
 
 

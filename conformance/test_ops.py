@@ -7,20 +7,18 @@ later is certified here without editing the suite.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
 from hypothesis import strategies as st
 
 from conformance.checks import check_forward, check_gradients
-from conformance.session import OPTIONS, hypothesis_settings
-from conformance.strategies import _feasible, cases, formulas
+from conformance.session import OPTIONS, property_test
+from conformance.strategies import _feasible, draw_case, formulas
 from polykeops.formula.ops import OPS, public_ops
 
 OP_NAMES = [o.name for o in public_ops()]
 
 
 @pytest.mark.parametrize("op", OP_NAMES)
-@hypothesis_settings(0.5)
-@given(data=st.data())
+@property_test(0.5)
 def test_op(backend, device, op, data):
     """``op`` applied to variables (arguments kept in its domain), Sum-reduced; gradient if smooth."""
     caps = backend.capabilities
@@ -32,18 +30,8 @@ def test_op(backend, device, op, data):
     forms = formulas("Sum", max_depth=1, ops=[opdef], consts=False, out_dims=dims)
     axis = data.draw(st.sampled_from([0, 1]), label="axis")
     kinds = tuple(backend.array_kinds())
-    case = data.draw(
-        cases(
-            "Sum",
-            axis,
-            dtype,
-            tier=OPTIONS.tier,
-            batch=caps.batch,
-            forms=forms,
-            array_kinds=kinds,
-            max_size=None if OPTIONS.full else 100,
-        ),
-        label="case",
+    case = draw_case(
+        data, caps, "Sum", axis, dtype, forms=forms, array_kinds=kinds, max_size=None if OPTIONS.full else 100
     )
     check_forward(backend, case, device=device)
     if opdef.smooth and opdef.vjp is not None and "torch" in caps.array_kinds:

@@ -12,12 +12,11 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given
 from hypothesis import strategies as st
 
 from conformance.checks import check_forward
-from conformance.session import OPTIONS, hypothesis_settings
-from conformance.strategies import case_from, cases, formulas
+from conformance.session import AXES, OPTIONS, claims, property_test
+from conformance.strategies import case_from, draw_case, formulas
 from polykeops.formula import algebra as A
 from polykeops.formula.composite import sqdist
 from polykeops.formula.nodes import Const, Var
@@ -47,42 +46,29 @@ EXACT_OPS = [
 ]
 
 
-def claims(backend, reduction, dtype=None):
-    caps = backend.capabilities
-    if caps.reductions is not None and reduction not in caps.reductions:
-        pytest.skip(f"{backend.label} does not claim the {reduction} reduction")
-    if dtype is not None and dtype not in caps.dtypes:
-        pytest.skip(f"{backend.label} does not claim {dtype}")
-    return caps
-
-
 def _dtype(backend):
     dts = backend.capabilities.dtypes
     return "float32" if "float32" in dts else sorted(dts)[0]
 
 
-@pytest.mark.parametrize("axis", [0, 1], ids=["axis0", "axis1"])
+@AXES
 @pytest.mark.parametrize("reduction", SELECT_INDEX)
-@hypothesis_settings(1.0)
-@given(data=st.data())
+@property_test(1.0)
 def test_selection_ties(backend, device, reduction, axis, data):
     """Integer data (many exact ties): the smallest index must win, ascending j for ArgKMin."""
     caps = claims(backend, reduction)
     forms = formulas(reduction, max_depth=2, ops=EXACT_OPS, out_dims=[1, 2, 3])
-    case = data.draw(
-        cases(
-            reduction,
-            axis,
-            _dtype(backend),
-            tier=OPTIONS.tier,
-            batch=caps.batch,
-            forms=forms,
-            data="int",
-            int_range=(-2, 2),
-            array_kinds=tuple(backend.array_kinds()),
-            max_size=None if OPTIONS.full else 150,
-        ),
-        label="case",
+    case = draw_case(
+        data,
+        caps,
+        reduction,
+        axis,
+        _dtype(backend),
+        forms=forms,
+        data="int",
+        int_range=(-2, 2),
+        array_kinds=tuple(backend.array_kinds()),
+        max_size=None if OPTIONS.full else 150,
     )
     check_forward(backend, case, device=device)
 
@@ -102,10 +88,9 @@ SPECIAL_REDUCTIONS = [
 ]
 
 
-@pytest.mark.parametrize("axis", [0, 1], ids=["axis0", "axis1"])
+@AXES
 @pytest.mark.parametrize("reduction", SPECIAL_REDUCTIONS)
-@hypothesis_settings(1.0)
-@given(data=st.data())
+@property_test(1.0)
 def test_nan_and_infinities(backend, device, reduction, axis, data):
     """NaN / +inf / -inf in the data: propagated and selected as documented."""
     claims(backend, reduction)
@@ -141,8 +126,7 @@ def test_nan_and_infinities(backend, device, reduction, axis, data):
 
 @pytest.mark.parametrize("shift", [-20000, -1000, 1000, 20000])
 @pytest.mark.parametrize("reduction", ["LogSumExp", "LogSumExpWeight", "Max_SumShiftExp", "SumSoftMaxWeight"])
-@hypothesis_settings(0.5)
-@given(data=st.data())
+@property_test(0.5)
 def test_logsumexp_large_values(backend, device, reduction, shift, data):
     """F + shift with |shift| far beyond exp's range: the max-shifted sums must not overflow or underflow."""
     caps = claims(backend, reduction)
@@ -154,18 +138,10 @@ def test_logsumexp_large_values(backend, device, reduction, shift, data):
     forms, vars_ = data.draw(formulas(reduction, max_depth=2), label="formulas")
     forms = (A.add(forms[0], Const(shift, 1)),) + forms[1:]
     axis = data.draw(st.sampled_from([0, 1]), label="axis")
-    case = data.draw(
-        cases(
-            reduction,
-            axis,
-            dtype,
-            tier=OPTIONS.tier,
-            batch=caps.batch,
-            forms=(forms, vars_),
-            array_kinds=tuple(backend.array_kinds()),
-            max_size=None if OPTIONS.full else 150,
-        ),
-        label="case",
+    kinds = tuple(backend.array_kinds())
+    size = None if OPTIONS.full else 150
+    case = draw_case(
+        data, caps, reduction, axis, dtype, forms=(forms, vars_), array_kinds=kinds, max_size=size
     )
     check_forward(backend, replace(case, value_limit=1e5), device=device)
 

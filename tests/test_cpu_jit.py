@@ -202,28 +202,38 @@ def test_eight_processes_compile_a_new_kernel_once(fresh_cache, tmp_path):
     assert json.loads(out.stdout.strip().splitlines()[-1])["builds"] == 0
 
 
+def in_threads(work, n=8):
+    """Runs ``work(t)`` for ``t`` in ``range(n)``, each in its own thread; the exceptions raised."""
+    errors = []
+
+    def guarded(t):
+        try:
+            work(t)
+        except Exception as exc:  # pragma: no cover - reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(t,)) for t in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 @needs_cc
 def test_eight_threads_share_one_build(fresh_cache, monkeypatch):
     monkeypatch.setenv("POLYKEOPS_JIT", "sync")
     spec = unique_spec()
     args = args_for(200, 3000)
     before = cache.BUILDS
-    results, errors = [None] * 8, []
+    results = [None] * 8
     barrier = threading.Barrier(8)
 
     def work(t):
-        try:
-            barrier.wait()
-            results[t] = run(spec, args)[0]
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        barrier.wait()
+        results[t] = run(spec, args)[0]
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    assert not in_threads(work)
     assert cache.BUILDS == before + 1
     for r in results[1:]:
         np.testing.assert_array_equal(r, results[0])
@@ -235,20 +245,12 @@ def test_eight_threads_different_reductions_auto(monkeypatch):
     args = args_for(150, 2000)
     specs = [unique_spec("Sum") if t % 2 else unique_spec("LogSumExp") for t in range(8)]
     expected = [reference(s, args)[0] for s in specs]
-    errors = []
 
     def work(t):
-        try:
-            for _ in range(3):
-                np.testing.assert_allclose(run(specs[t], args)[0], expected[t], rtol=1e-4, atol=1e-4)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for _ in range(3):
+            np.testing.assert_allclose(run(specs[t], args)[0], expected[t], rtol=1e-4, atol=1e-4)
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = in_threads(work)
     assert not errors, errors
 
 

@@ -5,28 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends import select_backend
+from ..common.adapters import ArrayTools
 from ..common.tools import check_float_dtype
 from ..errors import DTypeError
+from .xp import NumpyLibrary
 
 
-class NumpyTools:
+class NumpyTools(NumpyLibrary, ArrayTools):
+    array_type = np.ndarray
     array_kind = "numpy"
-
-    @staticmethod
-    def is_array(x) -> bool:
-        return isinstance(x, np.ndarray)
-
-    @staticmethod
-    def shape(x):
-        return tuple(x.shape)
-
-    @staticmethod
-    def ndim(x) -> int:
-        return x.ndim
-
-    @staticmethod
-    def reshape(x, shape):
-        return np.reshape(x, shape)
 
     @staticmethod
     def dtype_name(x, what: str) -> str:
@@ -39,10 +26,6 @@ class NumpyTools:
     @staticmethod
     def device_name(x) -> str:
         return "cpu"
-
-    @staticmethod
-    def swap_ij(x):
-        return np.swapaxes(x, -3, -2)
 
     @staticmethod
     def insert_j_axis(v):
@@ -75,14 +58,6 @@ class NumpyTools:
         return np.ascontiguousarray(r, dtype=np.int64)
 
     @staticmethod
-    def int_max(r):
-        return int(r.max()) if r.size else 0
-
-    @staticmethod
-    def int_min(r):
-        return int(r.min()) if r.size else 0
-
-    @staticmethod
     def solve(lazy, b, *, alpha, tol, max_iter, backend, options):
         from ..common.solve import conjugate_gradient, kernel_operator
 
@@ -99,23 +74,14 @@ class NumpyTools:
     def solve_operator(apply_k, tensors, b, alpha, tol, max_iter):
         from ..common.solve import conjugate_gradient
 
-        return conjugate_gradient(lambda v: apply_k(v) + alpha * v, b, tol=tol, max_iter=max_iter,
-                                  sqrt=np.sqrt)
+        return conjugate_gradient(
+            lambda v: apply_k(v) + alpha * v, b, tol=tol, max_iter=max_iter, sqrt=np.sqrt
+        )
 
     # -- complex LazyTensors: complex (..., D) <-> real blocks (..., 2D) = [real parts, imaginary parts]
     @staticmethod
     def is_complex(x) -> bool:
         return isinstance(x, np.ndarray) and np.iscomplexobj(x)
-
-    @staticmethod
-    def to_real_blocks(x):
-        if x.dtype not in (np.complex64, np.complex128):
-            raise DTypeError(
-                f"complex LazyTensor input of shape {x.shape} has dtype {x.dtype}; "
-                "use complex64 or complex128"
-            )
-        x = np.reshape(x, (1,)) if x.ndim == 0 else x
-        return np.concatenate([x.real, x.imag], axis=-1)
 
     @staticmethod
     def from_real_blocks(x):

@@ -4,31 +4,18 @@ from __future__ import annotations
 
 import torch
 
+from ..common.adapters import ArrayTools
 from ..common.tools import check_float_dtype
 from ..errors import DeviceError, DTypeError
+from .xp import TorchLibrary
 
 _NAMES = {torch.float16: "float16", torch.float32: "float32", torch.float64: "float64"}
 _DTYPES = {v: k for k, v in _NAMES.items()}
 
 
-class TorchTools:
+class TorchTools(TorchLibrary, ArrayTools):
+    array_type = torch.Tensor
     array_kind = "torch"
-
-    @staticmethod
-    def is_array(x) -> bool:
-        return isinstance(x, torch.Tensor)
-
-    @staticmethod
-    def shape(x):
-        return tuple(x.shape)
-
-    @staticmethod
-    def ndim(x) -> int:
-        return x.dim()
-
-    @staticmethod
-    def reshape(x, shape):
-        return x.reshape(shape)
 
     @staticmethod
     def dtype_name(x, what: str) -> str:
@@ -42,10 +29,6 @@ class TorchTools:
     @staticmethod
     def device_name(x) -> str:
         return str(x.device)
-
-    @staticmethod
-    def swap_ij(x):
-        return x.transpose(-3, -2)
 
     @staticmethod
     def insert_j_axis(v):
@@ -74,14 +57,6 @@ class TorchTools:
         return r.to(torch.int64).contiguous()
 
     @staticmethod
-    def int_max(r):
-        return int(r.max()) if r.numel() else 0
-
-    @staticmethod
-    def int_min(r):
-        return int(r.min()) if r.numel() else 0
-
-    @staticmethod
     def run(spec, args, *, nx, ny, batch_shape, backend=None, ranges=None):
         from .autograd import reduce
 
@@ -91,11 +66,19 @@ class TorchTools:
         if not args:  # the formula simplified to a constant: no tensor says where to compute
             from ..numpy.tools import NumpyTools
 
-            outs = NumpyTools.run(spec, [], nx=nx, ny=ny, batch_shape=batch_shape, backend=backend,
-                                  ranges=None if ranges is None else [r.cpu().numpy() for r in ranges])
+            outs = NumpyTools.run(
+                spec,
+                [],
+                nx=nx,
+                ny=ny,
+                batch_shape=batch_shape,
+                backend=backend,
+                ranges=None if ranges is None else [r.cpu().numpy() for r in ranges],
+            )
             return tuple(torch.from_numpy(o) for o in outs)
-        return reduce(spec, list(args), nx=nx, ny=ny, batch_shape=tuple(batch_shape), backend=backend,
-                      ranges=ranges)
+        return reduce(
+            spec, list(args), nx=nx, ny=ny, batch_shape=tuple(batch_shape), backend=backend, ranges=ranges
+        )
 
     @staticmethod
     def solve(lazy, b, *, alpha, tol, max_iter, backend, options):
@@ -119,17 +102,6 @@ class TorchTools:
     @staticmethod
     def is_complex(x) -> bool:
         return isinstance(x, torch.Tensor) and x.is_complex()
-
-    @staticmethod
-    def to_real_blocks(x):
-        """The real blocks of a complex tensor (differentiable: gradients reach ``x``)."""
-        if x.dtype not in (torch.complex64, torch.complex128):
-            raise DTypeError(
-                f"complex LazyTensor input of shape {tuple(x.shape)} has dtype {x.dtype}; "
-                "use complex64 or complex128"
-            )
-        x = x.reshape(1) if x.dim() == 0 else x
-        return torch.cat([x.real, x.imag], dim=-1)
 
     @staticmethod
     def from_real_blocks(x):
