@@ -34,7 +34,7 @@ LEAF_OPS = frozenset({"Var", "Const", "Zero", "Leaf"})
 class Node:
     """One immutable node of a formula, compared and hashed by structure."""
 
-    __slots__ = ("op", "args", "params", "dim", "_hash")
+    __slots__ = ("op", "args", "params", "dim", "_hash", "_order")
 
     def __init__(self, op: str, args: tuple = (), params: tuple = (), dim: int | None = None):
         if dim is None:
@@ -46,6 +46,7 @@ class Node:
         object.__setattr__(self, "params", tuple(params))
         object.__setattr__(self, "dim", int(dim))
         object.__setattr__(self, "_hash", hash((op, self.args, self.params)))
+        object.__setattr__(self, "_order", None)  # walk()'s order, computed on first use
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("formula nodes are immutable")
@@ -152,13 +153,27 @@ def is_const(node: Node, value=None) -> bool:
 
 
 def walk(node: Node):
-    """Yield every distinct node of the DAG once, children before parents."""
+    """Iterate over every distinct node of the DAG once, children before parents.
+
+    The order is computed once per node and kept on it (nodes are immutable), so that
+    the many passes over one formula (numbering, capability checks, code generation)
+    cost one traversal.
+    """
+    order = node._order
+    if order is None:
+        order = _topological_order(node)
+        object.__setattr__(node, "_order", order)
+    return iter(order)
+
+
+def _topological_order(node: Node) -> tuple:
     seen: set[Node] = set()
+    out: list[Node] = []
     stack: list[tuple[Node, bool]] = [(node, False)]
     while stack:
         n, expanded = stack.pop()
         if expanded:
-            yield n
+            out.append(n)
             continue
         if n in seen:
             continue
@@ -167,6 +182,7 @@ def walk(node: Node):
         for a in reversed(n.args):
             if a not in seen:
                 stack.append((a, False))
+    return tuple(out)
 
 
 def variables(*nodes: Node) -> list[Node]:
