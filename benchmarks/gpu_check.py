@@ -4,15 +4,20 @@
     python benchmarks/gpu_check.py --part bench    # only the benchmarks (or: tests, conformance)
     python benchmarks/gpu_check.py --quick         # smaller sizes, for a smoke run
 
-1. ``pytest tests/test_cuda_codegen.py`` (the GPU tests run: a GPU is present);
+1. ``pytest tests/test_cuda_codegen.py tests/test_cuda_ranges.py tests/test_cuda_host.py``
+   (the GPU tests run: a GPU is present);
 2. ``pytest conformance --backend cuda`` when the conformance suite exists;
 3. benchmarks of the CUDA backend against PyTorch dense (chunked over rows so that it
    fits in memory) and pykeops on the GPU when it can be imported, in the same run:
    Gaussian kernel sum D = 3 at N = 10k, 100k, 1M (float32 and float16), logsumexp,
    argKmin K = 10, the gradient of the Gaussian sum, ``K @ b`` with b of width 32,
-   and D = 64 and D = 256.  Each time is the median of at least 5 runs (CUDA
-   events, after a warm-up call that also compiles), reported with the ratios and
-   the error of polykeops against a float64 evaluation of the first rows.
+   and D = 64 and D = 256, a block-sparse Gaussian sum (``ranges`` from a grid
+   clustering of points in the unit cube; torch dense is masked by the kept
+   blocks), and a NumPy-input Gaussian sum with ``backend="cuda"`` (host copies
+   included in the time; torch dense on the GPU for comparison).  Each time is the
+   median of at least 5 runs (CUDA events, after a warm-up call that also compiles),
+   reported with the ratios and the error of polykeops against a float64 evaluation
+   of the first rows.
 
 Exit status: non-zero if a test part failed.
 """
@@ -32,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_tests(extra) -> int:
-    cmd = [sys.executable, "-m", "pytest", "tests/test_cuda_codegen.py", "-q", "-rs", *extra]
+    tests = ["tests/test_cuda_codegen.py", "tests/test_cuda_ranges.py", "tests/test_cuda_host.py"]
+    cmd = [sys.executable, "-m", "pytest", *tests, "-q", "-rs", *extra]
     print("$", " ".join(cmd), flush=True)
     return subprocess.call(cmd, cwd=ROOT)
 
@@ -83,7 +89,25 @@ def _workloads(torch, quick: bool):
     w.append(dict(name="K@b32", n=mid, d=3, dtype="float32"))
     w.append(dict(name="gauss", n=mid, d=64, dtype="float32"))
     w.append(dict(name="gauss", n=mid // 2, d=256, dtype="float32"))
+    w.append(dict(name="gauss_ranges", n=mid * 4, d=3, dtype="float32"))
+    w.append(dict(name="gauss_numpy", n=mid, d=3, dtype="float32"))
     return w
+
+
+def _ranges_problem(torch, w, x, y):
+    """Sort uniform points of the unit cube by grid cell; keep the cell pairs closer than
+    0.2 (the kernel exp(-|x - y|^2 / 0.0025) is below 1e-6 further away)."""
+    from polykeops.torch import cluster
+
+    x, lx = cluster.sort_clusters(x, cluster.grid_cluster(x, 0.05))
+    y, ly = cluster.sort_clusters(y, cluster.grid_cluster(y, 0.05))
+    rx, cx, _ = cluster.cluster_ranges_centroids(x, lx)
+    ry, cy, _ = cluster.cluster_ranges_centroids(y, ly)
+    keep = ((cx[:, None] - cy[None]) ** 2).sum(-1) < 0.2**2
+    w["_ranges"] = cluster.from_matrix(rx, ry, keep)
+    w["_mask"] = (keep, lx, ly)
+    w["density"] = float(keep.float().mean())
+    return x, y
 
 
 def _data(torch, w):
@@ -95,6 +119,8 @@ def _data(torch, w):
     y = (torch.randn(n, d, device="cuda", generator=g) * scale).to(dt)
     width = 32 if w["name"] == "K@b32" else 1
     b = torch.randn(n, width, device="cuda", generator=g).to(dt)
+    if w["name"] == "gauss_ranges":  # points of the unit cube, sorted by cluster
+        x, y = _ranges_problem(torch, w, (x / scale).sigmoid(), (y / scale).sigmoid())
     return x, y, b
 
 
@@ -105,6 +131,23 @@ def _lazy(LazyTensor, w, x, y, b, backend):
     name = w["name"]
     if name in ("gauss", "K@b32"):
         return lambda: ((-D).exp() * bj).sum(dim=1, **kw)
+    if name == "gauss_ranges":
+        if LazyTensor.__module__.startswith("pykeops"):
+            K = (-D / 0.0025).exp() * bj
+            K.ranges = w["_ranges"]
+            return lambda: K.sum(dim=1, **kw)
+        return lambda: ((-D / 0.0025).exp() * bj).sum(dim=1, ranges=w["_ranges"], **kw)
+    if name == "gauss_numpy":  # host arrays in and out: the copies are part of the time
+        import torch
+
+        from polykeops.numpy import LazyTensor as NLazyTensor
+
+        if not LazyTensor.__module__.startswith("polykeops"):
+            raise ValueError("pykeops: not compared on NumPy inputs")
+        xn, yn, bn = (t.cpu().numpy() for t in (x, y, b))
+        Dn = ((NLazyTensor(xn[:, None, :]) - NLazyTensor(yn[None, :, :])) ** 2).sum(-1)
+        bn_j = NLazyTensor(bn[None, :, :])
+        return lambda: torch.from_numpy(((-Dn).exp() * bn_j).sum(dim=1, **kw))
     if name == "logsumexp":
         return lambda: (-D).logsumexp(dim=1, **kw)
     if name == "argKmin":
@@ -138,8 +181,12 @@ def _dense_chunked(torch, w, x, y, b, rows=None):
         outs = []
         for s in range(0, x.shape[0] if rows is None else rows, chunk):
             xc = x[s : s + chunk]
-            if name in ("gauss", "K@b32"):
+            if name in ("gauss", "K@b32", "gauss_numpy"):
                 outs.append(torch.exp(-dist(xc)) @ b)
+            elif name == "gauss_ranges":
+                keep, lx, ly = w["_mask"]
+                mask = keep[lx[s : s + chunk]][:, ly]
+                outs.append((torch.exp(-dist(xc) / 0.0025) * mask) @ b)
             elif name == "logsumexp":
                 outs.append(torch.logsumexp(-dist(xc), dim=1, keepdim=True))
             elif name == "argKmin":
@@ -159,7 +206,7 @@ def _error(torch, w, out, x, y, b, rows=64):
         ref = _dense_chunked(torch, w, x.double(), y.double(), b.double(), rows=rows)()[:rows]
         return float((out[:rows] != ref).float().mean())  # fraction of differing indices
     ref = _dense_chunked(torch, w, x.double()[:rows], y.double(), b.double())()
-    got = out[:rows].double()
+    got = out[:rows].double().to(ref.device)
     return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
 
 
@@ -191,7 +238,7 @@ def run_benchmarks(quick: bool, out_path: str | None) -> list[dict]:
             try:
                 t_keops = _timer(torch, _lazy(PkLazyTensor, w, x, y, b, None), 5, budget)[0]
             except Exception as exc:
-                print(f"pykeops failed on {w}: {type(exc).__name__}: {exc}")
+                print(f"pykeops failed on {w['name']} N = {w['n']}: {type(exc).__name__}: {exc}")
         row = dict(workload=w["name"], n=w["n"], d=w["d"], dtype=w["dtype"], polykeops_ms=t_pk,
                    first_call_s=first, torch_ms=t_torch, pykeops_ms=t_keops, error=err,
                    pairs_per_s=w["n"] * w["n"] / (t_pk / 1000))

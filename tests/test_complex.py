@@ -361,7 +361,7 @@ def test_second_order_real_input():
     ("max_argmax", lambda Z: Z.max_argmax(dim=1)),
     ("Kmin", lambda Z: Z.Kmin(2, dim=1)),
     ("argKmin", lambda Z: Z.argKmin(2, dim=1)),
-    ("logsumexp", lambda Z: Z.logsumexp(dim=1)),
+    ("max_sumshiftexp", lambda Z: Z.max_sumshiftexp(dim=1)),
     ("sumsoftmaxweight", lambda Z: Z.sumsoftmaxweight(Z, dim=1)),
     ("solve", lambda Z: Z.solve(torch.randn(4, 1))),
     ("log", lambda Z: Z.log()),
@@ -415,8 +415,10 @@ def test_other_errors():
         pkt.LazyTensor(chalf)
     with pytest.raises(DTypeError, match="float32 or float64"):
         pkt.LazyTensor(r.half(), is_complex=True)
-    with pytest.raises(FormulaError, match="placeholder"):
-        pkt.LazyTensor((0, 2, 0), is_complex=True)
+    with pytest.raises(ShapeError, match="complex LazyTensor placeholder"):
+        pkt.LazyTensor((0, 2), is_complex=True)
+    with pytest.raises(ShapeError, match="dimension >= 1"):
+        pkt.LazyTensor((0, 0, 0), is_complex=True)
     with pytest.raises(ShapeError, match=r"\(3, 2\)"):
         pkt.LazyTensor(z[:, 0, :])  # 2-D without axis: the message shows the complex shape
     with pytest.raises(FormulaError, match="out of range"):
@@ -431,3 +433,131 @@ def test_numpy_front_end_stays_torch_free():
     out = pkn.LazyTensor(z).exp().sum(dim=0)
     assert isinstance(out, np.ndarray) and out.dtype == np.complex128
     np.testing.assert_allclose(out, np.exp(z).sum(0), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# complex placeholders (arrays bound when the reduction is called)
+# ---------------------------------------------------------------------------
+def _crandn(rng, *shape):
+    return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_complex_placeholders_numpy(backend):
+    rng = np.random.default_rng(10)
+    a, b, p = _crandn(rng, 6, 2), _crandn(rng, 5, 2), _crandn(rng, 2)
+    z_i, w_j = pkn.Vi(0, 2, is_complex=True), pkn.Vj(1, 2, is_complex=True)
+    q = pkn.Pm(2, 2, is_complex=True)
+    assert isinstance(z_i, pkn.ComplexLazyTensor) and z_i.ndim == 2
+    red = ((z_i * w_j).exp() * q).sum(1)
+    assert callable(red)
+    out = red(a, b, p, backend=backend)
+    ref = (np.exp(a[:, None] * b[None]) * p).sum(1)
+    assert out.dtype == np.complex128
+    np.testing.assert_allclose(out, ref, rtol=1e-12)
+    # real results of complex placeholders, mixed with data and real placeholders
+    x = rng.standard_normal((6, 1))
+    red = ((z_i - w_j).abs() * q.real * pkn.Vi(x) * pkn.Vj(3, 1)).sum(0)
+    y = rng.standard_normal((5, 1))
+    np.testing.assert_allclose(red(a, b, p, y, backend=backend),
+                               (np.abs(a[:, None] - b[None]) * p.real * x[:, None] * y[None]).sum(0),
+                               rtol=1e-12)
+    # LazyTensor((index, dim, category), is_complex=True) is the same placeholder
+    red = (pkn.LazyTensor((0, 2, 0), is_complex=True) * pkn.LazyTensor(b[None])).sum(1)
+    np.testing.assert_allclose(red(a, backend=backend), (a[:, None] * b[None]).sum(1), rtol=1e-12)
+
+
+def test_complex_placeholders_torch_are_differentiable():
+    g = torch.Generator().manual_seed(11)
+    a = torch.randn(7, 1, dtype=torch.complex128, generator=g, requires_grad=True)
+    b = torch.randn(4, 1, dtype=torch.complex128, generator=g)
+    red = (pkt.Vi(0, 1, is_complex=True) * pkt.Vj(1, 1, is_complex=True)).exp().sum(1)
+    out, ref = red(a, b), (a[:, None] * b[None]).exp().sum(1)
+    torch.testing.assert_close(out, ref)
+    (g1,) = torch.autograd.grad(out.abs().sum(), [a])
+    (g2,) = torch.autograd.grad(ref.abs().sum(), [a])
+    torch.testing.assert_close(g1, g2)
+
+
+def test_complex_placeholder_errors():
+    z = pkn.Vi(0, 1, is_complex=True)
+    red = (z * pkn.Vj(1, 1, is_complex=True)).sum(1)
+    with pytest.raises(DTypeError, match=r"argument 0 is a complex placeholder \(Vi\(0,1\)\).*\(3, 1\)"):
+        red(np.ones((3, 1)), np.ones((2, 1), dtype=np.complex128))
+    with pytest.raises(ShapeError, match=r"argument 0 .*Vi\(0,1\)\) has shape \(3, 2\).*complex dimension 1"):
+        red(np.ones((3, 2), dtype=np.complex128), np.ones((2, 1), dtype=np.complex128))
+    with pytest.raises(FormulaError, match="placeholder index 0 is used as a real and as a complex"):
+        z + pkn.Vi(0, 2)
+
+
+# ---------------------------------------------------------------------------
+# complex logsumexp
+# ---------------------------------------------------------------------------
+def _wrapped_close(out, ref, tol):
+    """Equal complex logarithms: real parts equal, imaginary parts equal modulo 2 pi."""
+    out, ref = np.asarray(out), np.asarray(ref)
+    np.testing.assert_allclose(out.real, ref.real, rtol=tol, atol=tol)
+    np.testing.assert_allclose(np.exp(1j * out.imag), np.exp(1j * ref.imag), rtol=tol, atol=tol)
+    assert np.all(np.abs(out.imag) <= np.pi + 1e-12)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("dim", [0, 1])
+def test_complex_logsumexp_numpy(backend, dim):
+    rng = np.random.default_rng(12)
+    x, y = rng.standard_normal((31, 2)), rng.standard_normal((17, 2))
+    phase = rng.standard_normal((31, 1))
+    # large real parts: a naive exp overflows, the shifted sum does not
+    Z = pkn.Vi(x).sqdist(pkn.Vj(y)) * 300 + pkn.Vi(phase).exp1j() * pkn.Vj(y)[0]
+    zd = ((x[:, None] - y[None]) ** 2).sum(-1) * 300 + np.exp(1j * phase) * y[None, :, 0]
+    out = Z.logsumexp(dim, backend=backend)
+    assert out.shape == ((31, 1) if dim == 1 else (17, 1)) and out.dtype == np.complex128
+    m = zd.real.max(dim, keepdims=True)
+    ref = (m + np.log(np.exp(zd - m).sum(dim, keepdims=True))).reshape(out.shape)
+    _wrapped_close(out, ref, 1e-10)
+    # the same with placeholders: a callable
+    red = (pkn.Vi(0, 1, is_complex=True) * pkn.Vj(1, 1, is_complex=True)).logsumexp(dim)
+    a, b = _crandn(rng, 31, 1), _crandn(rng, 17, 1)
+    zz = a[:, None, 0] * b[None, :, 0]
+    m = zz.real.max(dim, keepdims=True)
+    ref = (m + np.log(np.exp(zz - m).sum(dim, keepdims=True))).reshape(-1, 1)
+    _wrapped_close(red(a, b, backend=backend), ref, 1e-12)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_complex_logsumexp_torch_gradients(backend):
+    g = torch.Generator().manual_seed(13)
+    a = torch.randn(2, 9, 1, 1, dtype=torch.complex128, generator=g, requires_grad=True)  # batch 2
+    b = torch.randn(1, 1, 12, 1, dtype=torch.complex128, generator=g, requires_grad=True)
+    out = (pkt.LazyTensor(a) * pkt.LazyTensor(b) * 4).logsumexp(2, backend=backend)
+    ref = torch.logsumexp((a * b * 4)[..., 0], dim=2, keepdim=True)
+    assert out.shape == (2, 9, 1) and out.dtype == torch.complex128
+    torch.testing.assert_close(out.real, ref.real)
+    torch.testing.assert_close(torch.exp(1j * out.imag), torch.exp(1j * ref.imag))
+    w = torch.randn(out.shape, dtype=torch.complex128, generator=g)
+    # exp(out) is the sum itself: no branch cut in the loss
+    g1 = torch.autograd.grad((out.exp() * w).real.sum() + out.real.sum(), [a, b])
+    g2 = torch.autograd.grad((ref.exp() * w).real.sum() + ref.real.sum(), [a, b])
+    for u, v in zip(g1, g2):
+        torch.testing.assert_close(u, v)
+
+
+def test_complex_logsumexp_of_minus_infinity_rows():
+    z = np.array([[0.5 + 1j, -1 - 2j, 3 + 0.5j], [-np.inf, -np.inf + 1j, -np.inf]])
+    with np.errstate(divide="ignore"):
+        out = pkn.from_dense(z).logsumexp(1)[:, 0]
+    _wrapped_close(out[:1], np.log(np.exp(z[0]).sum()), 1e-12)
+    assert out[1].real == -np.inf
+    zt = torch.from_numpy(z)
+    out = pkt.from_dense(zt).logsumexp(1)[:, 0]
+    assert out[1].real == -torch.inf and torch.isfinite(out[0])
+
+
+def test_complex_logsumexp_errors():
+    Z = pkn.LazyTensor(np.ones((3, 1, 2), dtype=np.complex128)) * pkn.LazyTensor(np.ones((1, 4, 2)))
+    with pytest.raises(FormulaError, match="scalar formula.*complex dimension 2"):
+        Z.logsumexp(1)
+    with pytest.raises(FormulaError, match="takes no weight"):
+        Z[0].logsumexp(1, weight=pkn.Vj(np.ones((4, 1))))
+    with pytest.raises(FormulaError, match="dim=-1 is not allowed"):
+        Z[0].logsumexp(-1)

@@ -536,45 +536,12 @@ def test_backend_evaluate_on_a_fake_gpu(monkeypatch, tmp_path):
     module loading (once), launch planning, parameter packing of torch tensors -- with only the
     device replaced: launches go to the emulator, "device memory" is CPU tensors."""
     torch = pytest.importorskip("torch")
+    from fake_gpu import install
+
     import polykeops.backends.cuda as cu
-    from polykeops.backends.cuda import driver
 
     monkeypatch.setenv("POLYKEOPS_CACHE_DIR", str(tmp_path))
-    by_name, loads = {}, []
-    real_source = build.kernel_source
-
-    def recording(spec, n_batch_dims=0, idx64=False):
-        ks = real_source(spec, n_batch_dims, idx64)
-        by_name.update({n: ks for n in ks.kernel_names})
-        return ks
-
-    class FakeDevice:
-        sm_count = 4
-
-        def target(self):
-            return "cubin", "sm_90"
-
-        def make_current(self):
-            pass
-
-        def module(self, key, make_binary, names):
-            loads.append(key)
-            assert set(cubin.kernel_resources(make_binary())) >= set(names)  # a real cubin
-            return driver.Module(None, {n: n for n in names}, {n: 128 for n in names})
-
-    class FakeExecutor(emulator._Executor):
-        def __init__(self, dev, module, tdev):
-            super().__init__(None)
-
-        def launch(self, name, grid, block, params):
-            ks = by_name[name]
-            self.lib = emulator._by_source.get(ks.digest) or emulator.build(ks)
-            super().launch(name, grid, block, params)
-
-    monkeypatch.setattr(build, "kernel_source", recording)
-    monkeypatch.setattr(driver, "device", lambda ordinal: FakeDevice())
-    monkeypatch.setattr(driver, "TorchExecutor", FakeExecutor)
-    monkeypatch.setattr(cu, "_device_of", lambda args: torch.device("cpu"))
+    loads = install(monkeypatch)
     backend = cu.CudaBackend()
     backend._availability = (True, "fake GPU")
     for spec, nx, ny, batch in [(reduction_spec("Sum"), 300, 70, ()),  # 1D, 3 row blocks

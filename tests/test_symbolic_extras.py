@@ -524,3 +524,21 @@ def test_parsed_tensordot_evaluates_like_the_method():
 def test_parse_errors(text, fragment):
     with pytest.raises(FormulaSyntaxError, match=fragment):
         parse_formula(text, ALIASES)
+
+
+# ---------------------------------------------------------------------------
+# placeholders mixed with data LazyTensors of every layout
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_placeholders_with_data_in_lazytensor_layout(backend):
+    """Data leaves keep their LazyTensor layout ((M, 1, D), (1, N, D)...) when the
+    reduction also has placeholders bound at call time."""
+    rng = np.random.default_rng(0)
+    x, y, b = rng.standard_normal((6, 1, 3)), rng.standard_normal((1, 5, 3)), rng.standard_normal((5, 1))
+    k = (-(pknp.LazyTensor(x) - pknp.LazyTensor(y)).sqnorm2()).exp() * pknp.Vj(0, 1)
+    red = k.sum(1, backend=backend)
+    dense = np.exp(-((x - y) ** 2).sum(-1))
+    np.testing.assert_allclose(red(b), dense @ b, rtol=1e-12)
+    red = (pknp.Vi(0, 3) * pknp.LazyTensor(y)).sum(0, backend=backend)
+    xi = x[:, 0, :]
+    np.testing.assert_allclose(red(xi), (xi[:, None] * y).sum(0), rtol=1e-12)

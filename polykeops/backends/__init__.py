@@ -4,7 +4,9 @@ Selection order: the ``backend=`` argument, else ``POLYKEOPS_BACKEND``, else
 automatic (the available backend of highest priority that supports the call:
 CUDA for GPU tensors, the CPU engine, then the reference backend).  A backend
 named explicitly must work, or the call fails with an error that lists the
-available ones; automatic selection falls back quietly.
+available ones; automatic selection falls back quietly.  A device backend
+named explicitly also takes host arrays (``capabilities.host_inputs``), and
+``"cuda:1"`` names a device (pykeops' ``device_id``, see :func:`device_request`).
 
 Built-in backends are imported only when first needed.  Third parties register
 through the entry-point group ``polykeops.backends`` (a zero-argument factory)
@@ -26,6 +28,7 @@ __all__ = [
     "Backend",
     "Capabilities",
     "available",
+    "device_request",
     "get_backend",
     "register_backend",
     "select_backend",
@@ -153,20 +156,60 @@ def _summary() -> str:
     return "Backends: " + "; ".join(rows) + "."
 
 
+def split_device(requested: str) -> tuple[str, int | None]:
+    """``"cuda:1"`` -> ``("cuda", 1)``; a name without a device index -> ``(name, None)``."""
+    name, sep, index = requested.rpartition(":")
+    if sep and name and index.isdigit():
+        return name, int(index)
+    return requested, None
+
+
+def device_request(backend: str | None, device_id) -> str | None:
+    """The backend request for pykeops' ``backend=`` and ``device_id=`` arguments.
+
+    ``device_id`` (None or -1: unset) selects the GPU of a backend that takes host inputs
+    (the CUDA backend): ``("cuda", 1)`` -> ``"cuda:1"``.  It is ignored with automatic
+    selection and with backends that run on the CPU only (as pykeops does without a GPU).
+    """
+    if device_id is None or device_id == -1 or backend is None:
+        return backend
+    if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
+        raise BackendError(f"device_id must be a GPU number >= 0 (or -1: the default), got {device_id!r}")
+    name = _canonical_name(split_device(backend)[0])
+    instance = _instance(name) if name != "auto" else None
+    if instance is None or not getattr(instance.capabilities, "host_inputs", False):
+        return backend
+    return f"{name}:{device_id}"
+
+
 def select_backend(requested: str | None, spec, array_kind: str, device: str, batched: bool,
                    ranges: bool = False):
-    """The backend to run ``spec`` with; see the module docstring for the order."""
+    """The backend to run ``spec`` with; see the module docstring for the order.
+
+    A backend named explicitly whose capabilities declare ``host_inputs`` also runs
+    host arrays (NumPy, CPU torch): it is returned wrapped by its
+    ``for_host_inputs(array_kind, device_id)``, which copies the inputs to its device
+    and the outputs back; ``"name:N"`` asks for device ``N``.
+    """
     from_env = requested is None
     if from_env:
         requested = config.backend_name()
+    requested, device_id = split_device(requested)
     try:
         name = _canonical_name(requested)
     except BackendError as exc:
         if from_env:  # say where the bad name comes from
             raise BackendError(f"POLYKEOPS_BACKEND={requested!r}: {exc}") from None
         raise
+    if device_id is not None and name == "auto":
+        raise BackendError(f"a device index needs a backend name, not 'auto:{device_id}'")
     if name != "auto":
         backend = get_backend(name)
+        caps = backend.capabilities
+        if getattr(caps, "host_inputs", False) and (device_id is not None or device not in caps.devices):
+            backend = backend.for_host_inputs(array_kind, device_id)
+        elif device_id is not None:
+            raise BackendError(f"backend {name!r} does not take a device index (got {name}:{device_id})")
         why = backend.capabilities.unsupported(spec, array_kind, device, batched, ranges)
         if why is not None:
             raise BackendError(f"backend {name!r} cannot run {spec}: {why}")
@@ -191,10 +234,10 @@ def select_backend(requested: str | None, spec, array_kind: str, device: str, ba
 def select_backend_name_for_display(lazy) -> str:
     """The backend a reduction of ``lazy`` would use, for ``repr`` (never raises)."""
     try:
-        requested = config.backend_name()
+        requested, device_id = split_device(config.backend_name())
         name = _canonical_name(requested)
         if name != "auto":
-            return name
+            return name if device_id is None else f"{name}:{device_id}"
         kind = lazy.array_kind or "numpy"
         device = (lazy.device or "cpu").split(":")[0]
         dtype = lazy.dtype_name or "float32"

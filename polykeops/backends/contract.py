@@ -34,6 +34,13 @@ reduced over the j intervals ``redranges_y[s]`` for
 ``slices_x[k - 1] <= s < slices_x[k]`` (``slices_x[-1]`` read as 0).  Rows in
 no range hold the reduction of nothing (``Reduction.empty_outputs``).
 
+Device backends may declare ``capabilities.host_inputs``: named explicitly
+(``backend="cuda"``, or ``"cuda:N"`` for device ``N``, which pykeops'
+``device_id=N`` becomes), they also run NumPy arrays and CPU torch tensors.  The
+registry then calls the backend's ``for_host_inputs(array_kind, device_id)``,
+which returns an object following this contract that copies the inputs to the
+device and the outputs back to the caller's type and device.
+
 Third-party packages register a backend with an entry point in the group
 ``polykeops.backends`` whose object is a zero-argument factory returning a
 backend, or at run time with :func:`polykeops.backends.register_backend`.
@@ -59,6 +66,7 @@ class Capabilities:
     notes: tuple[str, ...] = field(default=())
     ranges: bool = False  # block-sparse reductions (the ``ranges`` argument of evaluate)
     ops: frozenset | None = None  # formula ops it can evaluate (None: every op of the op table)
+    host_inputs: bool = False  # named explicitly, takes host arrays too (``for_host_inputs``)
 
     def unsupported(self, spec, array_kind: str, device: str, batched: bool,
                     ranges: bool = False) -> str | None:

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from fractions import Fraction
 
 from ..errors import DTypeError, FormulaError, ShapeError
 from ..formula import algebra as A
 from ..formula.nodes import Const, Node, Zero, is_zero
 from . import leaves as L
-from .lazy_tensor import GenericLazyTensor
+from .lazy_tensor import FROM_DENSE_MAX_ROW, GenericLazyTensor
 
 _COMPLEX_DTYPES = {"float32": "complex64", "float64": "complex128"}
 
@@ -71,8 +70,13 @@ def _pack(re: Node, im: Node) -> Node:
         )
     d = max(re.dim, im.dim)
     re, im = A.broadcast_to(re, d), A.broadcast_to(im, d)
-    if (re.op == im.op == "Extract" and re.args[0] == im.args[0] and re.args[0].dim == 2 * d
-            and re.params == (0, d) and im.params == (d, d)):
+    if (
+        re.op == im.op == "Extract"
+        and re.args[0] == im.args[0]
+        and re.args[0].dim == 2 * d
+        and re.params == (0, d)
+        and im.params == (d, d)
+    ):
         return re.args[0]
     if is_zero(re) and is_zero(im):
         return Zero(2 * d)
@@ -134,8 +138,7 @@ def _rewrap(cls, src, formula: Node, *others):
 def _check_complex_dtype(lt) -> None:
     if lt.dtype_name is not None and lt.dtype_name not in _COMPLEX_DTYPES:
         raise DTypeError(
-            f"complex LazyTensors need float32 or float64 data (complex64 or complex128), "
-            f"got {lt.dtype_name}"
+            f"complex LazyTensors need float32 or float64 data (complex64 or complex128), got {lt.dtype_name}"
         )
 
 
@@ -162,6 +165,38 @@ class ComplexSupportMixin:
     def __init__(self, x=None, axis=None, is_complex=False):
         super().__init__(x, axis)
 
+    @classmethod
+    def from_dense(cls, array, max_row_size: int = FROM_DENSE_MAX_ROW):
+        """A dense matrix as a LazyTensor indexed by (i, j) (see :meth:`GenericLazyTensor.from_dense`).
+
+        A complex ``array`` (complex64 or complex128) gives a ``ComplexLazyTensor`` whose
+        entries are read from its real and imaginary parts (with torch, reductions are
+        differentiable with respect to the complex ``array``).
+        """
+        real_cls = cls._real_class if issubclass(cls, ComplexGenericLazyTensor) else cls
+        tools = cls._tools
+        if not tools.is_complex(array):
+            res = GenericLazyTensor.from_dense.__func__(real_cls, array, max_row_size)
+            return res.real2complex() if real_cls is not cls else res
+        shape = tuple(tools.shape(array))
+        if len(shape) == 2:
+            array = tools.reshape(array, shape + (1,))
+        elif len(shape) < 2:
+            raise ShapeError(
+                f"from_dense needs a matrix of shape (M, N), (M, N, D) or (*batch, M, N, D); "
+                f"got a complex array of shape {shape}"
+            )
+        n, d = tools.shape(array)[-2:]
+        if n * d > max_row_size:
+            raise ShapeError(
+                f"from_dense: the complex matrix of shape {shape} has rows of N * D = {n * d} "
+                f"values, more than max_row_size={max_row_size:,}; each entry costs O(N * D) "
+                "operations: use dense array arithmetic, or pass a larger max_row_size"
+            )
+        blocks = tools.to_real_blocks(array)  # (..., M, N, 2D): the complex block layout
+        res = GenericLazyTensor.from_dense.__func__(real_cls, blocks, 2 * max_row_size)
+        return res._to_complex(res.formula)
+
     def _to_complex(self, formula: Node):
         if self._complex_class is None:
             raise FormulaError(f"{type(self).__name__} has no complex counterpart")
@@ -183,7 +218,7 @@ class ComplexSupportMixin:
         return self._to_complex(_pack(A.node("Cos", f), A.node("Sin", f)))
 
     def _lift(self, other):
-        if isinstance(other, ComplexGenericLazyTensor):
+        if isinstance(other, ComplexGenericLazyTensor) and not self.is_complex:
             raise FormulaError(
                 f"cannot combine {self._summary()} with the complex {other._summary()} in this "
                 "operation; complex LazyTensors support + - * / and the methods of ComplexLazyTensor "
@@ -191,32 +226,11 @@ class ComplexSupportMixin:
             )
         return super()._lift(other)
 
-    # arithmetic: a complex operand promotes self to complex
-    def __add__(self, other):
-        return self.real2complex() + other if _is_complex_operand(other) else super().__add__(other)
-
-    def __radd__(self, other):
-        return other + self.real2complex() if _is_complex_operand(other) else super().__radd__(other)
-
-    def __sub__(self, other):
-        return self.real2complex() - other if _is_complex_operand(other) else super().__sub__(other)
-
-    def __rsub__(self, other):
-        return other - self.real2complex() if _is_complex_operand(other) else super().__rsub__(other)
-
-    def __mul__(self, other):
-        return self.real2complex() * other if _is_complex_operand(other) else super().__mul__(other)
-
-    def __rmul__(self, other):
-        return other * self.real2complex() if _is_complex_operand(other) else super().__rmul__(other)
-
-    def __truediv__(self, other):
-        return self.real2complex() / other if _is_complex_operand(other) else super().__truediv__(other)
-
-    def __rtruediv__(self, other):
+    def _arith(self, op: str, other, reverse: bool):
+        """Arithmetic: a complex operand promotes self to complex."""
         if _is_complex_operand(other):
-            return other / self.real2complex()
-        return super().__rtruediv__(other)
+            return self.real2complex()._arith(op, other, reverse)
+        return super()._arith(op, other, reverse)
 
     def sumsoftmaxweight(self, weight, dim=None, axis=None, **kwargs):
         """sum_j softmax_j(F) weight_j; a complex ``weight`` gives a complex result."""
@@ -247,13 +261,20 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
     """
 
     _real_class = None  # the library's real LazyTensor, set by each array library
+    _dim_label = "complex vector dimension"
     __hash__ = object.__hash__
 
     def __init__(self, x=None, axis=None, is_complex=True):
-        if isinstance(x, tuple):
-            raise FormulaError(
-                "complex placeholder variables are not supported; build complex LazyTensors from arrays"
-            )
+        if isinstance(x, tuple):  # a placeholder (index, D, category) of complex dimension D
+            if len(x) != 3 or not all(isinstance(t, int) and not isinstance(t, bool) for t in x):
+                raise ShapeError(
+                    f"a complex LazyTensor placeholder is a tuple (index, dim, category) of ints, got {x!r}"
+                )
+            if x[1] < 1:
+                raise ShapeError(f"a complex placeholder needs a dimension >= 1, got {x[1]} in {x!r}")
+            super().__init__((x[0], 2 * x[1], x[2]))
+            self.complex_placeholders = frozenset({x[0]})
+            return
         tools = self._tools
         if _is_complex_number(x):
             if axis not in (None, 2):
@@ -281,14 +302,6 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
 
     # -- metadata ------------------------------------------------------------
     @property
-    def shape(self) -> tuple:
-        """``(*batch, M, N)`` or ``(*batch, M, N, D)`` for a complex dimension D > 1."""
-        ni = self.ni if self.ni is not None else 1
-        nj = self.nj if self.nj is not None else 1
-        d = _half(self.formula)
-        return tuple(self.batch) + (ni, nj) + ((d,) if d > 1 else ())
-
-    @property
     def ndim(self) -> int:
         """The complex vector dimension D (the formula stores 2D real numbers)."""
         return _half(self.formula)
@@ -310,14 +323,16 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
 
         kind = self._tools.array_kind.capitalize() if self._tools else ""
         dtype = _COMPLEX_DTYPES.get(self.dtype_name, "unset (from the arrays at reduction time)")
-        return "\n".join([
-            f"{kind} polykeops ComplexLazyTensor",
-            f"    formula: {self.formula_string()}  (real parts, then imaginary parts)",
-            f"    shape: {self.shape}",
-            f"    dtype: {dtype}",
-            f"    device: {self.device or 'cpu'}",
-            f"    backend: {select_backend_name_for_display(self)}",
-        ])
+        return "\n".join(
+            [
+                f"{kind} polykeops ComplexLazyTensor",
+                f"    formula: {self.formula_string()}  (real parts, then imaginary parts)",
+                f"    shape: {self.shape}",
+                f"    dtype: {dtype}",
+                f"    device: {self.device or 'cpu'}",
+                f"    backend: {select_backend_name_for_display(self)}",
+            ]
+        )
 
     __str__ = __repr__
 
@@ -326,54 +341,22 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
         """A real LazyTensor with this one's data and ``formula``."""
         return _rewrap(self._real_class, self, formula, *others)
 
-    def _lift(self, other):
-        if isinstance(other, GenericLazyTensor):
-            return other
-        if _is_complex_number(other):
-            return type(self)(other)
-        if isinstance(other, (int, float, Fraction)) and not isinstance(other, bool):
-            return self._real_class(other)
-        if self._tools.is_array(other):
-            raise FormulaError(
-                f"cannot combine {self._summary()} with a raw array of shape "
-                f"{self._tools.shape(other)}; wrap it in a LazyTensor first"
-            )
-        raise FormulaError(f"cannot combine {self._summary()} with {type(other).__name__}")
+    def _lift_scalar(self, other):
+        """A complex LazyTensor for a complex Python number, a real one for a real number."""
+        return type(self)(other) if _is_complex_number(other) else super()._lift_scalar(other)
+
+    def _real_type(self) -> type:
+        return self._real_class
 
     def _cbinary(self, other, build, reverse=False):
-        other = self._lift(other)
-        a, b = (other, self) if reverse else (self, other)
-        try:
-            formula = build(*_parts(a), *_parts(b))
-        except FormulaError as exc:
-            raise FormulaError(f"{exc} (while combining {a._summary()} and {b._summary()})") from None
-        res = self._new(formula, other)
+        res = self._combine(other, build, reverse, operands=_parts)
         _check_complex_dtype(res)
         return res
 
-    def __add__(self, other):
-        return self._cbinary(other, _c_add)
+    _ARITHMETIC = {"add": _c_add, "sub": _c_sub, "mul": _c_mul, "truediv": _c_div}
 
-    def __radd__(self, other):
-        return self._cbinary(other, _c_add, reverse=True)
-
-    def __sub__(self, other):
-        return self._cbinary(other, _c_sub)
-
-    def __rsub__(self, other):
-        return self._cbinary(other, _c_sub, reverse=True)
-
-    def __mul__(self, other):
-        return self._cbinary(other, _c_mul)
-
-    def __rmul__(self, other):
-        return self._cbinary(other, _c_mul, reverse=True)
-
-    def __truediv__(self, other):
-        return self._cbinary(other, _c_div)
-
-    def __rtruediv__(self, other):
-        return self._cbinary(other, _c_div, reverse=True)
+    def _arith(self, op: str, other, reverse: bool):
+        return self._cbinary(other, self._ARITHMETIC[op], reverse)
 
     def __neg__(self):
         re, im = _parts(self)
@@ -458,27 +441,9 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
         p = (int(start), int(length))
         return self._new(_pack(A.node("Extract", re, params=p), A.node("Extract", im, params=p)))
 
-    def __getitem__(self, key):
-        if isinstance(key, tuple):
-            if len(key) == 0:
-                raise FormulaError("empty index")
-            lead, key = key[:-1], key[-1]
-            if any(k is not Ellipsis and k != slice(None) for k in lead):
-                raise FormulaError("LazyTensors can only be indexed along the vector dimension")
-        d = self.ndim
-        if isinstance(key, int) and not isinstance(key, bool):
-            if not -d <= key < d:
-                raise FormulaError(f"index {key} out of range for complex vector dimension {d}")
-            return self.elem(key % d)
-        if isinstance(key, slice):
-            start, stop, step = key.indices(d)
-            if step != 1 or stop <= start:
-                raise FormulaError(f"unsupported slice {key} for complex vector dimension {d}")
-            return self.extract(start, stop - start)
-        raise FormulaError(f"unsupported index {key!r}")
-
     def concat(self, other):
         """Concatenation of complex vectors (a real ``other`` is promoted)."""
+
         def build(ar, ai, br, bi):
             return _pack(A.node("Concat", ar, br), A.node("Concat", ai, bi))
 
@@ -493,11 +458,49 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
         return res
 
     def _complex_reduce(self, reduction: str, red_axis: int, **kwargs):
-        if self.placeholders:
-            raise FormulaError("complex LazyTensors with placeholder variables cannot be reduced")
         out = kwargs.pop("out", None)
         res = self._reduce_axis(reduction, red_axis, **kwargs)
+        if self.placeholders:  # a callable: complex arrays in, complex arrays out
+            res.post = self._complex_output
+            return res
         return self._complex_output(res, out)
+
+    def logsumexp(self, dim=None, axis=None, weight=None, **kwargs):
+        """``log sum exp(z)`` of a complex scalar formula along i (dim=0) or j (dim=1).
+
+        Computed stably in two reductions: ``m = max Re z``, then
+        ``s = sum exp(z - m)`` (complex); the result ``m + log|s| + 1j angle(s)`` is
+        complex (the principal logarithm: the imaginary part lies in (-pi, pi]).
+        Differentiable with torch (``m`` is a constant shift: it does not change the
+        value).  With placeholder variables, returns a callable.
+        """
+        if weight is not None:
+            raise FormulaError("logsumexp of a complex LazyTensor takes no weight")
+        if self.ndim != 1:
+            raise FormulaError(
+                f"logsumexp needs a scalar formula; {self._summary()} has complex dimension {self.ndim}"
+            )
+        red_axis = self._reduction_axis(dim, axis, "logsumexp")
+        if red_axis is None:
+            raise FormulaError("logsumexp is a reduction over i or j; dim=-1 is not allowed here")
+        out = kwargs.pop("out", None)
+        shift = max(self.placeholders) + 1 if self.placeholders else 0
+        m_var = self._real_class((shift, 1, 0 if red_axis == 1 else 1))  # m, indexed like the output
+        lse = _ComplexLogSumExp(
+            self._tools,
+            self.real._reduce_axis("Max", red_axis, **kwargs),
+            (self - m_var).exp()._complex_reduce("Sum", red_axis, **kwargs),
+        )
+        if self.placeholders:
+            return lse
+        res = lse()
+        if out is not None:
+            self._tools.copy_into(out, res)
+            return out
+        return res
+
+    logsumexp_reduction = logsumexp
+    lse = logsumexp
 
     def sum(self, dim=None, axis=None, **kwargs):
         """Sum over i (dim=0), j (dim=1) or the complex vector dimension (dim=-1, symbolic)."""
@@ -515,6 +518,11 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
             raise FormulaError("sum_reduction is a reduction over i or j; dim=-1 is not allowed here")
         return self._complex_reduce("Sum", red_axis, **kwargs)
 
+    def rmatvec(self, v):
+        """``K^H @ v``: the conjugate transpose applied to ``v`` (the adjoint, as scipy's
+        ``LinearOperator.rmatvec`` expects; ``K.t() @ v`` is the plain transpose)."""
+        return self.conj().t() @ v
+
     def dense(self, max_elements: int = 100_000_000):
         """The full complex ``self.shape`` array (see :meth:`GenericLazyTensor.dense`)."""
         size = math.prod(self.shape)
@@ -528,14 +536,56 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
         return tools.reshape(res, self.shape)
 
 
-#: public methods of the real LazyTensor that complex LazyTensors inherit unchanged
-_INHERITED = frozenset({
-    "nbatchdims", "axis", "formula_string", "t", "T", "matvec", "rmatvec", "lt_constructor", "get_tools",
-})
+class _ComplexLogSumExp:
+    """``m + log(s)`` from the Max reduction ``m`` of the real parts and the Sum reduction
+    ``s`` of ``exp(z - m)`` (a reduction over placeholders ``0..n-1`` and ``m`` at ``n``);
+    both are arrays, or callables taking the placeholder arrays."""
 
-_ORDERED = frozenset({
-    "min", "max", "argmin", "argmax", "min_argmin", "max_argmax", "Kmin", "argKmin", "Kmin_argKmin",
-})
+    def __init__(self, tools, max_part, sum_part):
+        self.tools, self.max_part, self.sum_part = tools, max_part, sum_part
+
+    def __call__(self, *arrays, **kwargs):
+        m = self.max_part(*arrays, **kwargs) if callable(self.max_part) else self.max_part
+        detach = getattr(m, "detach", None)  # torch: the shift m carries no gradient
+        m = detach() if detach is not None else m
+        xp = self.tools.namespace(self.tools.dtype_name(m, "logsumexp maximum"), like=m)
+        finite = xp.isfinite(m)
+        m = xp.where(finite, m, xp.where(finite, m, 1) - 1)  # 0 where no real part is finite
+        s = self.sum_part(*arrays, m, **kwargs)
+        return m + xp.log(s)  # log(0) = -inf: rows of -inf real parts (or empty) give -inf
+
+    def __repr__(self):
+        return f"<polykeops complex logsumexp: max then {self.sum_part!r}>"
+
+
+#: public methods of the real LazyTensor that complex LazyTensors inherit unchanged
+_INHERITED = frozenset(
+    {
+        "nbatchdims",
+        "axis",
+        "shape",
+        "formula_string",
+        "t",
+        "T",
+        "matvec",
+        "lt_constructor",
+        "get_tools",
+    }
+)
+
+_ORDERED = frozenset(
+    {
+        "min",
+        "max",
+        "argmin",
+        "argmax",
+        "min_argmin",
+        "max_argmax",
+        "Kmin",
+        "argKmin",
+        "Kmin_argKmin",
+    }
+)
 
 
 def _unsupported(name: str):

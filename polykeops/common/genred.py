@@ -9,6 +9,7 @@ order): ``(M, D)`` for ``Vi`` variables, ``(N, D)`` for ``Vj``, ``(D,)`` for
 
 from __future__ import annotations
 
+from ..backends import device_request
 from ..errors import FormulaError
 from ..formula.parser import parse_alias, parse_formula, parse_reduction_formula
 from ..formula.spec import ReductionSpec
@@ -70,6 +71,7 @@ class GenericGenred:
                 f"{[tools.dtype_name(a, '') for a in args]}; convert them to one dtype"
             )
         spec = self.spec.with_(dtype=dtypes.pop())
+        backend = device_request(backend, device_id)  # pykeops' GPU number: "cuda" -> "cuda:<id>"
         return run_spec(tools, spec, list(args), backend=backend, out=out, ranges=ranges)
 
     def __repr__(self) -> str:
@@ -138,6 +140,7 @@ class GenericKernelSolve:
                  ranges=None, warmup=None):
         from .solve import default_tolerance
 
+        backend = device_request(backend, device_id)  # pykeops' GPU number: "cuda" -> "cuda:<id>"
         tools = self._tools
         args = list(args)
         if len(args) != len(self.genred.spec.variables):

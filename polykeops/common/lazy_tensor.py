@@ -10,6 +10,7 @@ with a backend.  Subclasses set ``_tools``, the array-library glue (see
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 from ..errors import DeviceError, DTypeError, FormulaError, ShapeError
@@ -31,17 +32,21 @@ def _broadcast_batch(a: tuple, b: tuple, left, right) -> tuple:
     for x, y in zip(a, b):
         if x != y and 1 not in (x, y):
             raise ShapeError(
-                f"incompatible batch dimensions {a} and {b} between {left._summary()} "
-                f"and {right._summary()}"
+                f"incompatible batch dimensions {a} and {b} between {left._summary()} and {right._summary()}"
             )
         out.append(max(x, y))
     return tuple(out)
+
+
+#: default bound on N * D for :meth:`GenericLazyTensor.from_dense` (each entry costs O(N * D))
+FROM_DENSE_MAX_ROW = 8192
 
 
 class GenericLazyTensor(ReductionMixin):
     """Symbolic wrapper for arrays; see :class:`polykeops.torch.LazyTensor`."""
 
     _tools = None  # set by subclasses
+    _dim_label = "vector dimension"  # in error messages
     __array_priority__ = 1000  # NumPy defers binary operators to us
     __hash__ = object.__hash__
 
@@ -54,6 +59,7 @@ class GenericLazyTensor(ReductionMixin):
         self.device = None
         self.array_kind = None
         self.placeholders: dict[int, Node] = {}
+        self.complex_placeholders: frozenset[int] = frozenset()  # indices of complex placeholders
         if x is None:
             self.formula = None
             return
@@ -116,11 +122,11 @@ class GenericLazyTensor(ReductionMixin):
 
     @property
     def shape(self) -> tuple:
-        """``(*batch, M, N)`` or ``(*batch, M, N, D)`` for D > 1 (as in pykeops)."""
+        """``(*batch, M, N)`` or ``(*batch, M, N, D)`` for D = ``self.ndim`` > 1 (as in pykeops)."""
         ni = self.ni if self.ni is not None else 1
         nj = self.nj if self.nj is not None else 1
-        shape = tuple(self.batch) + (ni, nj)
-        return shape if self.formula.dim == 1 else shape + (self.formula.dim,)
+        d = self.ndim
+        return tuple(self.batch) + (ni, nj) + ((d,) if d > 1 else ())
 
     @property
     def ndim(self) -> int:
@@ -173,6 +179,7 @@ class GenericLazyTensor(ReductionMixin):
         res.formula = formula
         res.leaves = dict(self.leaves)
         res.placeholders = dict(self.placeholders)
+        res.complex_placeholders = self.complex_placeholders
         res.ni, res.nj, res.batch = self.ni, self.nj, self.batch
         res.dtype_name, res.device, res.array_kind = self.dtype_name, self.device, self.array_kind
         for o in others:
@@ -206,18 +213,21 @@ class GenericLazyTensor(ReductionMixin):
         self.device = self.device or other.device
         self.array_kind = self.array_kind or other.array_kind
         self.leaves.update(other.leaves)
+        for k in self.placeholders.keys() & other.placeholders.keys():
+            if (k in self.complex_placeholders) != (k in other.complex_placeholders):
+                raise FormulaError(f"placeholder index {k} is used as a real and as a complex variable")
         for k, v in other.placeholders.items():
             if k in self.placeholders and self.placeholders[k] != v:
-                raise FormulaError(
-                    f"placeholder index {k} is used as {self.placeholders[k]!r} and as {v!r}"
-                )
+                raise FormulaError(f"placeholder index {k} is used as {self.placeholders[k]!r} and as {v!r}")
             self.placeholders[k] = v
+        self.complex_placeholders = self.complex_placeholders | other.complex_placeholders
 
     def _lift(self, other) -> GenericLazyTensor:
         if isinstance(other, GenericLazyTensor):
             return other
-        if isinstance(other, (int, float, Fraction)) and not isinstance(other, bool):
-            return type(self)(other)
+        scalar = self._lift_scalar(other)
+        if scalar is not None:
+            return scalar
         if self._tools.is_array(other):
             raise FormulaError(
                 f"cannot combine {self._summary()} with a raw array of shape "
@@ -225,42 +235,61 @@ class GenericLazyTensor(ReductionMixin):
             )
         raise FormulaError(f"cannot combine {self._summary()} with {type(other).__name__}")
 
-    def _binary(self, other, build, reverse=False):
+    def _lift_scalar(self, other):
+        """A real LazyTensor for a Python int, float or Fraction; None for anything else."""
+        if isinstance(other, (int, float, Fraction)) and not isinstance(other, bool):
+            return self._real_type()(other)
+        return None
+
+    def _real_type(self) -> type:
+        """The real LazyTensor class of self (complex LazyTensors override it)."""
+        return type(self)
+
+    def _combine(self, other, build, reverse=False, operands=lambda lt: (lt.formula,)):
+        """``build(*operands(a), *operands(b))`` for ``(a, b) = (self, other)`` (or reversed)."""
         other = self._lift(other)
         a, b = (other, self) if reverse else (self, other)
         try:
-            formula = build(a.formula, b.formula)
+            formula = build(*operands(a), *operands(b))
         except FormulaError as exc:
             raise FormulaError(f"{exc} (while combining {a._summary()} and {b._summary()})") from None
         return self._new(formula, other)
 
+    def _binary(self, other, build, reverse=False):
+        return self._combine(other, build, reverse)
+
     def _unary(self, op: str, *params) -> GenericLazyTensor:
         return self._new(A.node(op, self.formula, params=tuple(params)))
 
-    # arithmetic
+    # arithmetic: every operator goes through _arith (complex support overrides it)
+    _ARITHMETIC = {"add": A.add, "sub": A.sub, "mul": A.mul, "truediv": A.div}
+
+    def _arith(self, op: str, other, reverse: bool):
+        return self._binary(other, self._ARITHMETIC[op], reverse)
+
     def __add__(self, other):
-        return self._binary(other, A.add)
+        return self._arith("add", other, False)
 
     def __radd__(self, other):
-        return self._binary(other, A.add, reverse=True)
+        return self._arith("add", other, True)
 
     def __sub__(self, other):
-        return self._binary(other, A.sub)
+        return self._arith("sub", other, False)
 
     def __rsub__(self, other):
-        return self._binary(other, A.sub, reverse=True)
+        return self._arith("sub", other, True)
 
     def __mul__(self, other):
-        return self._binary(other, A.mul)
+        return self._arith("mul", other, False)
 
     def __rmul__(self, other):
-        return self._binary(other, A.mul, reverse=True)
+        return self._arith("mul", other, True)
 
     def __truediv__(self, other):
-        return self._binary(other, A.div)
+        return self._arith("truediv", other, False)
 
     def __rtruediv__(self, other):
-        return self._binary(other, A.div, reverse=True)
+        return self._arith("truediv", other, True)
 
     def __neg__(self):
         return self._new(A.neg(self.formula))
@@ -434,15 +463,15 @@ class GenericLazyTensor(ReductionMixin):
             lead, key = key[:-1], key[-1]
             if any(k is not Ellipsis and k != slice(None) for k in lead):
                 raise FormulaError("LazyTensors can only be indexed along the vector dimension")
-        d = self.formula.dim
+        d = self.ndim
         if isinstance(key, int) and not isinstance(key, bool):
             if not -d <= key < d:
-                raise FormulaError(f"index {key} out of range for vector dimension {d}")
+                raise FormulaError(f"index {key} out of range for {self._dim_label} {d}")
             return self.elem(key % d)
         if isinstance(key, slice):
             start, stop, step = key.indices(d)
             if step != 1 or stop <= start:
-                raise FormulaError(f"unsupported slice {key} for vector dimension {d}")
+                raise FormulaError(f"unsupported slice {key} for {self._dim_label} {d}")
             return self.extract(start, stop - start)
         raise FormulaError(f"unsupported index {key!r}")
 
@@ -613,8 +642,6 @@ class GenericLazyTensor(ReductionMixin):
         Evaluated with the array library's own operations, so torch tensors keep
         their autograd graph.  Raises ShapeError beyond ``max_elements`` entries.
         """
-        import math
-
         from ..formula.evaluate import evaluate
 
         if self.placeholders:
@@ -648,6 +675,79 @@ class GenericLazyTensor(ReductionMixin):
         out = evaluate(self.formula, xp, values)
         out = xp.broadcast_to(out, full) + 0
         return tools.reshape(out, self.shape)
+
+    @classmethod
+    def from_dense(cls, array, max_row_size: int = FROM_DENSE_MAX_ROW):
+        """A dense matrix ``array`` as a LazyTensor indexed by (i, j), for small problems and debugging.
+
+        ``array`` has shape ``(M, N)`` (scalar entries), or ``(M, N, D)`` (vector entries of
+        dimension D), with optional leading batch dimensions ``(*batch, M, N, D)`` (a
+        batch of scalar matrices needs the trailing ``D = 1`` axis).  The result has
+        the shape of ``array``: combine it with symbolic LazyTensors and reduce it like any
+        other (``sum``, ``logsumexp``, ``argmin``, ``@``, ``solve``...), on every
+        backend; with torch, reductions are differentiable with respect to ``array``.
+
+        Row ``i`` of ``array`` becomes an i-variable of dimension ``N * D`` and entry
+        ``(i, j)`` is read with ``VecMatMult(OneHot(j, N), A_i)``: every entry costs
+        ``O(N * D)`` operations (``O(M N^2 D)`` for a reduction), and the formula holds
+        a variable of dimension ``N * D``.  ``N * D`` larger than ``max_row_size``
+        raises a ShapeError (raise ``max_row_size`` deliberately if you need to).
+        Infinite and NaN entries (masks of ``-inf`` for ``logsumexp``...) stay in their
+        place: each kind present adds one more such read, of a 0/1 mask (gradients reach
+        the finite entries only).  A complex ``array`` gives a complex LazyTensor (see
+        ``ComplexLazyTensor``).
+        """
+        tools = cls._tools
+        if not tools.is_array(array):
+            raise FormulaError(f"from_dense needs a {tools.array_kind} array, got {type(array).__name__}")
+        shape = tuple(tools.shape(array))
+        if len(shape) < 2:
+            raise ShapeError(
+                f"from_dense needs a matrix of shape (M, N), (M, N, D) or (*batch, M, N, D); "
+                f"got an array of shape {shape}"
+            )
+        if 0 in shape:
+            raise ShapeError(f"from_dense: the matrix of shape {shape} is empty")
+        dtype = tools.dtype_name(array, f"from_dense matrix of shape {shape}")
+        batch, (m, n, d) = (shape[:-3], shape[-3:]) if len(shape) >= 3 else ((), shape + (1,))
+        if n * d > max_row_size:
+            raise ShapeError(
+                f"from_dense: the matrix of shape {shape} ({dtype}) has rows of N * D = {n * d} "
+                f"values, more than max_row_size={max_row_size:,}; each entry costs O(N * D) "
+                "operations: use dense array arithmetic, or pass a larger max_row_size"
+            )
+        if dtype == "float16" and n > 2048:
+            raise ShapeError(
+                f"from_dense: the float16 matrix of shape {shape} has N = {n} columns; float16 "
+                "represents column indices exactly up to 2048 only: convert it to float32"
+            )
+        xp = tools.namespace(dtype, like=array)
+        index = cls(tools.reshape(xp.arange(n), (1, n, 1)), axis=1)
+        onehot = A.node("OneHot", index.formula, params=(n,))
+
+        def entries(values):  # the (i, j) entries of ``values`` (shaped like ``array``)
+            rows = cls(tools.reshape(values, batch + (m, 1, n * d)), axis=0)
+            return rows, C.vecmatmult(onehot, rows.formula)
+
+        finite = xp.isfinite(array)
+        if bool(finite.all()):
+            rows, formula = entries(array)
+            return rows._new(formula, index)
+        # The product with the one-hot vector would spread an infinite or NaN entry over its
+        # whole row (0 * inf is NaN): read the finite values (0 elsewhere), then restore each
+        # kind of special value exactly from a 0/1 mask, with log(1 - 1) = -inf and sqrt(-1) = NaN.
+        rows, formula = entries(xp.where(finite, array, xp.where(finite, array, 1) - 1))
+        parts = [index]
+        for mask, restore in (
+            (array == -math.inf, lambda s: A.node("Log", A.sub(Const(1), s))),
+            (array == math.inf, lambda s: A.neg(A.node("Log", A.sub(Const(1), s)))),
+            (xp.isnan(array), lambda s: A.node("Sqrt", A.neg(s))),
+        ):
+            if bool(mask.any()):
+                mask_rows, selected = entries(xp.cast(mask, array))
+                formula = A.add(formula, restore(selected))
+                parts.append(mask_rows)
+        return rows._new(formula, *parts)
 
     def t(self):
         """The transposed LazyTensor (i and j exchanged)."""

@@ -7,7 +7,7 @@ normalisation, backend call, output shapes) and is shared with ``Genred``.
 
 from __future__ import annotations
 
-from ..errors import FormulaError, ShapeError
+from ..errors import DTypeError, FormulaError, ShapeError
 from ..formula import algebra as A
 from ..formula.nodes import CAT_I, CAT_J, CAT_P, Node, Var, substitute, walk
 from ..formula.spec import SUM_SCHEMES, ReductionSpec
@@ -23,6 +23,10 @@ def _options(kwargs: dict) -> dict:
             f"unknown reduction option(s) {sorted(unknown)}; known: {sorted(_KNOWN_OPTIONS)}"
         )
     opts = {"backend": kwargs.get("backend"), "dtype_acc": kwargs.get("dtype_acc") or "auto"}
+    if kwargs.get("device_id") is not None:  # pykeops' GPU number: backend="cuda" -> "cuda:<id>"
+        from ..backends import device_request
+
+        opts["backend"] = device_request(opts["backend"], kwargs["device_id"])
     if kwargs.get("use_double_acc"):
         opts["dtype_acc"] = "float64"
     scheme = kwargs.get("sum_scheme") or "block_sum"
@@ -178,6 +182,13 @@ class ReductionMixin:
         if not tools.is_array(v):
             raise FormulaError(f"K @ v needs an array v, got {type(v).__name__}")
         shape = tools.shape(v)
+        if self.dtype_name is not None and not tools.is_complex(v):
+            vtype = tools.dtype_name(v, f"K @ v: v of shape {tuple(shape)}")
+            if vtype != self.dtype_name:
+                raise DTypeError(
+                    f"K @ v: v of shape {tuple(shape)} has dtype {vtype} but K ({self._summary()}) "
+                    f"has dtype {self.dtype_name}; convert v first"
+                )
         squeeze = len(shape) == 1
         if squeeze:
             v = tools.reshape(v, (shape[0], 1))
@@ -198,7 +209,7 @@ class ReductionMixin:
         from .solve import solve
 
         opts = _options(dict(kwargs, backend=backend))
-        opts.pop("backend")
+        backend = opts.pop("backend")  # with device_id folded in
         return solve(self, other, alpha=alpha, eps=eps, max_iter=max_iter, backend=backend, **opts)
 
     def matvec(self, v):
@@ -252,6 +263,8 @@ class _PlaceholderReduction:
     def __init__(self, cls, spec, leaves, opts, lt):
         self.cls, self.spec, self.leaves, self.opts = cls, spec, leaves, opts
         self.n_placeholders = len(spec.variables) - len(leaves)
+        self.complex_args = sorted(lt.complex_placeholders)  # complex arrays, passed as real blocks
+        self.post = None  # applied to the result (complex reductions: real blocks -> complex)
 
     def __call__(self, *arrays, backend=None, ranges=None, **kwargs):
         tools = self.cls._tools
@@ -260,15 +273,33 @@ class _PlaceholderReduction:
                 f"this reduction takes {self.n_placeholders} array(s) (placeholders 0.."
                 f"{self.n_placeholders - 1}), got {len(arrays)}"
             )
+        arrays = list(arrays)
+        for k in self.complex_args:
+            a, v = arrays[k], self.spec.variables[k]
+            if not tools.is_complex(a):
+                if tools.is_array(a):
+                    shown = f"an array of shape {tuple(tools.shape(a))} and dtype {a.dtype}"
+                else:
+                    shown = type(a).__name__
+                raise DTypeError(
+                    f"argument {k} is a complex placeholder ({_describe(v, complex_dim=True)}): pass a "
+                    f"complex64 or complex128 {tools.array_kind} array, got {shown}"
+                )
+            shape = tuple(tools.shape(a))
+            if not shape or shape[-1] != v.dim // 2:
+                raise ShapeError(
+                    f"argument {k} (the complex placeholder {_describe(v, complex_dim=True)}) has shape "
+                    f"{shape}: its last axis must be the complex dimension {v.dim // 2}"
+                )
+            arrays[k] = tools.to_real_blocks(a)
         dtypes = {tools.dtype_name(a, f"argument {i}") for i, a in enumerate(arrays)}
         if len(dtypes) > 1:
-            from ..errors import DTypeError
-
             raise DTypeError(f"arguments have mixed dtypes {sorted(dtypes)}")
         spec = self.spec.with_(dtype=dtypes.pop()) if dtypes else self.spec
         all_arrays = list(arrays) + [leaf.array for leaf in self.leaves]
-        return run_spec(tools, spec, all_arrays, backend or self.opts["backend"], leaves=None,
-                        ranges=ranges if ranges is not None else self.opts["ranges"])
+        res = run_spec(tools, spec, all_arrays, backend or self.opts["backend"], leaves=self.leaves,
+                       ranges=ranges if ranges is not None else self.opts["ranges"])
+        return res if self.post is None else self.post(res)
 
     def __repr__(self):
         return f"<polykeops reduction {self.spec}>"
@@ -318,8 +349,9 @@ def signature_sizes(tools, spec: ReductionSpec, arrays, leaves=None):
     return infos
 
 
-def _describe(v: Node) -> str:
-    return f"{ {CAT_I: 'Vi', CAT_J: 'Vj', CAT_P: 'Pm'}[v.cat]}({v.index}, {v.dim})".replace(" ", "")
+def _describe(v: Node, complex_dim: bool = False) -> str:
+    dim = v.dim // 2 if complex_dim else v.dim
+    return f"{ {CAT_I: 'Vi', CAT_J: 'Vj', CAT_P: 'Pm'}[v.cat]}({v.index}, {dim})".replace(" ", "")
 
 
 def run_spec(tools, spec: ReductionSpec, arrays, backend=None, leaves=None, out=None, shape_hint=None,

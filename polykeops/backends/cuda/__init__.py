@@ -12,6 +12,13 @@ Pipeline (one reduction):
    launches the kernels with ``cuLaunchKernel`` on torch's current stream, on
    the torch CUDA tensors in place; outputs are allocated by torch.
 
+Block-sparse ``ranges`` run the block-sparse variant of the 1D kernels: one CUDA
+block per group of rows of one i-range, looping over that range's j intervals
+only (:mod:`.ranges`); rows that no interval reaches hold the reduction of
+nothing.  Named explicitly (``backend="cuda"``), the backend also takes NumPy
+arrays and CPU tensors: :meth:`CudaBackend.for_host_inputs` (:mod:`.host`)
+copies them to the GPU given by ``device_id`` and the results back.
+
 Nothing is imported or initialised before the backend is used: ``import
 polykeops`` never touches CUDA, and :meth:`CudaBackend.availability` says
 precisely what is missing (cuda-python, the NVRTC library, the driver, a GPU,
@@ -35,7 +42,8 @@ _TORCH_DTYPES = ("float16", "float32", "float64")
 
 
 class CudaBackend(Backend):
-    """Reductions of torch CUDA tensors with NVRTC-compiled kernels."""
+    """Reductions of torch CUDA tensors with NVRTC-compiled kernels (block-sparse ``ranges``
+    included; host inputs through :meth:`for_host_inputs`)."""
 
     name = "cuda"
     priority = 20
@@ -45,7 +53,10 @@ class CudaBackend(Backend):
         devices=frozenset({"cuda"}),
         batch=True,
         ops=frozenset(CudaRenderer().supported_ops()),  # the ops the shared C renderer can write
-        notes=("NVRTC cubins cached on disk; 1D/2D schemes; float16 with float32 accumulation",),
+        ranges=True,
+        host_inputs=True,
+        notes=("NVRTC cubins cached on disk; 1D/2D schemes; float16 with float32 accumulation",
+               "block-sparse ranges: one block per (i-range, row block), 1D scheme"),
     )
 
     def __init__(self):
@@ -61,15 +72,21 @@ class CudaBackend(Backend):
                 self._availability = _probe()
             return self._availability
 
+    def for_host_inputs(self, array_kind: str, device_id: int | None = None):
+        """This backend for NumPy arrays and CPU tensors, copied to GPU ``device_id`` (None:
+        torch's current device) and back (see :mod:`.host`)."""
+        from .host import HostInputs
+
+        return HostInputs(self, array_kind, device_id)
+
     # ------------------------------------------------------------------
     def evaluate(self, spec, args, *, nx, ny, batch_shape, ranges=None):
         import torch
 
         from . import driver
         from .launch import plan_launch, run_reduction
+        from .ranges import block_map, empty_outputs
 
-        if ranges is not None:
-            raise BackendError("the CUDA backend does not run block-sparse (ranges) reductions yet")
         ok, why = self.availability()
         if not ok:
             raise BackendError(f"the CUDA backend is not available: {why}")
@@ -93,30 +110,40 @@ class CudaBackend(Backend):
             for o in spec.outputs()
         ]
         nbatch = math.prod(batch_shape) if batch_shape else 1
+        if ranges is not None:  # rows that no j interval reaches hold the reduction of nothing
+            for o, fill in zip(outs, empty_outputs(spec)):
+                o[...] = torch.tensor(fill, dtype=o.dtype, device=tdev)
         if nx == 0 or nbatch == 0:
             return tuple(outs)
         idx64 = ny >= 2**31 - 1
         ordinal = tdev.index if tdev.index is not None else (
             torch.cuda.current_device() if tdev.type == "cuda" else 0)
-        ks, dev, mod, max_threads = self._kernels(spec, len(batch_shape), idx64, ordinal)
-        plan = plan_launch(nx, ny, nbatch, tile_j=ks.tile_j, block=ks.block,
-                           max_threads=max_threads, sm_count=dev.sm_count)
+        ks, dev, mod, max_threads = self._kernels(spec, len(batch_shape), idx64, ordinal,
+                                                  ranges is not None)
+        bmap = None
+        if ranges is not None:
+            bmap = block_map(ranges, batch_shape, nx, ny, min(ks.block, max_threads))
+            plan = bmap.plan(ny)
+        else:
+            plan = plan_launch(nx, ny, nbatch, tile_j=ks.tile_j, block=ks.block,
+                               max_threads=max_threads, sm_count=dev.sm_count)
         with torch.cuda.device(tdev) if tdev.type == "cuda" else contextlib.nullcontext():
             dev.make_current()
             executor = driver.TorchExecutor(dev, mod, tdev)
             run_reduction(ks, executor, [a.data_ptr() for a in args], [tuple(a.shape) for a in args],
-                          [o.data_ptr() for o in outs], nx=nx, ny=ny, batch_shape=batch_shape, plan=plan)
+                          [o.data_ptr() for o in outs], nx=nx, ny=ny, batch_shape=batch_shape, plan=plan,
+                          block_map=bmap)
         return tuple(outs)
 
-    def _kernels(self, spec, n_batch_dims, idx64, ordinal):
+    def _kernels(self, spec, n_batch_dims, idx64, ordinal, ranges=False):
         """(kernel source, device, loaded module, max threads per block), memoised per device."""
-        key = (spec, n_batch_dims, idx64, ordinal)
+        key = (spec, n_batch_dims, idx64, ordinal, ranges)
         hit = self._loaded.get(key)
         if hit is not None:
             return hit
         from . import build, driver
 
-        ks = build.kernel_source(spec, n_batch_dims, idx64)
+        ks = build.kernel_source(spec, n_batch_dims, idx64, ranges)
         dev = driver.device(ordinal)
         kind, arch = dev.target()
         mod = dev.module(f"{kind}:{arch}:{ks.digest}",

@@ -47,7 +47,7 @@ def compile_command(args) -> int:
 
     try:
         spec = _spec(args)
-        ks = generate(spec, n_batch_dims=args.batch_dims, idx64=args.idx64)
+        ks = generate(spec, n_batch_dims=args.batch_dims, idx64=args.idx64, ranges=args.ranges)
     except PolyKeopsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -101,6 +101,7 @@ def main(argv=None) -> int:
     c.add_argument("--arch", default="sm_90")
     c.add_argument("--batch-dims", type=int, default=0)
     c.add_argument("--idx64", action="store_true", help="64-bit j indices in registers")
+    c.add_argument("--ranges", action="store_true", help="the block-sparse (ranges) kernels")
     c.add_argument("--ptx", action="store_true", help="compile to PTX instead of a cubin")
     c.add_argument("--source", action="store_true", help="print the generated CUDA C")
     c.add_argument("--no-cache", action="store_true", help="do not use the disk cache")

@@ -12,9 +12,11 @@ from .cubin import KernelResources, kernel_resources
 
 
 @functools.lru_cache(maxsize=512)
-def kernel_source(spec, n_batch_dims: int = 0, idx64: bool = False) -> KernelSource:
-    """The generated kernels of a canonical spec (memoised: specs are hashable values)."""
-    return generate(spec, n_batch_dims=n_batch_dims, idx64=idx64)
+def kernel_source(spec, n_batch_dims: int = 0, idx64: bool = False,
+                  ranges: bool = False) -> KernelSource:
+    """The generated kernels of a canonical spec (memoised: specs are hashable values);
+    ``ranges``: the block-sparse variant."""
+    return generate(spec, n_batch_dims=n_batch_dims, idx64=idx64, ranges=ranges)
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def build(source: str, arch: str, kind: str = "cubin", *, use_cache: bool = True
 
 
 def compile_specs(specs, arch: str = "sm_90", *, n_batch_dims: int = 0, idx64: bool = False,
-                  use_cache: bool = False) -> tuple[Built, dict]:
+                  use_cache: bool = False, ranges: bool = False) -> tuple[Built, dict]:
     """Compile the kernels of several canonical specs in ONE translation unit (no GPU needed).
 
     Returns the build and ``{spec: KernelSource}``; raises :class:`.nvrtc.CompileError`
@@ -91,6 +93,6 @@ def compile_specs(specs, arch: str = "sm_90", *, n_batch_dims: int = 0, idx64: b
     for spec in specs:
         spec = spec.canonical()
         if spec not in sources:
-            sources[spec] = kernel_source(spec, n_batch_dims, idx64)
+            sources[spec] = kernel_source(spec, n_batch_dims, idx64, ranges)
     text = PRELUDE + "".join(ks.body for ks in sources.values())
     return build(text, arch, use_cache=use_cache), sources

@@ -21,6 +21,11 @@ digest of those, so several specs can share a translation unit.  For each
     (batch, row) merges the partial states in j order with the reduction's
     combine rule and writes the outputs.
 
+With ``ranges=True`` (block-sparse reductions, a separate translation unit) the
+main kernels take two more arguments, the block map of :mod:`.ranges`: block
+``blockIdx.x`` reads its item (batch, rows, j intervals) and sweeps the tiles of
+those intervals only; there is no 2D scheme.
+
 Sizes: ``TILE_J`` is the largest power of two (<= 256) whose tile fits in 48 KiB
 of static shared memory (256 for D = 3, 32 for D = 256); blocks have 256
 threads (128 for heavy K-min states), lowered at launch to what the kernel's
@@ -51,6 +56,11 @@ DEFAULT_BLOCK = 256
 #: __launch_bounds__ of the main kernels (the largest block they are launched with; 256
 #: threads leave up to 255 registers per thread)
 MAX_BLOCK = 256
+
+#: the extra (last) parameters of block-sparse main kernels: the block map of :mod:`.ranges`
+RANGE_PARAMS = ("items", "ivals")
+#: int64 columns of an item of the block map: batch, first row, end row, first and end interval
+ITEM_WIDTH = 5
 
 _IN_TYPES = {"float16": "unsigned short", "float32": "float", "float64": "double"}
 _COMPUTE = {"float16": "float", "float32": "float", "float64": "double"}
@@ -83,6 +93,7 @@ class KernelSource:
     main_params: tuple[tuple[str, str], ...]  # (C type, name), in order
     combine_params: tuple[tuple[str, str], ...]
     notes: tuple[str, ...] = field(default=())
+    ranges: bool = False  # block-sparse main kernels (extra parameters RANGE_PARAMS)
 
     @property
     def source(self) -> str:
@@ -181,12 +192,14 @@ def _indent(lines, n):
 
 
 def generate(spec, *, n_batch_dims: int = 0, idx64: bool = False, tile_j: int | None = None,
-             renderer_cls=CudaRenderer) -> KernelSource:
+             ranges: bool = False, renderer_cls=CudaRenderer) -> KernelSource:
     """Render the kernels of a canonical spec (see the module docstring).
 
     ``tile_j`` overrides the tile size (tests use small tiles to cross many tile
-    boundaries).  Kernel names carry a digest of the spec and the options, so the
-    sources of several specs can share one translation unit.
+    boundaries).  ``ranges=True`` renders the block-sparse variant of the main
+    kernels (1D scheme only, see :mod:`.ranges`).  Kernel names carry a digest of
+    the spec and the options, so the sources of several specs can share one
+    translation unit.
     """
     if spec.axis != 1:
         raise BackendError("the CUDA code generator needs a canonical spec (axis == 1)")
@@ -202,7 +215,8 @@ def generate(spec, *, n_batch_dims: int = 0, idx64: bool = False, tile_j: int | 
         off += v.dim
     smem_elems = tj * row if jvars else 0
     nb = n_batch_dims
-    tag = hashlib.sha1(repr((spec, nb, idx64, tj)).encode()).hexdigest()[:12]
+    key = (spec, nb, idx64, tj, "ranges") if ranges else (spec, nb, idx64, tj)
+    tag = hashlib.sha1(repr(key).encode()).hexdigest()[:12]
     State = state_class(spec)
 
     main_params = [(f"const {IN}* __restrict__", f"a{v.index}") for v in spec.variables]
@@ -212,6 +226,8 @@ def generate(spec, *, n_batch_dims: int = 0, idx64: bool = False, tile_j: int | 
     main_params += [("const long long", n) for n in ("nx", "ny", "nbatch", "jchunk")]
     main_params += [("const long long", f"bs{d}") for d in range(nb)]
     main_params += [("const long long", f"st{v.index}_{d}") for v in spec.variables for d in range(nb)]
+    if ranges:
+        main_params += [("const long long* __restrict__", n) for n in RANGE_PARAMS]
     comb_params = [(f"{t}* __restrict__", f"o{n}") for n, t in enumerate(ct.out)]
     comb_params += [("const double* __restrict__", "wsf"), ("const long long* __restrict__", "wsi")]
     comb_params += [("const long long", n) for n in ("nx", "nbatch", "nchunks")]
@@ -229,7 +245,7 @@ def generate(spec, *, n_batch_dims: int = 0, idx64: bool = False, tile_j: int | 
         renderer = renderer_cls("float64" if T == "double" else "float32")
         formulas = sliced_formulas(spec, c0, w)
         parts.append(_main_kernel(spec, formulas, st, ct, IN, tj, j_base, row, jvars, smem_elems,
-                                  nb, main_name, main_params, renderer))
+                                  nb, main_name, main_params, renderer, ranges))
         parts.append(_combine_kernel(st, comb_name, comb_params))
         kernels.append(SliceKernels(c0, w, main_name, comb_name, st.nf, st.ni))
     elem = 8 if T == "double" else 4
@@ -244,6 +260,7 @@ def generate(spec, *, n_batch_dims: int = 0, idx64: bool = False, tile_j: int | 
         slices=tuple(kernels),
         main_params=tuple(main_params),
         combine_params=tuple(comb_params),
+        ranges=ranges,
     )
 
 
@@ -254,7 +271,7 @@ def _signature(name, params, bounds=None):
 
 
 def _main_kernel(spec, formulas, st, ct, IN, tj, j_base, jrow, jvars, smem_elems, nb, name, params,
-                 renderer):
+                 renderer, ranges=False):
     T = ct.T
     leaves = _Leaves(j_base, jrow)
     code = render_formulas(renderer, formulas, leaves)
@@ -264,13 +281,24 @@ def _main_kernel(spec, formulas, st, ct, IN, tj, j_base, jrow, jvars, smem_elems
     if smem_elems:
         L.append(f"  alignas(16) __shared__ {T} sj[{smem_elems}];")
     used = [v for v in spec.variables if v.index in leaves.used]
-    L += [
-        "  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
-        "  const bool active = i < nx;",
-        "  const long long jb = partial ? (long long)blockIdx.y * jchunk : 0;",
-        "  const long long je = partial ? pk_minll(ny, jb + jchunk) : ny;",
-        "  for (long long b = blockIdx.z; b < nbatch; b += gridDim.z) {",
-    ]
+    if ranges:  # one item of the block map per block (see .ranges)
+        L += [
+            f"  const long long* __restrict__ item = items + {ITEM_WIDTH} * (long long)blockIdx.x;",
+            "  const long long i = item[1] + threadIdx.x;",
+            "  const bool active = i < item[2];",
+            "  const int vb = (int)item[3], ve = (int)item[4];  // fewer than 2^31 intervals",
+            "  // batch item[0], or every batch entry (over gridDim.z) when item[0] < 0",
+            "  const long long bend = item[0] < 0 ? nbatch : item[0] + 1;",
+            "  for (long long b = item[0] < 0 ? blockIdx.z : item[0]; b < bend; b += gridDim.z) {",
+        ]
+    else:
+        L += [
+            "  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
+            "  const bool active = i < nx;",
+            "  const long long jb = partial ? (long long)blockIdx.y * jchunk : 0;",
+            "  const long long je = partial ? pk_minll(ny, jb + jchunk) : ny;",
+            "  for (long long b = blockIdx.z; b < nbatch; b += gridDim.z) {",
+        ]
     body = []
     if nb and used:
         body.append("long long q = b;")
@@ -284,7 +312,6 @@ def _main_kernel(spec, formulas, st, ct, IN, tj, j_base, jrow, jvars, smem_elems
         body.append(f"const {T} v{index}_{k} = pk_ld(r{index} + {k});")
     body += code.pre
     body += st.init("S")
-    body.append(f"for (long long j0 = jb; j0 < je; j0 += {tj}) {{")
     tile = [f"const int tn = (int)pk_minll({tj}LL, je - j0);"]
     if jvars:
         tile.append("__syncthreads();")
@@ -306,8 +333,20 @@ def _main_kernel(spec, formulas, st, ct, IN, tj, j_base, jrow, jvars, smem_elems
     tile.append("  }")
     tile += _indent(st.tile_end("S"), 2)
     tile.append("}")
-    body += _indent(tile, 2)
-    body.append("}")
+    jloop = [f"for (long long j0 = jb; j0 < je; j0 += {tj}) {{", *_indent(tile, 2), "}"]
+    if ranges:  # the j intervals of the block's i-range, in order
+        jloop = ["for (int v = vb; v < ve; ++v) {",
+                 "  const long long jb = ivals[2LL * v], je = ivals[2LL * v + 1];",
+                 *_indent(jloop, 2), "}"]
+    body += jloop
+    if ranges:
+        body.append("if (active) {")
+        body.append("  const long long row = b * nx + i;")
+        body += _indent(st.finalize("S", "row"), 2)
+        body.append("}")
+        L += _indent(body, 4)
+        L += ["  }", "}"]
+        return "\n".join(L)
     body.append("if (active) {")
     body.append("  if (partial) {")
     body += _indent(st.store("S", "((long long)blockIdx.y * nbatch + b) * nx + i"), 4)

@@ -171,6 +171,12 @@ class TorchExecutor:
         self.keep += [f, i]
         return f.data_ptr(), i.data_ptr()
 
+    def upload(self, array):
+        """A device copy of an int64 NumPy array (kept alive as long as the executor)."""
+        t = self.torch.from_numpy(array).to(self.tdev)
+        self.keep.append(t)
+        return t.data_ptr()
+
     def launch(self, name, grid, block, params):
         drv = _drv()
         arr, _vals = pack_params(params)

@@ -28,6 +28,7 @@ import numpy as np
 from ...errors import BackendError
 from .codegen import generate
 from .launch import plan_launch, run_reduction
+from .ranges import block_map, empty_outputs
 
 HOST_PRELUDE = r"""
 #include <cmath>
@@ -168,6 +169,11 @@ class _Executor:
         self.keep += [f, i]
         return f.ctypes.data, i.ctypes.data
 
+    def upload(self, array):
+        a = np.ascontiguousarray(array, dtype=np.int64)
+        self.keep.append(a)
+        return a.ctypes.data
+
     def launch(self, name, grid, block, params):
         from .driver import pack_params
 
@@ -177,32 +183,44 @@ class _Executor:
            ctypes.c_uint(block), arr)
 
 
-def kernel_source(spec, *, n_batch_dims=0, idx64=False, tile_j=None):
-    """The generated kernels the emulator runs for ``spec`` (same options as :func:`evaluate`)."""
-    return generate(spec, n_batch_dims=n_batch_dims, idx64=idx64, tile_j=tile_j)
+def kernel_source(spec, *, n_batch_dims=0, idx64=False, tile_j=None, ranges=False):
+    """The generated kernels the emulator runs for ``spec`` (same options as :func:`evaluate`;
+    ``ranges``: the block-sparse kernels)."""
+    return generate(spec, n_batch_dims=n_batch_dims, idx64=idx64, tile_j=tile_j, ranges=ranges)
 
 
 _NP = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
 
 
-def evaluate(spec, args, *, nx, ny, batch_shape, block=None, scheme="auto", sm_count=1,
-             idx64=False, tile_j=None):
+def evaluate(spec, args, *, nx, ny, batch_shape, ranges=None, block=None, scheme="auto",
+             sm_count=1, idx64=False, tile_j=None):
     """Evaluate a canonical spec on NumPy arrays with the emulated kernels (contract of
-    :meth:`polykeops.backends.contract.Backend.evaluate`; the other options choose the
-    launch: threads per block, "1d"/"2d"/"auto" scheme, tile size)."""
+    :meth:`polykeops.backends.contract.Backend.evaluate`, ``ranges`` included; the other
+    options choose the launch: threads per block (at most, with ranges), "1d"/"2d"/"auto"
+    scheme (ignored with ranges: always 1D), tile size)."""
     batch_shape = tuple(batch_shape)
-    ks = kernel_source(spec, n_batch_dims=len(batch_shape), idx64=idx64, tile_j=tile_j)
+    ks = kernel_source(spec, n_batch_dims=len(batch_shape), idx64=idx64, tile_j=tile_j,
+                       ranges=ranges is not None)
     lib = _by_source.get(ks.digest) or build(ks)
     args = [np.ascontiguousarray(a, dtype=_NP[spec.dtype]) for a in args]
     outs = [
         np.empty(batch_shape + (nx, o.dim), dtype=np.int64 if o.kind == "index" else _NP[spec.dtype])
         for o in spec.outputs()
     ]
+    bmap = None
+    if ranges is not None:
+        for o, fill in zip(outs, empty_outputs(spec)):
+            o[...] = np.asarray(fill, dtype=o.dtype)
+        bmap = block_map(ranges, batch_shape, nx, ny, block or ks.block)
     if nx == 0 or math.prod(batch_shape) == 0:
         return tuple(outs)
-    plan = plan_launch(nx, ny, math.prod(batch_shape) if batch_shape else 1, tile_j=ks.tile_j,
-                       block=block or ks.block, max_threads=1024, sm_count=sm_count, scheme=scheme)
+    if bmap is not None:
+        plan = bmap.plan(ny)
+    else:
+        plan = plan_launch(nx, ny, math.prod(batch_shape) if batch_shape else 1, tile_j=ks.tile_j,
+                           block=block or ks.block, max_threads=1024, sm_count=sm_count, scheme=scheme)
     ex = _Executor(lib)
     run_reduction(ks, ex, [a.ctypes.data for a in args], [a.shape for a in args],
-                  [o.ctypes.data for o in outs], nx=nx, ny=ny, batch_shape=batch_shape, plan=plan)
+                  [o.ctypes.data for o in outs], nx=nx, ny=ny, batch_shape=batch_shape, plan=plan,
+                  block_map=bmap)
     return tuple(outs)

@@ -13,6 +13,8 @@
 :func:`run_reduction` issues the launches through an *executor* (the CUDA
 driver in :mod:`.driver`, or the host emulator in :mod:`.emulator`): for each
 output slice, the main kernel, then the combine kernel in the 2D scheme.
+Block-sparse reductions (``ranges``) launch one block per item of a
+:class:`.ranges.BlockMap` (1D scheme only).
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ...errors import BackendError
+
 #: the GPU is considered full with this many blocks per SM (8 x 256 threads: 2048 per SM)
 BLOCKS_PER_SM = 8
 #: grid limits of CUDA
+MAX_GRID_X = 2**31 - 1
 MAX_GRID_YZ = 65535
 COMBINE_BLOCK = 256
 
@@ -78,13 +83,29 @@ def batch_params(arg_shapes, batch_shape) -> tuple[list[int], list[int]]:
 
 
 def run_reduction(ks, executor, arg_ptrs, arg_shapes, out_ptrs, *, nx, ny, batch_shape,
-                  plan: LaunchPlan) -> None:
+                  plan: LaunchPlan, block_map=None) -> None:
     """Launch the kernels of ``ks`` (a :class:`.codegen.KernelSource`) through ``executor``.
 
-    ``executor`` provides ``workspace(n_float64, n_int64) -> (ptr_f, ptr_i)`` and
+    ``executor`` provides ``workspace(n_float64, n_int64) -> (ptr_f, ptr_i)``,
+    ``upload(int64 NumPy array) -> ptr`` (device copy kept alive by the executor) and
     ``launch(kernel_name, grid, block, params)`` where ``params`` is a list of
     ``(c_type, value)`` in the kernel's parameter order.
+
+    Block-sparse reductions pass the :class:`.ranges.BlockMap` of their ranges
+    (``ks`` must then be rendered with ``ranges=True`` and ``plan`` be
+    ``block_map.plan(ny)``): one block per item of the map, 1D scheme.
     """
+    if ks.ranges != (block_map is not None):
+        raise BackendError(
+            "internal: block-sparse kernels need a block map and dense kernels none "
+            f"(kernels {'with' if ks.ranges else 'without'} ranges, block map "
+            f"{'given' if block_map is not None else 'missing'})"
+        )
+    extra = []
+    if block_map is not None:
+        if block_map.nitems == 0:  # no row meets a j interval: the outputs hold the empty values
+            return
+        extra = [executor.upload(block_map.items), executor.upload(block_map.ivals)]
     nbatch = math.prod(batch_shape) if batch_shape else 1
     sizes, strides = batch_params(arg_shapes, batch_shape)
     ws_f = ws_i = 0
@@ -95,7 +116,7 @@ def run_reduction(ks, executor, arg_ptrs, arg_shapes, out_ptrs, *, nx, ny, batch
         ws_f, ws_i = executor.workspace(rows * max(nf, 1), rows * max(ni, 1))
     scalars = [1 if plan.two_d else 0, nx, ny, nbatch, plan.jchunk, *sizes, *strides]
     for sl in ks.slices:
-        values = [*arg_ptrs, *out_ptrs, ws_f, ws_i, *scalars]
+        values = [*arg_ptrs, *out_ptrs, ws_f, ws_i, *scalars, *extra]
         params = [(t, v) for (t, _name), v in zip(ks.main_params, values)]
         assert len(params) == len(ks.main_params)
         executor.launch(sl.main, (plan.grid_x, plan.nchunks, plan.grid_z), plan.block, params)
