@@ -165,3 +165,18 @@ def test_bad_ranges_raise_clear_errors():
     bad[2] = ranges[2].double()
     with pytest.raises(polykeops.DTypeError, match="redranges_j"):
         K.sum(1, ranges=tuple(bad))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_no_block_at_all_gives_the_empty_reduction(backend):
+    """Ranges that keep no block (zero i-ranges): every row holds the reduction of nothing."""
+    x, y = torch.randn(31, 2, dtype=torch.float64), torch.randn(257, 2, dtype=torch.float64)
+    empty = torch.zeros(0, 2, dtype=torch.int64)
+    none = torch.zeros(0, dtype=torch.int64)
+    ranges = (empty, none, empty, empty, none, empty)
+    d = LazyTensor(x[:, None]).sqdist(LazyTensor(y[None]))
+    assert torch.equal(d.sum(1, ranges=ranges, backend=backend), torch.zeros(31, 1, dtype=torch.float64))
+    lse = (-d).logsumexp(1, ranges=ranges, backend=backend)
+    assert torch.equal(lse, torch.full((31, 1), -torch.inf, dtype=torch.float64))
+    idx = d.argmin(1, ranges=ranges, backend=backend)
+    assert torch.equal(idx, torch.full((31, 1), -1, dtype=torch.int64))

@@ -83,6 +83,8 @@ class ReferenceBackend(Backend):
 
     def _run_blocks(self, spec, xp, work, outputs, batch_shape, blocks, ny):
         """Reduce rows [i0, i1) of each block over its j intervals, tile by tile."""
+        if not blocks:  # no i-range at all: every row keeps the empty value
+            return
         red = spec.red
         nb = len(batch_shape)
         width = max([n.dim for f in spec.formulas for n in walk(f)] + [1])
