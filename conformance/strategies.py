@@ -135,6 +135,7 @@ def _dim_candidates(arity: int, d: int, cap: int) -> list[tuple[int, ...]]:
         pairs |= {(d * k, k) for k in range(1, 5)} | {(k, d * k) for k in range(1, 5)}
         pairs |= {(a, d - a) for a in range(1, d)}
         pairs |= {(a, d // a) for a in range(1, d + 1) if d % a == 0}
+        pairs |= {(d * k, 1) for k in range(2, 5)}  # a table and a scalar index (Take)
         return sorted(p for p in pairs if max(p) <= cap)
     if arity == 3:
         return sorted({(a, b, c) for a in (d, 1) for b in (d, 1) for c in (d, 1)})

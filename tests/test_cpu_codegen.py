@@ -35,6 +35,7 @@ def instance(name: str) -> Node:
     rnd = random.Random(name)
     special = {
         "OneHot": lambda: Node("OneHot", (A.mul(SCALAR, A.const(2)),), (4,)),
+        "Take": lambda: Node("Take", (Node("Concat", (U, W)), A.mul(SCALAR, A.const(2))), (1,)),
         "SumT": lambda: Node("SumT", (SCALAR,), (3,)),
         "ElemT": lambda: Node("ElemT", (SCALAR,), (1, 3)),
         "ExtractT": lambda: Node("ExtractT", (U,), (1, 5)),

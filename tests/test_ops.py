@@ -94,6 +94,19 @@ def _onehot_dense(v, d):
     return (torch.round(v) == torch.arange(d, dtype=v.dtype)).to(v.dtype)
 
 
+def _take_dense(a, k, d):
+    """Row round(k) of a seen as a (dim / d) x d matrix; zeros outside (dense torch)."""
+    lead = torch.broadcast_shapes(a.shape[:-1], k.shape[:-1])
+    a, k = a.expand(*lead, a.shape[-1]), k.expand(*lead, 1)
+    rows = a.shape[-1] // d
+    r = torch.round(k[..., 0])
+    inside = (r >= 0) & (r < rows)
+    idx = torch.where(inside, r, torch.zeros_like(r)).long()
+    table = a.reshape(*a.shape[:-1], rows, d)
+    got = torch.take_along_dim(table, idx[..., None, None].expand(*idx.shape, 1, d), dim=-2)[..., 0, :]
+    return torch.where(inside[..., None], got, torch.zeros_like(got))
+
+
 INT = ("int", "int", "real")
 PPOS = ("real", "real", "pos")
 
@@ -243,6 +256,11 @@ CASES = [
     Case("getitem_slice_open", {"Extract"}, lambda X, Y, P: (X - Y)[1:], lambda x, y, p: (x - y)[..., 1:]),
     Case("one_hot", {"OneHot"}, lambda X, Y, P: (X + Y).one_hot(4),
          lambda x, y, p: _onehot_dense(x + y, 4), dom=("onehot_x", "onehot_y", "real"), dims=(1, 1, 1)),
+    Case("take", {"Take"}, lambda X, Y, P: (X * P).take(Y, 2), lambda x, y, p: _take_dense(x * p, y, 2),
+         dom=("real", "int", "real"), dims=(6, 1, 1)),
+    Case("take_scalar_rows", {"Take"}, lambda X, Y, P: X.take(Y + 1),
+         lambda x, y, p: _take_dense(x, y + 1, 1),
+         dom=("real", "int", "real"), dims=(3, 1, 1)),
     # -- vector products -------------------------------------------------------------
     Case("concat", {"Concat"}, lambda X, Y, P: X.concat(Y),
          lambda x, y, p: torch.cat([x.expand(M, N, 2), y.expand(M, N, 3)], -1), dims=(2, 3, 3)),

@@ -190,8 +190,9 @@ class ComplexSupportMixin:
         if n * d > max_row_size:
             raise ShapeError(
                 f"from_dense: the complex matrix of shape {shape} has rows of N * D = {n * d} "
-                f"values, more than max_row_size={max_row_size:,}; each entry costs O(N * D) "
-                "operations: use dense array arithmetic, or pass a larger max_row_size"
+                f"values, more than max_row_size={max_row_size:,}: each row is one variable of "
+                "that size and the gradient costs O(N * D) per pair; use dense array arithmetic, "
+                "or pass a larger max_row_size"
             )
         blocks = tools.to_real_blocks(array)  # (..., M, N, 2D): the complex block layout
         res = GenericLazyTensor.from_dense.__func__(real_cls, blocks, 2 * max_row_size)

@@ -38,7 +38,8 @@ def _broadcast_batch(a: tuple, b: tuple, left, right) -> tuple:
     return tuple(out)
 
 
-#: default bound on N * D for :meth:`GenericLazyTensor.from_dense` (each entry costs O(N * D))
+#: default bound on N * D for :meth:`GenericLazyTensor.from_dense` (a row of the matrix is one
+#: i-variable of dimension N * D, held per row by the engines; its gradient costs O(N * D) per pair)
 FROM_DENSE_MAX_ROW = 8192
 
 
@@ -478,6 +479,17 @@ class GenericLazyTensor(ReductionMixin):
     def one_hot(self, dim: int):
         return self._unary("OneHot", int(dim))
 
+    def take(self, index, d: int = 1):
+        """Row ``round(index)`` of ``self`` read as an ``(ndim / d) x d`` matrix (``d`` values).
+
+        A gather: ``a_i.take(k_j, d)`` costs O(d) per pair whatever the size of the table
+        ``a_i``.  ``index`` is a scalar LazyTensor (or number); rows outside
+        ``[0, ndim / d)`` give zeros.  Differentiable with respect to ``self`` (the index is
+        piecewise constant: its gradient is zero).
+        """
+        d = int(d)
+        return self._binary(index, lambda a, k: C.take(a, k, d))
+
     def concat(self, other):
         return self._binary(other, C.concat)
 
@@ -688,14 +700,12 @@ class GenericLazyTensor(ReductionMixin):
         backend; with torch, reductions are differentiable with respect to ``array``.
 
         Row ``i`` of ``array`` becomes an i-variable of dimension ``N * D`` and entry
-        ``(i, j)`` is read with ``VecMatMult(OneHot(j, N), A_i)``: every entry costs
-        ``O(N * D)`` operations (``O(M N^2 D)`` for a reduction), and the formula holds
-        a variable of dimension ``N * D``.  ``N * D`` larger than ``max_row_size``
-        raises a ShapeError (raise ``max_row_size`` deliberately if you need to).
-        Infinite and NaN entries (masks of ``-inf`` for ``logsumexp``...) stay in their
-        place: each kind present adds one more such read, of a 0/1 mask (gradients reach
-        the finite entries only).  A complex ``array`` gives a complex LazyTensor (see
-        ``ComplexLazyTensor``).
+        ``(i, j)`` is gathered from it with the ``Take`` op (``A_i.take(j, D)``): reading an
+        entry costs ``O(D)`` and infinite or NaN entries stay in their place.  The gradient
+        with respect to ``array`` is an ``N * D`` vector per row, so it costs ``O(N * D)`` per
+        pair.  ``N * D`` larger than ``max_row_size`` raises a ShapeError (raise
+        ``max_row_size`` deliberately if you need to).  A complex ``array`` gives a complex
+        LazyTensor (see ``ComplexLazyTensor``).
         """
         tools = cls._tools
         if not tools.is_array(array):
@@ -713,8 +723,9 @@ class GenericLazyTensor(ReductionMixin):
         if n * d > max_row_size:
             raise ShapeError(
                 f"from_dense: the matrix of shape {shape} ({dtype}) has rows of N * D = {n * d} "
-                f"values, more than max_row_size={max_row_size:,}; each entry costs O(N * D) "
-                "operations: use dense array arithmetic, or pass a larger max_row_size"
+                f"values, more than max_row_size={max_row_size:,}: each row is one variable of "
+                "that size and the gradient costs O(N * D) per pair; use dense array arithmetic, "
+                "or pass a larger max_row_size"
             )
         if dtype == "float16" and n > 2048:
             raise ShapeError(
@@ -723,31 +734,8 @@ class GenericLazyTensor(ReductionMixin):
             )
         xp = tools.namespace(dtype, like=array)
         index = cls(tools.reshape(xp.arange(n), (1, n, 1)), axis=1)
-        onehot = A.node("OneHot", index.formula, params=(n,))
-
-        def entries(values):  # the (i, j) entries of ``values`` (shaped like ``array``)
-            rows = cls(tools.reshape(values, batch + (m, 1, n * d)), axis=0)
-            return rows, C.vecmatmult(onehot, rows.formula)
-
-        finite = xp.isfinite(array)
-        if bool(finite.all()):
-            rows, formula = entries(array)
-            return rows._new(formula, index)
-        # The product with the one-hot vector would spread an infinite or NaN entry over its
-        # whole row (0 * inf is NaN): read the finite values (0 elsewhere), then restore each
-        # kind of special value exactly from a 0/1 mask, with log(1 - 1) = -inf and sqrt(-1) = NaN.
-        rows, formula = entries(xp.where(finite, array, xp.where(finite, array, 1) - 1))
-        parts = [index]
-        for mask, restore in (
-            (array == -math.inf, lambda s: A.node("Log", A.sub(Const(1), s))),
-            (array == math.inf, lambda s: A.neg(A.node("Log", A.sub(Const(1), s)))),
-            (xp.isnan(array), lambda s: A.node("Sqrt", A.neg(s))),
-        ):
-            if bool(mask.any()):
-                mask_rows, selected = entries(xp.cast(mask, array))
-                formula = A.add(formula, restore(selected))
-                parts.append(mask_rows)
-        return rows._new(formula, *parts)
+        rows = cls(tools.reshape(array, batch + (m, 1, n * d)), axis=0)
+        return rows.take(index, d)
 
     def t(self):
         """The transposed LazyTensor (i and j exchanged)."""

@@ -98,6 +98,11 @@ def vecmatmult(x: Node, a: Node) -> Node:
     return A.node("VecMatMult", x, a)
 
 
+def take(a: Node, k: Node, d: int = 1) -> Node:
+    """Row ``round(k)`` of ``a`` seen as a ``(dim(a) / d) x d`` matrix; zeros outside."""
+    return A.node("Take", a, k, params=(d,))
+
+
 def tensorprod(a: Node, b: Node) -> Node:
     return A.node("TensorProd", a, b)
 

@@ -602,6 +602,43 @@ register_op(
 )
 
 
+def _dim_take(da, dk, d):
+    if dk != 1:
+        raise FormulaError(f"Take needs a scalar index, got dimension {dk}")
+    _check_int("d", d, 1)
+    if da % d:
+        raise FormulaError(f"Take: the table's dimension {da} is not a multiple of the row length d={d}")
+    return d
+
+
+def _ref_take(xp, a, k, d):
+    rows = a.shape[-1] // d
+    hit = _ref_round(xp, k, 0)[..., None] == xp.arange(rows)[:, None]  # (..., rows, 1)
+    table = xp.reshape(a, a.shape[:-1] + (rows, d))
+    return xp.sum_axis(xp.where(hit, table, xp.const(0, d)), -2)  # exact: never 0 * inf
+
+
+def _vjp_take(n, g):
+    a, k = n.args
+    return (Node("TensorProd", (Node("OneHot", (k,), (a.dim // n.dim,)), g)), None)
+
+
+register_op(
+    OpDef(
+        "Take",
+        2,
+        _dim_take,
+        _ref_take,
+        _vjp_take,
+        params=("d",),
+        domain=("real", "real"),
+        random_params=lambda dims, rnd: (rnd.choice([q for q in range(1, dims[0] + 1) if dims[0] % q == 0]),),
+        doc="row round(k) of a seen as a (dim(a)/d) x d matrix (d values), zeros when round(k) is "
+        "outside [0, dim(a)/d): a gather, O(d) per pair",
+    )
+)
+
+
 def _dim_elem(d, m):
     _check_int("m", m, 0, d - 1)
     return 1

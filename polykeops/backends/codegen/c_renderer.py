@@ -358,6 +358,17 @@ class CRenderer:
                       f" ? {one} : {zero})",
         )
 
+    def _emit_take(self, n, name, access, lines):
+        a, k = n.args
+        d = n.dim
+        r, ok, base = f"{name}_r", f"{name}_ok", f"{name}_b"
+        lines.append(f"const {self.T} {r} = {self._round(access(k, 0), 0)};")
+        # NaN fails both comparisons: no row
+        lines.append(f"const int {ok} = {r} >= {self._zero()} && {r} < {self.literal(a.dim // d)};")
+        lines.append(f"const int {base} = {ok} ? (int)({r}) * {d} : 0;")
+        lines.append(self._declare(name, d))
+        self._assign_loop(lines, name, d, lambda c: f"({ok} ? {access(a, f'{base} + {c}')} : {self._zero()})")
+
     def _emit_elem(self, n, name, access, lines):
         (a,) = n.args
         lines.append(f"const {self.T} {name} = {access(a, n.params[0])};")
@@ -558,6 +569,7 @@ CRenderer._STRUCTURAL = {
     "ArgMax": "_emit_argminmax",
     "ArgMin": "_emit_argminmax",
     "OneHot": "_emit_onehot",
+    "Take": "_emit_take",
     "Elem": "_emit_elem",
     "ElemT": "_emit_elemt",
     "Extract": "_emit_extract",

@@ -35,7 +35,8 @@ OPCODES = {
     "Equal": 36, "NotEqual": 37, "LessThan": 38, "GreaterThan": 39, "LessOrEqual": 40,
     "GreaterOrEqual": 41, "IfElse": 50, "Clamp": 51, "Mod": 52, "Sum": 60, "SumT": 61, "Max": 62,
     "Min": 63, "ArgMax": 64, "ArgMin": 65, "OneHot": 66, "Elem": 67, "ElemT": 68, "Extract": 69,
-    "ExtractT": 70, "Concat": 71, "MatVecMult": 72, "VecMatMult": 73, "TensorProd": 74, "SqDist": 80,
+    "ExtractT": 70, "Concat": 71, "MatVecMult": 72, "VecMatMult": 73, "TensorProd": 74, "Take": 75,
+    "SqDist": 80,
 }
 SUPPORTED_OPS = frozenset(OPCODES) - {"Copy", "SqDist"}
 
@@ -230,7 +231,7 @@ def _instr(n: Node, out: int, args: list[int]) -> dict:
         ins["ip0"] = p[0]
     elif op in ("ElemT", "Extract", "ExtractT"):
         ins["ip0"], ins["ip1"] = p
-    elif op in ("SumT", "OneHot"):
+    elif op in ("SumT", "OneHot", "Take"):
         ins["ip0"] = p[0]
     return ins
 

@@ -76,6 +76,7 @@
     X(MATVECMULT, 72)                                                                                       \
     X(VECMATMULT, 73)                                                                                       \
     X(TENSORPROD, 74)                                                                                       \
+    X(TAKE, 75)                                                                                             \
     X(SQDIST, 80)
 
 #define PK_ENUM_ITEM(name, code) PKOP_##name = code,

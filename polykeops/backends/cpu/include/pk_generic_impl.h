@@ -311,6 +311,18 @@ static void PK_FN(pk_exec)(const pk_ginstr *in, const PK_FN(pk_views) * V, int n
         }
         break;
     }
+    case PKOP_TAKE: { /* a (rows x d), k (scalar): row round(k) of a, zeros outside [0, rows) */
+        const int d = in->dim, rows = PKV_ADIM(0) / in->dim, la = PKV_ARGL(0), lk = PKV_ARGL(1);
+        const PK_T *__restrict__ K = PKV_ARGP(1, 0);
+        for (int l = 0; l < n; ++l) {
+            const PK_T r = PK_FN(pk_round)(K[l * lk], one);
+            const int ok = r >= zero && r < (PK_T)rows; /* NaN: no row */
+            const int base = ok ? (int)r * d : 0;
+            for (int c = 0; c < d; ++c)
+                PKV_OUTP(c)[l] = ok ? PKV_ARGP(0, base + c)[l * la] : zero;
+        }
+        break;
+    }
     case PKOP_ELEM: {
         const PK_T *__restrict__ A = PKV_ARGP(0, in->ip0);
         PK_T *__restrict__ O = PKV_OUTP(0);
