@@ -112,16 +112,33 @@ def test_literals_round_like_numpy():
     assert "INFINITY" in r.literal(float("inf")) and "NAN" in r.literal(float("nan"))
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
-@pytest.mark.parametrize("mode", ["off", "sync"])
-def test_every_op_computes_like_the_reference(mode, monkeypatch):
-    """One kernel with every op (its outputs concatenated), against the reference in float64."""
+@pytest.fixture(params=["off", "sync"])
+def engine(request, monkeypatch):
+    """The CPU backend with POLYKEOPS_JIT=off (generic engine) or sync (specialised kernels)."""
+    mode = request.param
     monkeypatch.setenv("POLYKEOPS_JIT", mode)
     backend = CpuBackend()
     if mode == "sync" and not backend.compiler_status()[0]:
         pytest.skip("no C compiler")
     if mode == "off" and not generic.available()[0]:
         pytest.skip("generic engine not built")
+    return backend
+
+
+def unary_per_row(backend, op: str, vals):
+    """``op(x_i)`` for every value of ``vals`` (one row each), as float64."""
+    dtype = vals.dtype
+    x, y = Var(0, 1, CAT_I), Var(1, 1, CAT_J)
+    spec = ReductionSpec("Sum", (A.mul(A.node(op, x), y),), (x, y), dtype=str(dtype))
+    args = [vals[:, None], np.ones((1, 1), dtype)]
+    (out,) = backend.evaluate(spec, args, nx=len(vals), ny=1, batch_shape=())
+    return out[:, 0].astype(np.float64)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_every_op_computes_like_the_reference(engine):
+    """One kernel with every op (its outputs concatenated), against the reference in float64."""
+    backend = engine
     spec, parts = all_ops_spec()
     rng = np.random.default_rng(0)
     args = [rng.standard_normal((37, 3)), rng.standard_normal((300, 3)), rng.standard_normal((300, 2))]
@@ -136,23 +153,12 @@ def test_every_op_computes_like_the_reference(mode, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's exp overflowing in the reference
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("mode", ["off", "sync"])
-def test_vectorised_exp_is_accurate_and_ieee(dtype, mode, monkeypatch):
+def test_vectorised_exp_is_accurate_and_ieee(dtype, engine):
     """exp over the whole range, overflow, underflow to subnormals and zero, inf and NaN
     (vectorised over rows in the generic engine, per row in specialised kernels)."""
-    monkeypatch.setenv("POLYKEOPS_JIT", mode)
-    backend = CpuBackend()
-    if mode == "sync" and not backend.compiler_status()[0]:
-        pytest.skip("no C compiler")
-    if mode == "off" and not generic.available()[0]:
-        pytest.skip("generic engine not built")
     hi, lo = (95.0, -110.0) if dtype == "float32" else (715.0, -750.0)
     vals = np.concatenate([np.linspace(lo, hi, 400_001), [np.inf, -np.inf, np.nan, 0.0, -0.0]]).astype(dtype)
-    x, y = Var(0, 1, CAT_I), Var(1, 1, CAT_J)
-    spec = ReductionSpec("Sum", (A.mul(A.node("Exp", x), y),), (x, y), dtype=dtype)
-    args = [vals[:, None], np.ones((1, 1), dtype)]
-    (out,) = backend.evaluate(spec, args, nx=len(vals), ny=1, batch_shape=())
-    got = out[:, 0].astype(np.float64)
+    got = unary_per_row(engine, "Exp", vals)
     exact = np.exp(vals.astype(np.float64))
     rounded = exact.astype(dtype).astype(np.float64)  # what a correctly rounded exp returns
     special = ~np.isfinite(rounded) | (rounded == 0)
@@ -168,14 +174,8 @@ def test_vectorised_exp_is_accurate_and_ieee(dtype, mode, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's log of 0 and negatives
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("mode", ["off", "sync"])
-def test_vectorised_log_is_accurate_and_ieee(dtype, mode, monkeypatch):
-    monkeypatch.setenv("POLYKEOPS_JIT", mode)
-    backend = CpuBackend()
-    if mode == "sync" and not backend.compiler_status()[0]:
-        pytest.skip("no C compiler")
-    if mode == "off" and not generic.available()[0]:
-        pytest.skip("generic engine not built")
+def test_vectorised_log_is_accurate_and_ieee(dtype, engine):
+    """log from the smallest subnormal to the largest float, around 1, and its special values."""
     fi = np.finfo(dtype)
     smallest = np.nextafter(np.zeros(1, dtype), np.ones(1, dtype))[0]
     vals = np.concatenate([
@@ -183,11 +183,7 @@ def test_vectorised_log_is_accurate_and_ieee(dtype, mode, monkeypatch):
         np.linspace(0.5, 2.0, 100_001),  # around 1
         [0.0, -0.0, -1.0, -np.inf, np.inf, np.nan, 1.0],
     ]).astype(dtype)
-    x, y = Var(0, 1, CAT_I), Var(1, 1, CAT_J)
-    spec = ReductionSpec("Sum", (A.mul(A.node("Log", x), y),), (x, y), dtype=dtype)
-    args = [vals[:, None], np.ones((1, 1), dtype)]
-    (out,) = backend.evaluate(spec, args, nx=len(vals), ny=1, batch_shape=())
-    got = out[:, 0].astype(np.float64)
+    got = unary_per_row(engine, "Log", vals)
     ref = np.log(vals.astype(np.float64))
     special = ~np.isfinite(ref)
     np.testing.assert_array_equal(got[special], ref[special].astype(dtype).astype(np.float64))
