@@ -542,3 +542,29 @@ def test_placeholders_with_data_in_lazytensor_layout(backend):
     red = (pknp.Vi(0, 3) * pknp.LazyTensor(y)).sum(0, backend=backend)
     xi = x[:, 0, :]
     np.testing.assert_allclose(red(xi), (xi[:, None] * y).sum(0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("lib", ["torch", "numpy"])
+def test_call_false_defers_the_reduction(lib):
+    """pykeops' ``call=False``: the reduction comes back as a callable, run when called."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(31, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(257, 3, generator=g, dtype=torch.float64)
+    mod, conv = (pkt, lambda t: t) if lib == "torch" else (pknp, lambda t: t.numpy())
+    K = (-mod.LazyTensor(conv(x)[:, None]).sqdist(mod.LazyTensor(conv(y)[None]))).exp()
+    deferred = K.sum(1, call=False)
+    assert callable(deferred)
+    dense = torch.exp(-torch.cdist(x, y) ** 2)
+    torch.testing.assert_close(torch.as_tensor(np.asarray(deferred())), dense.sum(1, keepdim=True))
+    idx = K.argmax(0, call=False)()
+    assert np.array_equal(np.asarray(idx)[:, 0], dense.argmax(0).numpy())
+    z = torch.randn(31, 1, 2, generator=g, dtype=torch.complex128)
+    zk = (mod.LazyTensor(conv(z)) * K).sum(0, call=False)()
+    torch.testing.assert_close(torch.as_tensor(np.asarray(zk)), (z * dense[..., None]).sum(0))
+
+
+def test_genred_accepts_pykeops_code_generation_switches():
+    x, y = torch.randn(7, 3, dtype=torch.float64), torch.randn(9, 3, dtype=torch.float64)
+    fn = pkt.Genred("SqDist(x,y)", ["x=Vi(3)", "y=Vj(3)"], reduction_op="Sum", axis=1,
+                    enable_chunks=False, rec_multVar_highdim=True, use_fast_math=True)
+    torch.testing.assert_close(fn(x, y), (torch.cdist(x, y) ** 2).sum(1, keepdim=True))

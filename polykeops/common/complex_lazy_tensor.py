@@ -461,7 +461,7 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
     def _complex_reduce(self, reduction: str, red_axis: int, **kwargs):
         out = kwargs.pop("out", None)
         res = self._reduce_axis(reduction, red_axis, **kwargs)
-        if self.placeholders:  # a callable: complex arrays in, complex arrays out
+        if self.placeholders or kwargs.get("call") is False:  # a callable: complex arrays in and out
             res.post = self._complex_output
             return res
         return self._complex_output(res, out)
@@ -492,7 +492,7 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
             self.real._reduce_axis("Max", red_axis, **kwargs),
             (self - m_var).exp()._complex_reduce("Sum", red_axis, **kwargs),
         )
-        if self.placeholders:
+        if self.placeholders or kwargs.get("call") is False:
             return lse
         res = lse()
         if out is not None:

@@ -26,7 +26,10 @@ class GenericGenred:
     def __init__(self, formula: str, aliases, reduction_op: str = "Sum", axis: int = 0, dtype=None,
                  opt_arg=None, formula2=None, cuda_type=None, dtype_acc="auto",
                  use_double_acc=False, sum_scheme="auto", enable_chunks=True,
-                 rec_multVar_highdim=False):
+                 rec_multVar_highdim=False, use_fast_math=True):
+        # enable_chunks, rec_multVar_highdim, use_fast_math: pykeops' code-generation switches,
+        # accepted for compatibility; our engines choose chunking themselves and never trade
+        # IEEE semantics for speed.
         if not isinstance(formula, str):
             raise FormulaError(f"Genred: the formula must be a string, got {type(formula).__name__}")
         aliases = list(aliases)

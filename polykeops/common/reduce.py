@@ -83,10 +83,8 @@ class ReductionMixin:
             lt = self._new(self.formula, weight)
         formulas = [self.formula] + ([weight.formula] if weight is not None else [])
         spec, leaves = _number(lt, formulas, reduction, red_axis, k, opts)
-        if lt.placeholders:
+        if lt.placeholders or not call:  # a callable: takes the placeholders' arrays (maybe none)
             return _PlaceholderReduction(type(self), spec, leaves, opts, lt)
-        if not call:
-            raise FormulaError("call=False needs placeholder variables")
         arrays = [leaf.array for leaf in leaves]
         return run_spec(self._tools, spec, arrays, opts["backend"], leaves=leaves,
                         out=kwargs.get("out"), shape_hint=(lt.ni, lt.nj, lt.batch),
