@@ -213,7 +213,25 @@ class SumSoftMaxWeight(Reduction):
         return (xp.out(state[2] / state[1]),)
 
 
-class Select(Reduction):
+class _ValueAndIndex:
+    """Reductions that return their values, their indices, or both (in that order)."""
+
+    want_value: bool
+    want_index: bool
+
+    def _pick(self, value, index) -> tuple:
+        return tuple(x for x, wanted in ((value, self.want_value), (index, self.want_index)) if wanted)
+
+    def _declared(self, d: int) -> tuple:
+        """Outputs of dimension ``d``: float values, int64 indices."""
+        return self._pick(Output(d, FLOAT), Output(d, INDEX))
+
+    def _empty(self, d: int, fill: float) -> tuple:
+        """The reduction of nothing: ``fill`` values, index -1."""
+        return self._pick([fill] * d, [-1] * d)
+
+
+class Select(_ValueAndIndex, Reduction):
     """Min / Max / ArgMin / ArgMax / Min_ArgMin / Max_ArgMax (component-wise).
 
     State (value, index); init (+inf or -inf, -1).  combine keeps the first state
@@ -230,21 +248,10 @@ class Select(Reduction):
         self.differentiable = want_value
 
     def outputs(self, fdims, k):
-        outs = []
-        if self.want_value:
-            outs.append(Output(fdims[0], FLOAT))
-        if self.want_index:
-            outs.append(Output(fdims[0], INDEX))
-        return tuple(outs)
+        return self._declared(fdims[0])
 
     def empty_outputs(self, fdims, k):
-        fill = math.inf if self.selection_kind == "min" else -math.inf
-        outs = []
-        if self.want_value:
-            outs.append([fill] * fdims[0])
-        if self.want_index:
-            outs.append([-1] * fdims[0])
-        return tuple(outs)
+        return self._empty(fdims[0], math.inf if self.selection_kind == "min" else -math.inf)
 
     def tile(self, xp, values, j0):
         f = values[0]
@@ -259,15 +266,10 @@ class Select(Reduction):
         return (xp.where(take2, v2, v1), xp.where(take2, i2, i1))
 
     def finalize(self, xp, state):
-        outs = []
-        if self.want_value:
-            outs.append(xp.out(state[0]))
-        if self.want_index:
-            outs.append(state[1])
-        return tuple(outs)
+        return self._pick(xp.out(state[0]) if self.want_value else None, state[1])
 
 
-class KMin(Reduction):
+class KMin(_ValueAndIndex, Reduction):
     """K smallest values (ascending, NaN first) and/or their indices, component-wise.
 
     State: candidate values and indices of shape (..., K', D), K' <= K, sorted;
@@ -285,20 +287,10 @@ class KMin(Reduction):
         self.differentiable = want_value
 
     def outputs(self, fdims, k):
-        outs = []
-        if self.want_value:
-            outs.append(Output(k * fdims[0], FLOAT))
-        if self.want_index:
-            outs.append(Output(k * fdims[0], INDEX))
-        return tuple(outs)
+        return self._declared(k * fdims[0])
 
     def empty_outputs(self, fdims, k):
-        outs = []
-        if self.want_value:
-            outs.append([math.inf] * (k * fdims[0]))
-        if self.want_index:
-            outs.append([-1] * (k * fdims[0]))
-        return tuple(outs)
+        return self._empty(k * fdims[0], math.inf)
 
     def _keep(self, xp, vals, idx):
         order = xp.rargsort_nanfirst(vals)[..., : xp.k, :]
@@ -319,12 +311,8 @@ class KMin(Reduction):
             vals = xp.cat_j([vals, xp.full_j(vals, missing, math.inf)])
             idx = xp.cat_j([idx, xp.full_j(idx, missing, -1)])
         flat = vals.shape[:-2] + (vals.shape[-2] * vals.shape[-1],)
-        outs = []
-        if self.want_value:
-            outs.append(xp.out(xp.reshape(vals, flat)))
-        if self.want_index:
-            outs.append(xp.reshape(idx, flat))
-        return tuple(outs)
+        value = xp.out(xp.reshape(vals, flat)) if self.want_value else None
+        return self._pick(value, xp.reshape(idx, flat) if self.want_index else None)
 
 
 REDUCTIONS: dict[str, Reduction] = {}
