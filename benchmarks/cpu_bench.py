@@ -102,19 +102,20 @@ def torch_workload(kind, x, y, b):
     rows = max(1, (1 << 24) // max(1, y.shape[0]))
 
     def blocks(fn):
-        return torch.cat([fn(x[s:s + rows]) for s in range(0, x.shape[0], rows)])
+        return torch.cat([fn(x[s : s + rows]) for s in range(0, x.shape[0], rows)])
 
     if kind == "gauss" or kind == "kb":
-        return lambda: blocks(lambda xs: torch.exp(-torch.cdist(xs, y) ** 2) @ b)
+        return lambda: blocks(lambda xs: torch.exp(-(torch.cdist(xs, y) ** 2)) @ b)
     if kind == "lse":
-        return lambda: blocks(lambda xs: torch.logsumexp(-torch.cdist(xs, y) ** 2, dim=1, keepdim=True))
+        return lambda: blocks(lambda xs: torch.logsumexp(-(torch.cdist(xs, y) ** 2), dim=1, keepdim=True))
     if kind == "knn":
         return lambda: blocks(lambda xs: torch.topk(torch.cdist(xs, y) ** 2, 10, dim=1, largest=False)[1])
     if kind == "grad":
+
         def run():
             outs = []
             for s in range(0, x.shape[0], rows):
-                xs = x[s:s + rows].clone().requires_grad_(True)
+                xs = x[s : s + rows].clone().requires_grad_(True)
                 a = torch.exp(-((xs[:, None, :] - y[None]) ** 2).sum(-1)) @ b
                 outs.append(torch.autograd.grad(a.sum(), [xs])[0])
             return torch.cat(outs)
@@ -133,8 +134,19 @@ def handwritten_lib():
     lib = None
     if cc:
         out = Path(tempfile.mkdtemp(prefix="pk-bench-")) / "handwritten_gauss.so"
-        cmd = [cc, "-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC",
-               str(HERE / "handwritten_gauss.c"), "-o", str(out), "-lm"]
+        cmd = [
+            cc,
+            "-O3",
+            "-march=native",
+            "-ffast-math",
+            "-fopenmp",
+            "-shared",
+            "-fPIC",
+            str(HERE / "handwritten_gauss.c"),
+            "-o",
+            str(out),
+            "-lm",
+        ]
         if subprocess.run(cmd, capture_output=True).returncode == 0:
             lib = ctypes.CDLL(str(out))
             lib.gauss_sum.restype = ctypes.c_int
@@ -150,8 +162,9 @@ def handwritten_workload(x, y, b, threads):
     out = torch.empty(x.shape[0], 1)
 
     def run():
-        lib.gauss_sum(x.shape[0], y.shape[0], x.data_ptr(), y.data_ptr(), b.data_ptr(), out.data_ptr(),
-                      threads)
+        lib.gauss_sum(
+            x.shape[0], y.shape[0], x.data_ptr(), y.data_ptr(), b.data_ptr(), out.data_ptr(), threads
+        )
         return out
 
     return run
@@ -210,6 +223,7 @@ def impls(kind, D, threads):
                 return fn()
 
             return run
+
         return make
 
     out["polykeops"] = pk("sync")
@@ -219,16 +233,21 @@ def impls(kind, D, threads):
     out["torch dense"] = lambda x, y, b: torch_workload(kind, x, y, b)
     if kind == "gauss" and D == 3:
         out["hand-written C"] = lambda x, y, b: (
-            handwritten_workload(x, y, b, threads) if x.dtype == torch.float32 else None)
+            handwritten_workload(x, y, b, threads) if x.dtype == torch.float32 else None
+        )
     return out
 
 
 def workloads(args):
     big = [10_000, 100_000, 1_000_000] if not args.quick else [10_000, 100_000]
     wl = [dict(kind="gauss", D=3, N=n, dtype="float32", label=f"Gaussian sum, D=3, N={_k(n)}") for n in big]
-    wl.append(dict(kind="gauss", D=3, N=100_000, dtype="float64", label="Gaussian sum, D=3, N=100k, float64"))
-    wl.append(dict(kind="lse", D=3, N=100_000, dtype="float32",
-                   label="logsumexp_j(-sqdist(x_i, y_j)), D=3, N=100k"))
+    wl += [
+        dict(kind="gauss", D=3, N=n, dtype="float64", label=f"Gaussian sum, D=3, N={_k(n)}, float64")
+        for n in big
+    ]
+    wl.append(
+        dict(kind="lse", D=3, N=100_000, dtype="float32", label="logsumexp_j(-sqdist(x_i, y_j)), D=3, N=100k")
+    )
     wl.append(dict(kind="knn", D=3, N=100_000, dtype="float32", label="argKmin K=10, D=3, N=100k"))
     wl.append(dict(kind="knn", D=64, N=100_000, dtype="float32", label="argKmin K=10, D=64, N=100k"))
     wl.append(dict(kind="grad", D=3, N=100_000, dtype="float32", label="grad_x of Gaussian sum, D=3, N=100k"))
@@ -328,8 +347,9 @@ def _python(code, env_extra, args=()):
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(env_extra)
-    res = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                         env=env, timeout=3600)
+    res = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env, timeout=3600
+    )
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-2000:])
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -338,15 +358,21 @@ def _python(code, env_extra, args=()):
 def cold_start(runs):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        auto = [_python(COLD, {"POLYKEOPS_CACHE_DIR": f"{tmp}/a{r}", "POLYKEOPS_JIT": "auto"})
-                for r in range(runs)]
-        sync = [_python(COLD, {"POLYKEOPS_CACHE_DIR": f"{tmp}/s{r}", "POLYKEOPS_JIT": "sync"})
-                for r in range(max(3, runs // 2))]
+        auto = [
+            _python(COLD, {"POLYKEOPS_CACHE_DIR": f"{tmp}/a{r}", "POLYKEOPS_JIT": "auto"})
+            for r in range(runs)
+        ]
+        sync = [
+            _python(COLD, {"POLYKEOPS_CACHE_DIR": f"{tmp}/s{r}", "POLYKEOPS_JIT": "sync"})
+            for r in range(max(3, runs // 2))
+        ]
     med = lambda rs, k: float(np.median([r[k] for r in rs]))  # noqa: E731
-    rows.append(("polykeops, first call of a new formula (JIT auto: generic engine)",
-                 med(auto, "first_call")))
-    rows.append(("polykeops, first call with a specialised build (JIT sync, empty cache)",
-                 med(sync, "first_call")))
+    rows.append(
+        ("polykeops, first call of a new formula (JIT auto: generic engine)", med(auto, "first_call"))
+    )
+    rows.append(
+        ("polykeops, first call with a specialised build (JIT sync, empty cache)", med(sync, "first_call"))
+    )
     rows.append(("polykeops, `import polykeops.numpy`", med(auto, "import")))
     if KeopsLazy is not None:
         try:
@@ -361,8 +387,9 @@ def cold_start(runs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="target duration of one timed run")
     parser.add_argument("--quick", action="store_true")
@@ -389,14 +416,16 @@ def main(argv=None):
             if make(x_all[:2], y, b) is None:
                 continue
             try:
-                fns[name] = calibrate(lambda m, make=make, x=x_all, y=y, b=b: make(x[:m], y, b), M, w["N"],
-                                      args.seconds)
+                fns[name] = calibrate(
+                    lambda m, make=make, x=x_all, y=y, b=b: make(x[:m], y, b), M, w["N"], args.seconds
+                )
             except Exception as exc:
                 print(f"  {name}: failed: {type(exc).__name__}: {exc}", flush=True)
         for name, (pps, m, t) in measure_all(fns, w["N"], args.runs).items():
             row["impls"][name] = {"pairs_per_s": pps, "rows": m, "seconds": t}
-            print(f"{w['label']:45s} {name:18s} {pps:10.3g} pairs/s  ({m} x {w['N']} in {t:.3f} s)",
-                  flush=True)
+            print(
+                f"{w['label']:45s} {name:18s} {pps:10.3g} pairs/s  ({m} x {w['N']} in {t:.3f} s)", flush=True
+            )
         results.append(row)
 
     cold = cold_start(args.runs) if not args.only else []
@@ -411,8 +440,9 @@ def main(argv=None):
 
     md = render_markdown(results, cold, memory, machine, args)
     (RESULTS / "cpu_bench.md").write_text(md)
-    (RESULTS / "cpu_bench.json").write_text(json.dumps(
-        {"machine": machine, "results": results, "cold": cold, "memory": memory}, indent=1))
+    (RESULTS / "cpu_bench.json").write_text(
+        json.dumps({"machine": machine, "results": results, "cold": cold, "memory": memory}, indent=1)
+    )
     plot(results)
     print(md)
 
@@ -429,16 +459,21 @@ def _machine(threads):
         pass
     from polykeops.backends.cpu import generic
 
-    return (f"{cpu}, {threads} threads; polykeops {polykeops.__version__} "
-            f"({generic.available()[1]}), torch {torch.__version__}"
-            + (", pykeops installed" if KeopsLazy is not None else ", pykeops not installed"))
+    return (
+        f"{cpu}, {threads} threads; polykeops {polykeops.__version__} "
+        f"({generic.available()[1]}), torch {torch.__version__}"
+        + (", pykeops installed" if KeopsLazy is not None else ", pykeops not installed")
+    )
 
 
 def render_markdown(results, cold, memory, machine, args):
     names = ["polykeops", "polykeops generic", "pykeops", "torch dense", "hand-written C"]
     present = [n for n in names if any(n in r["impls"] for r in results)]
-    lines = [f"Machine: {machine}. Median of {args.runs} runs (implementations taking turns); "
-             "pairs (i, j) per second.", ""]
+    lines = [
+        f"Machine: {machine}. Median of {args.runs} runs (implementations taking turns); "
+        "pairs (i, j) per second.",
+        "",
+    ]
     head = "| workload | " + " | ".join(present) + " | polykeops / pykeops | polykeops / torch |"
     if "hand-written C" in present:
         head += " polykeops / hand-written C |"
@@ -464,8 +499,10 @@ def render_markdown(results, cold, memory, machine, args):
         lines.append(line)
     lines += ["", "`*`: timed on the first rows only (all N columns), the cost being linear in the rows.", ""]
     if cold:
-        lines += ["| cold start (M = N = 10k, Gaussian sum, fresh process and cache) | seconds |",
-                  "|---|---|"]
+        lines += [
+            "| cold start (M = N = 10k, Gaussian sum, fresh process and cache) | seconds |",
+            "|---|---|",
+        ]
         lines += [f"| {label} | {t:.3f} |" for label, t in cold]
         lines.append("")
     if memory:

@@ -15,6 +15,7 @@ import torch
 
 from polykeops.backends import get_backend
 from polykeops.backends.cpu import CpuBackend, generic, runtime
+from polykeops.backends.cpu.kernel_source import KernelSource
 from polykeops.backends.reference import ReferenceBackend
 from polykeops.formula import ReductionSpec, Var
 from polykeops.formula import algebra as A
@@ -302,6 +303,7 @@ def test_large_vector_dimensions(mode, monkeypatch):
 def random_ranges(rng, nx, ny, nblocks=6, batch=()):
     """(ranges_x, slices_x, redranges_y): some rows in no range, some blocks with no interval,
     empty intervals."""
+
     def one():
         cuts = np.sort(rng.choice(np.arange(1, nx), size=min(nblocks, nx - 1), replace=False))
         starts = np.concatenate([[0], cuts])
@@ -352,6 +354,40 @@ def test_block_sparse_ranges_specialised(name, jit_sync):
     spec = spec_of(name)
     check_ranges(spec, 150, 3000)
     check_ranges(spec, 80, 500, (2, 3), seed=1, kind="torch")
+
+
+def many_short_ranges(rng, nx, ny, nblocks=5, per_block=60):
+    """Blocks of rows, each reduced over many short j intervals (clusters of a few points: a tile
+    gathers the columns of several intervals), some empty, some overlapping, some longer than a
+    tile, one block with no interval."""
+    cuts = np.sort(rng.choice(np.arange(1, nx), size=nblocks - 1, replace=False))
+    rx = np.stack([np.concatenate([[0], cuts]), np.concatenate([cuts, [nx]])], 1)
+    counts = rng.integers(per_block // 2, per_block, size=nblocks)
+    counts[1] = 0
+    sx = np.cumsum(counts)
+    starts = rng.integers(0, ny, size=int(sx[-1]))
+    lengths = rng.integers(0, 40, size=starts.size)
+    lengths[::17] = rng.integers(2000, 5000, size=lengths[::17].size)  # across tiles
+    ry = np.stack([starts, np.minimum(starts + lengths, ny)], 1)
+    return rx.astype(np.int64), sx.astype(np.int64), ry.astype(np.int64)
+
+
+@pytest.mark.parametrize("name", ["Sum", "LogSumExpWeight", "SumSoftMaxWeight", "Min_ArgMin", "KMin_ArgKMin"])
+@pytest.mark.parametrize("mode", ["off", "sync"])
+def test_block_sparse_many_short_intervals(name, mode, monkeypatch):
+    monkeypatch.setenv("POLYKEOPS_JIT", mode)
+    if mode == "sync" and not CpuBackend().compiler_status()[0]:
+        pytest.skip("no C compiler")
+    rng = np.random.default_rng(3)
+    # (blocks of ~20 rows; blocks of ~300 rows, cut into several work items)
+    for dtype, nx, nblocks in [("float32", 90, 5), ("float64", 90, 5), ("float64", 900, 3)]:
+        spec = spec_of(name, dtype=dtype)
+        ny = 6000
+        args = make_args(spec, nx, ny, rng=rng)
+        ranges = many_short_ranges(rng, nx, ny, nblocks=nblocks)
+        out = CpuBackend().evaluate(spec, args, nx=nx, ny=ny, batch_shape=(), ranges=ranges)
+        ref = REF.evaluate(spec, args, nx=nx, ny=ny, batch_shape=(), ranges=ranges)
+        compare(spec, out, ref)
 
 
 def test_block_sparse_ranges_are_declared():
@@ -435,3 +471,26 @@ def test_cpu_is_the_automatic_default_on_cpu(monkeypatch):
     chosen = select_backend(None, spec_of("Sum"), "numpy", "cpu", False)
     assert chosen.name == "cpu"
     assert get_backend("cpu").priority > get_backend("reference").priority
+
+
+@pytest.mark.parametrize("width", [17, 32, 35])
+@pytest.mark.parametrize(
+    "dtype,dtype_acc", [("float32", "auto"), ("float32", "float64"), ("float64", "auto")]
+)
+def test_kernel_matrix_times_wide_b(width, dtype, dtype_acc, jit_sync):
+    """K_ij b_j with a wide b (K @ b): rows and components reduced in register blocks after the
+    row loop; row counts and widths that are not multiples of the blocks, ranges, batches."""
+    x, y, b = Var(0, 5, CAT_I), Var(1, 5, CAT_J), Var(2, width, CAT_J)
+    k = A.node("Exp", A.neg(A.vsum(A.square(A.sub(x, y)))))
+    for form in (A.mul(k, b), A.mul(b, k)):
+        spec = ReductionSpec("Sum", (form,), (x, y, b), dtype=dtype, dtype_acc=dtype_acc)
+        src = KernelSource(spec).source()
+        assert "lb0_all" in src  # the register-blocked reduction is used
+        for nx, ny, batch in [(70, 2100, ()), (3, 700, ()), (37, 130, (2,))]:
+            check(spec, nx, ny, batch)
+        check_ranges(spec, 150, 3000)
+        rng = np.random.default_rng(5)
+        args = make_args(spec, 90, 6000, rng=rng)
+        ranges = many_short_ranges(rng, 90, 6000)
+        out = CpuBackend().evaluate(spec, args, nx=90, ny=6000, batch_shape=(), ranges=ranges)
+        compare(spec, out, REF.evaluate(spec, args, nx=90, ny=6000, batch_shape=(), ranges=ranges))

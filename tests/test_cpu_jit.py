@@ -149,6 +149,41 @@ def test_num_threads(monkeypatch):
         run(spec, args)
 
 
+@pytest.mark.parametrize("mode", ["off", "sync"])
+def test_concurrent_calls_share_the_thread_pool(mode, monkeypatch):
+    """Several Python threads calling the same kernel at once: one call uses the kernel's pool
+    of helper threads, the others create their own threads; every result is right, also for
+    calls of different sizes one after the other (pool threads parked, woken, reused)."""
+    if mode == "sync" and not HAS_CC:
+        pytest.skip("no C compiler")
+    if mode == "off" and not generic.available()[0]:
+        pytest.skip("generic engine not built")
+    monkeypatch.setenv("POLYKEOPS_JIT", mode)
+    monkeypatch.setenv("POLYKEOPS_NUM_THREADS", "3")
+    spec = unique_spec()
+    cases = [args_for(n, 700) for n in (40, 300, 1000)]
+    expected = [ReferenceBackend().evaluate(spec, a, nx=len(a[0]), ny=700, batch_shape=())[0] for a in cases]
+    errors = []
+
+    def worker(seed):
+        try:
+            for q in range(30):
+                k = (seed + q) % len(cases)
+                got = run(spec, cases[k])[0]
+                np.testing.assert_allclose(got, expected[k], rtol=1e-4, atol=1e-5)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[0]
+    for k, a in enumerate(cases):  # after the concurrent phase, one caller again
+        np.testing.assert_allclose(run(spec, a)[0], expected[k], rtol=1e-4, atol=1e-5)
+
+
 # -- the disk cache --------------------------------------------------------------------
 
 WORKER = textwrap.dedent(

@@ -102,10 +102,13 @@ class CpuBackend(Backend):
         if engine is None:
             from ..reference import ReferenceBackend
 
-            return ReferenceBackend().evaluate(spec, original, nx=nx, ny=ny, batch_shape=batch_shape,
-                                               ranges=ranges)
-        prepared = runtime.prepare(work_spec, args, nx, ny, batch_shape, runtime.default_threads(),
-                                   ranges=ranges, block_rows=engine.block_rows)
+            return ReferenceBackend().evaluate(
+                spec, original, nx=nx, ny=ny, batch_shape=batch_shape, ranges=ranges
+            )
+        rows = getattr(engine, "range_rows", engine.block_rows) if ranges is not None else engine.block_rows
+        prepared = runtime.prepare(
+            work_spec, args, nx, ny, batch_shape, runtime.default_threads(), ranges=ranges, block_rows=rows
+        )
         engine.run(prepared)
         if build_later:  # after the call: the compiler must not slow down the answer
             runtime.TABLE.build_in_background(work_spec)
@@ -142,8 +145,10 @@ class CpuBackend(Backend):
             return kernel, False
         failure = table.failure(spec)
         if failure is not None:
-            self._warn_once(("fail", spec), f"polykeops: specialised CPU kernel unavailable, using the "
-                                            f"generic engine: {failure}")
+            self._warn_once(
+                ("fail", spec),
+                f"polykeops: specialised CPU kernel unavailable, using the generic engine: {failure}",
+            )
             return gen, False
         hot = table.add_work(spec, pairs) >= JIT_WORK_THRESHOLD
         if gen is not None:

@@ -117,6 +117,7 @@ class KernelSource:
         self.kahan = spec.sum_scheme == "kahan_scheme"
         self.fused = self.family == "sum" and not self.kahan and self.fdims[0] <= self.fused_sum_limit
         self.outputs = spec.outputs()
+        self.gemm = None  # set by _lane_code: (scalar buffer, b buffer, dim) for Sum_j s_ij b_j
 
     # ------------------------------------------------------------------
     def state_fields(self) -> list[str]:
@@ -206,7 +207,7 @@ class KernelSource:
                     tile_lines.append(f"tb{_id(n, tile_front)}[{k} * TJ + j] = {rf.value(n, k)};")
         for n in tile_front:
             name = f"tb{_id(n, tile_front)}"
-            tile_known[n] = (lambda k, name=name: f"{name}[({k}) * TJ + j]")
+            tile_known[n] = lambda k, name=name: f"{name}[({k}) * TJ + j]"
 
         # row nodes: rendered once per row, outside the j loop
         row_lines = []
@@ -215,7 +216,7 @@ class KernelSource:
             rr = R.render(row_front, leaf_lane, prefix="r", counter=counter)
             row_lines = list(rr.lines)
             for n in row_front:
-                row_known[n] = (lambda k, n=n, rr=rr: rr.value(n, k))
+                row_known[n] = lambda k, n=n, rr=rr: rr.value(n, k)
 
         known = {**tile_known, **row_known}
         lane_lines, lane_bufs = self._lane_code(roots, known, leaf_lane, counter)
@@ -228,7 +229,7 @@ class KernelSource:
         w = out.append
         w("/* polykeops specialised CPU kernel (generated; do not edit) */")
         w(f"/* spec: {_comment(str(spec))} */")
-        w("#include \"pk_runtime.h\"")
+        w('#include "pk_runtime.h"')
         w(f"typedef {T} T;")
         w(f"typedef {ACC} ACC;")
         w(f"#define PK_T {T}")
@@ -236,10 +237,15 @@ class KernelSource:
         w("#define PK_FN(x) x")
         w(f"#define PK_EXPACC {'pk_expf' if ACC == 'float' else 'pk_exp'}")
         w(f"#define PK_LOGACC {'logf' if ACC == 'float' else 'log'}")
-        w("#include \"pk_reduce.h\"")
+        w('#include "pk_reduce.h"')
         w(f"#define NV {len(variables)}")
         w(f"#define BI {BI}")
+        # block-sparse items: up to BIR rows share each tile (clusters of ~100 points: one item);
+        # the state area holds BIR states (the K @ b row buffer holds BI rows: BIR = BI there)
+        bir = BI if self.gemm is not None else max(BI, min(128, (128 * 1024) // max(self.state_bytes(), 1)))
+        w(f"#define BIR {bir}")
         w(f"#define TJ {TJ}")
+        w(f"#define PK_VL {64 // SIZEOF[spec.dtype]} /* lanes of a 64-byte vector; TJ is a multiple */")
         w(CALL_STRUCT)
         w("typedef struct {")
         for fld in self.state_fields():
@@ -247,14 +253,17 @@ class KernelSource:
         w("} pk_state;")
         w("")
         # scratch layout
-        offs = ["#define OFF_STATE 0", "#define END_STATE (OFF_STATE + BI * sizeof(pk_state))"]
+        offs = ["#define OFF_STATE 0", "#define END_STATE (OFF_STATE + BIR * sizeof(pk_state))"]
         prev = "END_STATE"
         bufs = []
         for v in jvars:
             bufs.append((f"yt{v.index}", T, v.dim))
         for n in tile_front:
             bufs.append((f"tb{_id(n, tile_front)}", T, n.dim))
-        bufs.extend(lane_bufs)
+        for name, ty, dim in lane_bufs:
+            if self.gemm is not None and name == self.gemm[0]:
+                name, dim = name + "_all", BI  # one row of TJ scalars per row of the item
+            bufs.append((name, ty, dim))
         for name, ty, dim in bufs:
             offs.append(f"#define OFF_{name} PK_ALIGN64({prev})")
             offs.append(f"#define END_{name} (OFF_{name} + (size_t){dim} * TJ * sizeof({ty}))")
@@ -269,8 +278,14 @@ class KernelSource:
         out.extend(self._state_functions())
         w("")
         # the block routine
-        w("static void pk_process(const pk_call *c, int64_t b, int64_t i0, int64_t i1, int64_t ja,"
-          " int64_t jb, pk_state *st, char *scratch)")
+        # sum and LogSumExp families do not need the column index of a lane: a tile may gather
+        # the columns of several j intervals (block-sparse ranges: many short intervals)
+        gather = 1 if self.family in ("sum", "lse", "softmax") else 0
+        w(f"#define PK_GATHER {gather}")
+        w(
+            "static void pk_process(const pk_call *c, int64_t b, int64_t i0, int64_t i1, const int64_t *iv,"
+            " int64_t niv, pk_state *st, char *scratch)"
+        )
         w("{")
         w("    const int64_t *bo = c->boff + b * NV;")
         for v in jvars + ivars + pvars:
@@ -284,32 +299,68 @@ class KernelSource:
             w("    T *kt_v = (T *)(scratch + OFF_kt);")
             w(f"    int64_t *kt_i = (int64_t *)(kt_v + {self.k});")
             w("    (void)kt_v; (void)kt_i;")
-        w("    for (int64_t jt = ja; jt < jb; jt += TJ) {")
-        w("        const int n = (int)((jb - jt) < TJ ? (jb - jt) : TJ);")
+        # tiles of at most TJ columns, taken from the j intervals iv[2q], iv[2q + 1] (clipped to
+        # [0, ny]) in order; with PK_GATHER == 0 a tile holds columns of one interval only, the
+        # columns jt .. jt + n - 1
+        w("    int64_t q = 0, pos = 0, end = 0;")
+        w("    for (;;) {")
+        w("        int n = 0;")
+        w("        int64_t jt = pos;")
+        w("        while (n < TJ) {")
+        w("            if (pos >= end) {")
+        w("                if ((!PK_GATHER && n > 0) || q >= niv)")
+        w("                    break;")
+        w("                pos = iv[2 * q] > 0 ? iv[2 * q] : 0;")
+        w("                end = iv[2 * q + 1] < c->ny ? iv[2 * q + 1] : c->ny;")
+        w("                ++q;")
+        w("                continue;")
+        w("            }")
+        w("            const int m = (int)((end - pos) < (TJ - n) ? (end - pos) : (TJ - n));")
+        w("            if (n == 0)")
+        w("                jt = pos;")
         for v in jvars:
             d = v.dim
-            w("        {")
-            w(f"            const T *__restrict__ src = a{v.index} + jt * {d};")
+            w("            {")
+            w(f"                const T *__restrict__ src = a{v.index} + pos * {d};")
             if d == 1:
-                w(f"            memcpy(yt{v.index}, src, (size_t)n * sizeof(T));")
+                w(f"                memcpy(yt{v.index} + n, src, (size_t)m * sizeof(T));")
             elif d <= 16:
-                w("            for (int j = 0; j < n; ++j) {")
+                w(f"                T *__restrict__ dst = yt{v.index} + n;")
+                w("                for (int j = 0; j < m; ++j) {")
                 for k in range(d):
-                    w(f"                yt{v.index}[{k} * TJ + j] = src[j * {d} + {k}];")
-                w("            }")
+                    w(f"                    dst[{k} * TJ + j] = src[j * {d} + {k}];")
+                w("                }")
             else:
-                w("            for (int j = 0; j < n; ++j)")
-                w(f"                for (int k = 0; k < {d}; ++k)")
-                w(f"                    yt{v.index}[k * TJ + j] = src[j * {d} + k];")
-            w("        }")
+                w(f"                T *__restrict__ dst = yt{v.index} + n;")
+                w("                for (int j = 0; j < m; ++j)")
+                w(f"                    for (int k = 0; k < {d}; ++k)")
+                w(f"                        dst[k * TJ + j] = src[j * {d} + k];")
+            w("            }")
+        w("            n += m;")
+        w("            pos += m;")
+        w("        }")
+        w("        if (n == 0)")
+        w("            break;")
+        w("        (void)jt;")
+        # whole SIMD vectors: columns n .. npad - 1 of the tile buffers are zeros
+        w("        const int nfull = n & ~(PK_VL - 1), npad = (n + PK_VL - 1) & ~(PK_VL - 1);")
+        w("        (void)nfull;")
+        w("        for (int j = n; j < npad; ++j) {")
+        for v in jvars:
+            w(f"            for (int k = 0; k < {v.dim}; ++k) yt{v.index}[k * TJ + j] = 0;")
+        w("        }")
         if tile_lines:
             w("        " + R.simd_pragma)
-            w("        for (int j = 0; j < n; ++j) {")
+            w("        for (int j = 0; j < npad; ++j) {")
             for line in tile_lines:
                 w("            " + line)
             w("        }")
         w("        for (int64_t i = i0; i < i1; ++i) {")
         w("            pk_state *__restrict__ s = st + (i - i0);")
+        if self.gemm is not None:
+            g = self.gemm[0]
+            w(f"            T *__restrict__ {g} = {g}_all + (size_t)(i - i0) * TJ;")
+            w("            (void)s;")
         for v in ivars:
             w(f"            T xr{v.index}[{v.dim}];")
             w(f"            for (int k = 0; k < {v.dim}; ++k) xr{v.index}[k] = a{v.index}[i * {v.dim} + k];")
@@ -317,6 +368,8 @@ class KernelSource:
             w("            " + line)
         out.extend("            " + line for line in lane_lines)
         w("        }")
+        if self.gemm is not None:
+            out.extend("        " + line for line in self._gemm_code())
         w("    }")
         w("}")
         w("")
@@ -398,7 +451,7 @@ class KernelSource:
                 crossing.add(r)
         root0 = roots[0]
         # Sum of a large vector computed in a component loop: reduce it there, per component
-        region_reduce = (fam == "sum" and not self.kahan and root0 in big and len(roots) == 1)
+        region_reduce = fam == "sum" and not self.kahan and root0 in big and len(roots) == 1
         if region_reduce:
             crossing.discard(root0)
 
@@ -426,7 +479,7 @@ class KernelSource:
             scope = {**known, **buf_known}
             for n in nodes:
                 if n in names:
-                    buf_known[n] = (lambda k, name=names[n]: f"{name}[({k}) * TJ + j]")
+                    buf_known[n] = lambda k, name=names[n]: f"{name}[({k}) * TJ + j]"
             if kind == "fused":
                 rf = R.render(nodes, leaf, known=scope, prefix="v", counter=counter)
                 body = list(rf.lines)
@@ -443,9 +496,27 @@ class KernelSource:
                     elif buffered:
                         for buf, f in zip(("fb", "gb"), roots):
                             body.extend(f"{buf}[{d} * TJ + j] = {rf.value(f, d)};" for d in range(f.dim))
-                if body:
+                if body and sink in units and self.fused:
+                    # whole vectors, then one masked vector for the last columns (short tiles of
+                    # block-sparse ranges: no scalar remainder loop)
                     lines.append(pragma)
-                    lines.append("for (int j = 0; j < n; ++j) {")
+                    lines.append("for (int j = 0; j < nfull; ++j) {")
+                    lines.extend("    " + x for x in body)
+                    lines.append("}")
+                    lines.append("if (nfull < n) {")
+                    lines.append("    " + pragma)
+                    lines.append("    for (int l = 0; l < PK_VL; ++l) {")
+                    masked = ["const int j = nfull + l;"] + body[: len(body) - D]  # (no accumulation)
+                    masked.extend(
+                        f"acc{d} += j < n ? (ACC)({rf.value(root0, d)}) : (ACC)0;" for d in range(D)
+                    )
+                    lines.extend("        " + x for x in masked)
+                    lines.append("    }")
+                    lines.append("}")
+                elif body:
+                    # values of the columns n .. npad - 1 (zero padding) are computed and never used
+                    lines.append(pragma)
+                    lines.append("for (int j = 0; j < npad; ++j) {")
                     lines.extend("    " + x for x in body)
                     lines.append("}")
                 if sink in units and self.fused:
@@ -457,6 +528,13 @@ class KernelSource:
             dim = vec[0].dim
             clines, cnames = R.render_component(vec, "k", dim, leaf, known=scope, prefix="c", counter=counter)
             reduce_here = region_reduce and root0 in vec
+            gemm = self._gemm_operands(root0, vec, names) if reduce_here and not sums else None
+            if gemm is not None:
+                # Sum_j s_ij b_j (K @ b): the scalars s_ij of every row of the item are kept (a
+                # [BI][TJ] buffer) and reduced after the row loop, several rows and components at
+                # a time (pk_process), so that each load of b_j serves several rows
+                self.gemm = gemm
+                continue
             if sums and not reduce_here:
                 # register blocking: JB columns at a time, the Sums of the components stay in
                 # registers across the loop over components (tile buffers hold TJ >= n columns,
@@ -494,8 +572,9 @@ class KernelSource:
                 ks = [f"kq + {q}" for q in range(u)]
                 body = []
                 for q in range(u):
-                    cl, cn = R.render_component(vec, ks[q], dim, leaf, known=scope, prefix=f"u{q}_",
-                                                counter=counter)
+                    cl, cn = R.render_component(
+                        vec, ks[q], dim, leaf, known=scope, prefix=f"u{q}_", counter=counter
+                    )
                     body.extend(cl)
                     body.append(f"acc{q} += (ACC)({cn[root0]});")
                     for n in vec:
@@ -537,6 +616,74 @@ class KernelSource:
         if buffered:
             lines.extend(self._buffer_reduction())
         return lines, bufs
+
+    @staticmethod
+    def _gemm_operands(root, vec, names):
+        """``(scalar buffer, j variable)`` when the reduced formula is ``s_ij * b_j`` with ``s_ij`` a
+        scalar computed in an earlier stage and ``b_j`` a j variable, else None."""
+        if vec != [root] or root.op != "Mult" or len(root.args) != 2:
+            return None
+        a, b = root.args
+        if a.dim != 1:
+            a, b = b, a
+        if a.dim != 1 or a not in names or b.op != "Var" or b.cat != CAT_J or b.dim != root.dim:
+            return None
+        return names[a], f"yt{b.index}", root.dim
+
+    def _gemm_code(self) -> list[str]:
+        """S[r][k] += sum_j s[r][j] b[k][j] for the rows of the item: blocks of RB rows x CB
+        components, RB * CB accumulators per SIMD lane (fewer with 16 vector registers)."""
+        sname, bname, dim = self.gemm
+        L = []
+
+        def block(rb, cb, r0, kq):
+            accs = [f"a{r}_{c}" for r in range(rb) for c in range(cb)]
+            out = ["{", "    " + " ".join(f"ACC {a} = 0;" for a in accs)]
+            for r in range(rb):
+                out.append(f"    const T *__restrict__ k{r} = {sname}_all + (size_t)({r0} + {r}) * TJ;")
+            for c in range(cb):
+                out.append(f"    const T *__restrict__ b{c} = {bname} + (size_t)({kq} + {c}) * TJ;")
+            out.append(f"    {self.renderer.simd_pragma} reduction(+ : {', '.join(accs)})")
+            out.append("    for (int j = 0; j < n; ++j) {")
+            for r in range(rb):
+                for c in range(cb):
+                    out.append(f"        a{r}_{c} += (ACC)(k{r}[j] * b{c}[j]);")
+            out.append("    }")
+            for r in range(rb):
+                for c in range(cb):
+                    out.append(f"    st[{r0} + {r}].s[{kq} + {c}] += a{r}_{c};")
+            out.append("}")
+            return out
+
+        def variant(rb, cb):
+            V = []
+            top = dim - dim % cb
+            V.append("int r0 = 0;")
+            V.append(f"for (; r0 + {rb} <= nrows; r0 += {rb}) {{")
+            V.append(f"    for (int kq = 0; kq < {top}; kq += {cb})")
+            V.extend("        " + x for x in block(rb, cb, "r0", "kq"))
+            if top < dim:
+                V.append(f"    for (int kq = {top}; kq < {dim}; ++kq)")
+                V.extend("        " + x for x in block(rb, 1, "r0", "kq"))
+            V.append("}")
+            V.append("for (; r0 < nrows; ++r0) {")
+            V.append(f"    for (int kq = 0; kq < {top}; kq += {cb})")
+            V.extend("        " + x for x in block(1, cb, "r0", "kq"))
+            if top < dim:
+                V.append(f"    for (int kq = {top}; kq < {dim}; ++kq)")
+                V.extend("        " + x for x in block(1, 1, "r0", "kq"))
+            V.append("}")
+            return V
+
+        L.append("{")
+        L.append("    const int nrows = (int)(i1 - i0);")
+        L.append("#if defined(__AVX512F__) || defined(__aarch64__) /* 32 vector registers */")
+        L.extend("    " + x for x in variant(4, 4))
+        L.append("#else")
+        L.extend("    " + x for x in variant(4, 2))
+        L.append("#endif")
+        L.append("}")
+        return L
 
     def _buffer_reduction(self) -> list[str]:
         """Reduce the formula buffers fb (and gb) of one row and one tile into the state ``s``."""
@@ -706,8 +853,8 @@ static void pk_item(void *vctx, int64_t item, void *scratch)
     pk_state *st = (pk_state *)((char *)scratch + OFF_STATE);
     for (int64_t i = i0; i < i1; ++i)
         pk_state_init(st + (i - i0));
-    if (ja < jb)
-        pk_process(c, b, i0, i1, ja, jb, st, (char *)scratch);
+    const int64_t iv[2] = {ja, jb};
+    pk_process(c, b, i0, i1, iv, 1, st, (char *)scratch);
     for (int64_t i = i0; i < i1; ++i) {
         if (ctx->nch == 1)
             pk_state_finalize(c, st + (i - i0), b * c->nx + i);
@@ -725,12 +872,8 @@ static void pk_item_ranges(void *vctx, int64_t item, void *scratch)
     pk_state *st = (pk_state *)((char *)scratch + OFF_STATE);
     for (int64_t i = i0; i < i1; ++i)
         pk_state_init(st + (i - i0));
-    for (int64_t s = c->ivoff[blk]; s < c->ivoff[blk + 1]; ++s) {
-        int64_t ja = c->ivals[2 * s] > 0 ? c->ivals[2 * s] : 0;
-        int64_t jb = c->ivals[2 * s + 1] < c->ny ? c->ivals[2 * s + 1] : c->ny;
-        if (ja < jb)
-            pk_process(c, b, i0, i1, ja, jb, st, (char *)scratch);
-    }
+    pk_process(c, b, i0, i1, c->ivals + 2 * c->ivoff[blk], c->ivoff[blk + 1] - c->ivoff[blk], st,
+               (char *)scratch);
     for (int64_t i = i0; i < i1; ++i)
         pk_state_finalize(c, st + (i - i0), b * c->nx + i);
 }
@@ -751,6 +894,7 @@ static void pk_merge(void *vctx, int64_t item, void *scratch)
 
 PK_EXPORT int64_t pk_scratch_bytes(void) { return (int64_t)SCRATCH_BYTES; }
 PK_EXPORT int64_t pk_block_rows(void) { return (int64_t)BI; }
+PK_EXPORT int64_t pk_range_rows(void) { return (int64_t)BIR; }
 PK_EXPORT int64_t pk_state_bytes(void) { return (int64_t)sizeof(pk_state); }
 
 /* 0: done; 1: out of memory */
@@ -767,7 +911,7 @@ PK_EXPORT int pk_run(const pk_call *c)
         nthreads = 1;
     if (nthreads < 1)
         nthreads = 1;
-    if (c->items) /* block-sparse: one item per block of at most BI rows, no split of j */
+    if (c->items) /* block-sparse: one item per block of at most BIR rows, no split of j */
         return pk_parallel_for(nthreads, c->nitems, SCRATCH_BYTES, pk_item_ranges, &ctx) ? 1 : 0;
     int64_t items = c->nbatch * ctx.nbi;
     if (nthreads > 1 && items < 4 * (int64_t)nthreads) {

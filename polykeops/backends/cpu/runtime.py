@@ -158,24 +158,27 @@ def block_table(ranges, batch_shape: tuple, nx: int, block_rows: int):
     items = np.concatenate(items) if items else np.zeros((0, 4), np.int64)
     ivoff = np.concatenate(ivoff)
     ivals = np.concatenate(ivals) if ivals else np.zeros((0, 2), np.int64)
-    return (np.ascontiguousarray(items, dtype=np.int64), np.ascontiguousarray(ivoff, dtype=np.int64),
-            np.ascontiguousarray(ivals, dtype=np.int64))
+    return (
+        np.ascontiguousarray(items, dtype=np.int64),
+        np.ascontiguousarray(ivoff, dtype=np.int64),
+        np.ascontiguousarray(ivals, dtype=np.int64),
+    )
 
 
 def fill_empty(spec, outs) -> None:
     """Every row holds the reduction of nothing (block-sparse rows outside all ranges)."""
     fills = spec.red.empty_outputs(tuple(f.dim for f in spec.formulas), spec.k)
     for o, fill in zip(outs, fills):
-        if is_torch(o):
-            import torch
+        # torch outputs (fresh CPU tensors) are filled through a NumPy view: a torch copy of a large
+        # tensor runs on torch's OpenMP threads, which then spin for a while on the cores that the
+        # kernel is about to use
+        view = o.numpy() if is_torch(o) else o
+        view[...] = np.asarray(fill, dtype=view.dtype)
 
-            o[...] = torch.tensor(fill, dtype=o.dtype)
-        else:
-            o[...] = np.asarray(fill, dtype=o.dtype)
 
-
-def prepare(spec, args, nx: int, ny: int, batch_shape: tuple, nthreads: int, ranges=None,
-            block_rows: int = 32) -> PreparedCall:
+def prepare(
+    spec, args, nx: int, ny: int, batch_shape: tuple, nthreads: int, ranges=None, block_rows: int = 32
+) -> PreparedCall:
     """Outputs allocated with the inputs' library, and the C call description."""
     torch_kind = bool(args) and is_torch(args[0])
     outs = []
@@ -227,6 +230,10 @@ class CompiledKernel:
         self._run.restype = ctypes.c_int
         self.lib.pk_block_rows.restype = ctypes.c_int64
         self.block_rows = int(self.lib.pk_block_rows())
+        self.range_rows = self.block_rows  # rows of a block-sparse work item
+        if hasattr(self.lib, "pk_range_rows"):
+            self.lib.pk_range_rows.restype = ctypes.c_int64
+            self.range_rows = int(self.lib.pk_range_rows())
 
     def run(self, prepared: PreparedCall) -> None:
         err = self._run(ctypes.byref(prepared.call))
@@ -330,8 +337,11 @@ class KernelTable:
             t0 = time.perf_counter()
             path = cache.build(key, src, {"spec": str(spec)}, background=background)
             if config.verbose():
-                print(f"[polykeops] CPU kernel for {spec} ready in {time.perf_counter() - t0:.2f} s "
-                      f"({'background' if background else 'sync'}): {path}", flush=True)
+                print(
+                    f"[polykeops] CPU kernel for {spec} ready in {time.perf_counter() - t0:.2f} s "
+                    f"({'background' if background else 'sync'}): {path}",
+                    flush=True,
+                )
             k = CompiledKernel(path, key, cache.paths(key)["src"])
             with self.lock:
                 self.kernels[spec] = k
