@@ -78,7 +78,26 @@ def describe_case(case, bt) -> str:
         + (f", {len(case.specials)} special values" if case.specials else "")
         + ")"
     )
+    if case.ranges is not None:
+        lines.append("  " + describe_ranges(case))
     return "\n".join(lines)
+
+
+def describe_ranges(case) -> str:
+    """One line about a case's block-sparse ranges (what is kept, which rows reduce over nothing)."""
+    from .oracle import ranges_mask
+
+    r = case.ranges
+    mask = ranges_mask(r.arrays(), case.M, case.N)
+    rows = mask.any(-1) if case.spec.axis == 1 else mask.any(-2)
+    name = "i" if case.spec.axis == 1 else "j"
+    return (
+        f"block-sparse ranges: {r.shapes[0][-2]} i-ranges, {r.shapes[3][-2]} j-ranges, "
+        f"{r.shapes[2][-2]} (i-range, j-interval) pairs"
+        + (f", per-batch (ranges batch shape {r.batch})" if r.batch else "")
+        + f"; {int(mask.sum())} of {mask.numel()} (i, j) pairs kept, "
+        f"{int((~rows).sum())} of {rows.numel()} output rows ({name}) reduce over nothing"
+    )
 
 
 def _where(idx, shape, case, what: str) -> str:
@@ -193,11 +212,27 @@ def check_indices(exp, got_idx, got_val=None):
             got_val.unsqueeze(-2) if K == 1 and ref.shape[-1] == got_val.shape[-1] else got_val.unsqueeze(-1)
         )
     problems = []
-    out_of_range = (idx < 0) | (idx >= C)
+    # block-sparse ranges: a rank with no kept pair left must hold index -1
+    void = (oracle_idx < 0).expand_as(idx)
+    bad_void = void & (idx != -1)
+    if bool(bad_void.any()):
+        k = int(torch.nonzero(bad_void.reshape(-1))[0])
+        problems.append(
+            f"{int(bad_void.sum())} indices should be -1 (the row has no kept (i, j) pair left for this "
+            f"rank: it reduces over nothing) but are not; first at flat position {k} "
+            f"{tuple(int(x) for x in np.unravel_index(k, tuple(idx.shape)))} of (*batch, rows, K, dim): "
+            f"got {int(idx.reshape(-1)[k])}"
+        )
+    out_of_range = ~void & ((idx < 0) | (idx >= C))
     if bool(out_of_range.any()):
         k = int(torch.nonzero(out_of_range.reshape(-1))[0])
-        problems.append(f"index out of range [0, {C}): {int(idx.reshape(-1)[k])} (flat position {k})")
+        got = int(idx.reshape(-1)[k])
+        hint = " (-1: the reduction of nothing, but kept pairs are left for this rank)" if got == -1 else ""
+        problems.append(f"index out of range [0, {C}): {got} (flat position {k}){hint}")
+    if problems:
         return problems, None
+    idx_all = idx
+    idx = torch.where(void, torch.zeros_like(idx), idx)
     Fg = torch.take_along_dim(F, idx, dim=-2)
     ng = torch.take_along_dim(nF, idx, dim=-2)
     nan_ref = torch.isnan(ref)
@@ -215,7 +250,7 @@ def check_indices(exp, got_idx, got_val=None):
         strict = row_exact.expand_as(ref) | nan_ref
         strict = strict | (inf_ref & (Fg == ref))
     close = ((Fg - ref).abs() <= tol + ng) | (torch.isnan(Fg) & nan_ref) | (inf_ref & (Fg == ref))
-    wrong = torch.where(strict, idx != oracle_idx, ~close)
+    wrong = torch.where(strict, idx != oracle_idx, ~close) & ~void
     if bool(wrong.any()):
         k = int(torch.nonzero(wrong.reshape(-1))[0])
         kind = "tie order / NaN rule" if bool(strict.reshape(-1)[k]) else "value"
@@ -229,13 +264,14 @@ def check_indices(exp, got_idx, got_val=None):
             + ("; among equal values the smallest index wins, NaN first" if kind != "value" else "")
         )
     if K > 1:
-        srt = torch.sort(idx, dim=-2).values
+        distinct = -1 - torch.arange(K, device=idx.device).reshape(K, 1)  # voids never collide
+        srt = torch.sort(torch.where(void, distinct, idx), dim=-2).values
         dup = (srt[..., 1:, :] == srt[..., :-1, :]).any(-2)
         if bool(dup.any()):
             problems.append(f"{int(dup.sum())} rows select the same index twice")
     if got_val is not None:
         gv = got_val.to(torch.float64)
-        mism = ~(((gv - Fg).abs() <= tol + ng) | (torch.isnan(gv) & torch.isnan(Fg)) | (gv == Fg))
+        mism = ~(((gv - Fg).abs() <= tol + ng) | (torch.isnan(gv) & torch.isnan(Fg)) | (gv == Fg)) & ~void
         if bool(mism.any()):
             k = int(torch.nonzero(mism.reshape(-1))[0])
             problems.append(
@@ -243,7 +279,7 @@ def check_indices(exp, got_idx, got_val=None):
                 f"value {_fmt(gv.reshape(-1)[k])} but F at index {int(idx.reshape(-1)[k])} is "
                 f"{_fmt(Fg.reshape(-1)[k])}"
             )
-    return problems, idx
+    return problems, idx_all
 
 
 # ---------------------------------------------------------------------------

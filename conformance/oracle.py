@@ -63,6 +63,13 @@ of sin(x)/x near 0), capped at 1e-3 of the magnitudes in float32 units.  The
 magnitude of a gradient's terms is bounded without cancellation for the
 softmax-type reductions (``p (|G| + |out|)`` instead of ``p (G - out)``).
 
+Block-sparse ranges: the pairs a case's ``ranges`` keep form a mask (:func:`ranges_mask`,
+read from the first half of pykeops' 6-tuple); elsewhere F is replaced by the
+reduction's neutral value (0, -inf or +inf, :func:`masked_value`), with no noise, so
+that the reductions, tolerances and gradients above only see the kept pairs.  A row
+(or a K-rank) with no kept pair holds the reduction of nothing: index -1 and the
+empty value, which must be exact.
+
 Rejected cases: a random case whose formula values are non-finite or larger than
 1e4 (20 in float16) is discarded (``hypothesis.reject``): overflow is then the
 formula's, not the backend's.
@@ -296,13 +303,18 @@ def _safe(m):
     return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
 
 
-def reduce_dense(spec, Fs, indices=None):
+def reduce_dense(spec, Fs, indices=None, mask=None):
     """The spec's outputs from dense values ``Fs`` (R x C grids), in run_spec's layout.
 
     ``indices`` (for the selection reductions) overrides the selected indices
     (gradients are then taken at the backend's choice among tied values).
+    ``mask`` (block-sparse ranges, see :func:`oriented_mask`): only the kept pairs
+    are reduced; a selected rank with no kept pair left has index -1 and the
+    reduction's empty value.
     """
     name = spec.reduction
+    if mask is not None:
+        Fs = apply_mask(spec, Fs, mask)
     F = Fs[0]
     if name == "Sum":
         return [F.sum(-2)]
@@ -324,7 +336,7 @@ def reduce_dense(spec, Fs, indices=None):
     if red.uses_k:
         k = spec.k
         idx = indices if indices is not None else kmin_order(F, k)
-        vals = torch.take_along_dim(F, idx, dim=-2)
+        idx, vals = _select(spec, F, idx, mask)
         outs = []
         d = F.shape[-1]
         if red.want_value:
@@ -334,16 +346,90 @@ def reduce_dense(spec, Fs, indices=None):
         return outs
     kind = red.selection_kind
     idx = indices if indices is not None else first_index(F, kind)
+    idx, vals = _select(spec, F, idx[..., None, :], mask)
     outs = []
     if red.want_value:
-        outs.append(torch.take_along_dim(F, idx[..., None, :], dim=-2)[..., 0, :])
+        outs.append(vals[..., 0, :])
     if red.want_index:
-        outs.append(idx)
+        outs.append(idx[..., 0, :])
     return outs
 
 
-def expected_outputs(spec, arrays):
-    """The oracle's outputs for ``spec`` on ``arrays`` (Genred layout; torch or NumPy).
+def _select(spec, F, idx, mask):
+    """``(indices, values)`` of the selected ranks ``idx`` (along -2); with a ``mask``, ranks that
+    select no kept pair (or index -1) get index -1 and the reduction's empty value."""
+    if mask is None:
+        return idx, torch.take_along_dim(F, idx, dim=-2)
+    safe = idx.clamp(min=0)
+    kept = torch.take_along_dim(mask.expand(F.shape[:-1] + (1,)), safe, dim=-2)
+    void = (idx < 0) | ~kept
+    vals = torch.where(
+        void, torch.full_like(F[..., :1, :], masked_value(spec)), torch.take_along_dim(F, safe, dim=-2)
+    )
+    return torch.where(void, torch.full_like(idx, -1), idx), vals
+
+
+# ---------------------------------------------------------------------------
+# block-sparse ranges: the mask of kept (i, j) pairs
+# ---------------------------------------------------------------------------
+
+
+def ranges_mask(ranges, M: int, N: int) -> torch.Tensor:
+    """The ``(*batch, M, N)`` boolean mask of the pairs that pykeops' 6-tuple ``ranges`` keeps.
+
+    Read from its first half, as documented: the rows ``ranges_i[k, 0] <= i < ranges_i[k, 1]``
+    are reduced over the j intervals ``redranges_j[s]``, ``slices_i[k - 1] <= s < slices_i[k]``
+    (``slices_i[-1]`` read as 0).  ``ranges``: NumPy arrays or torch tensors (any device).
+    """
+    rx, sx, ry = (
+        np.asarray(r.detach().cpu() if isinstance(r, torch.Tensor) else r, dtype=np.int64) for r in ranges[:3]
+    )
+    rb = rx.shape[:-2]
+    mask = np.zeros(rb + (M, N), dtype=bool)
+    for b in np.ndindex(*rb):
+        prev = 0
+        for k in range(rx.shape[-2]):
+            end = int(sx[b][k])
+            i0, i1 = (int(x) for x in rx[b][k])
+            for s in range(prev, end):
+                j0, j1 = (int(x) for x in ry[b][s])
+                mask[b][i0:i1, j0:j1] = True
+            prev = end
+    return torch.from_numpy(mask)
+
+
+def oriented_mask(mask: torch.Tensor, axis: int) -> torch.Tensor:
+    """A ``(*batch, M, N)`` mask oriented like :func:`dense`'s grids: ``(*batch, R, C, 1)``."""
+    return (mask.transpose(-1, -2) if axis == 0 else mask)[..., None]
+
+
+def case_mask(case):
+    """The oriented mask of a drawn case's ranges (None without ranges)."""
+    if getattr(case, "ranges", None) is None:
+        return None
+    return oriented_mask(ranges_mask(case.ranges.arrays(), case.M, case.N), case.spec.axis)
+
+
+def masked_value(spec) -> float:
+    """What a pair left out by the ranges contributes to F: nothing (0 in a Sum, -inf in an
+    exponential sum, +-inf in a selection)."""
+    red = spec.red
+    if red.is_selection:
+        return math.inf if red.selection_kind == "min" else -math.inf
+    return 0.0 if spec.reduction == "Sum" else -math.inf
+
+
+def apply_mask(spec, Fs, mask, weights: bool = False):
+    """``Fs`` with the pairs outside ``mask`` replaced by :func:`masked_value` (and, with ``weights``,
+    the weights of those pairs by 0: torch.autograd then gives them no gradient)."""
+    F = torch.where(mask, Fs[0], torch.full_like(Fs[0][..., :1, :1, :1], masked_value(spec)))
+    rest = [torch.where(mask, G, torch.zeros_like(G[..., :1, :1, :1])) if weights else G for G in Fs[1:]]
+    return [F] + rest
+
+
+def expected_outputs(spec, arrays, ranges=None):
+    """The oracle's outputs for ``spec`` on ``arrays`` (Genred layout; torch or NumPy), with
+    pykeops' block-sparse 6-tuple ``ranges`` if given.
 
     This is what the reproduction snippets of failures call.
     """
@@ -352,7 +438,8 @@ def expected_outputs(spec, arrays):
         for a in arrays
     ]
     M, N = sizes_of(spec, arrays)
-    return reduce_dense(spec, dense(spec, arrays, M, N))
+    mask = None if ranges is None else oriented_mask(ranges_mask(ranges, M, N), spec.axis)
+    return reduce_dense(spec, dense(spec, arrays, M, N), mask=mask)
 
 
 def sizes_of(spec, arrays) -> tuple[int, int]:
@@ -438,6 +525,12 @@ class CaseOracle:
             self.exact.append(
                 ((f32 == f) | (torch.isnan(f32) & torch.isnan(f))) & ((rep == f) | ~torch.isfinite(f))
             )
+        # block-sparse ranges: the pairs left out are not computed (no value, no rounding error)
+        self.mask = case_mask(case)
+        if self.mask is not None:
+            self.F = apply_mask(spec, self.F, self.mask)
+            self.noise = [torch.where(self.mask, n, torch.zeros_like(n)) for n in self.noise]
+            self.exact = [e | ~self.mask for e in self.exact]
 
     # -- expectations -----------------------------------------------------------
     def expectations(self, indices=None):
@@ -446,6 +539,8 @@ class CaseOracle:
             exps = self._expectations(indices)
         for exp in exps:
             if exp.tol is not None:
+                if self.mask is not None:  # rows that reduce over nothing: the empty value, exactly
+                    exp.tol = torch.nan_to_num(exp.tol, nan=0.0)
                 exp.tol = exp.tol + TINY[self.dtype]
         return exps
 
@@ -457,7 +552,7 @@ class CaseOracle:
         ea, e = self.eps_acc, self.eps
         fc = fac(C, spec.sum_scheme)
         with torch.no_grad():
-            outs = reduce_dense(spec, self.F, indices=indices)
+            outs = reduce_dense(spec, self.F, indices=indices, mask=self.mask)
             if name == "Sum":
                 r = outs[0]
                 S = F.abs().sum(-2)
@@ -517,13 +612,13 @@ class CaseOracle:
         if red.uses_k:
             k = spec.k
             idx = indices if indices is not None else kmin_order(F, k)
-            ref = torch.take_along_dim(F, idx, dim=-2)  # (..., R, K, D)
         else:
             idx = indices if indices is not None else first_index(F, kind)[..., None, :]
             if indices is not None:
                 idx = idx[..., None, :]
-            ref = torch.take_along_dim(F, idx, dim=-2)  # (..., R, 1, D)
-        n_sel = torch.take_along_dim(nF, idx, dim=-2)
+        # (..., R, K, D) (K = 1 for Min/Max); ranks with no kept pair (ranges): index -1, empty value
+        idx, ref = _select(spec, F, idx, self.mask)
+        n_sel = torch.take_along_dim(nF, idx.clamp(min=0), dim=-2)
         # near-ties of each selected value: any value that may be computed on the other side of it
         n_near = torch.empty_like(ref)
         for k in range(ref.shape[-2]):  # one rank at a time: (..., R, C, D) temporaries only
@@ -538,13 +633,9 @@ class CaseOracle:
         squeeze_k = red.uses_k and d == 1
         for out, o in zip(outs, spec.outputs()):
             if o.kind == "float":
-                t = tol if red.uses_k else tol[..., 0, :]
-                t = t[..., 0] if squeeze_k else t
-                result.append(
-                    Expectation(
-                        "float", out, t, ref.abs() if not squeeze_k else ref.abs()[..., 0], extra=info
-                    )
-                )
+                t, sc = (tol, ref.abs()) if red.uses_k else (tol[..., 0, :], ref.abs()[..., 0, :])
+                t, sc = (t[..., 0], sc[..., 0]) if squeeze_k else (t, sc)
+                result.append(Expectation("float", out, t, sc, extra=info))
             else:
                 result.append(Expectation("index", out, extra=info))
         return result
@@ -607,17 +698,34 @@ def _grad(loss, leaves, create_graph, retain=False):
 
 
 def dense_gradients(
-    spec, arrays, M, N, cotangents, *, dtype=F64, indices=None, directions=None, perturb=None
+    spec,
+    arrays,
+    M,
+    N,
+    cotangents,
+    *,
+    dtype=F64,
+    indices=None,
+    directions=None,
+    perturb=None,
+    mask=None,
+    ranges=None,
 ):
     """First-order (``directions is None``) or second-order gradients on the dense computation.
 
     Returns ``(grads, magnitudes)``: per variable, the gradient (shaped like the
     variable's array) and the sum of the absolute values of its per-pair
     contributions.  Second order: the gradient of ``sum_p <grad_p, directions_p>``.
+    Block-sparse: ``ranges`` (pykeops' 6-tuple) or its :func:`oriented_mask` ``mask``;
+    the pairs left out contribute nothing.
     """
+    if mask is None and ranges is not None:
+        mask = oriented_mask(ranges_mask(ranges, M, N), spec.axis)
     leaves, nb = _grid_leaves(spec, arrays, M, N, dtype)
     Fs = dense(spec, arrays, M, N, dtype=dtype, grid_leaves=leaves, perturb=perturb)
-    outs = _float_outputs(spec, reduce_dense(spec, Fs, indices=indices))
+    if mask is not None:
+        Fs = apply_mask(spec, Fs, mask, weights=True)
+    outs = _float_outputs(spec, reduce_dense(spec, Fs, indices=indices, mask=mask))
     loss = sum((o * c.to(dtype)).sum() for o, c in zip(outs, cotangents))
     second = directions is not None
     contribs = _grad(loss, leaves, second, retain=True)
@@ -635,7 +743,13 @@ def dense_gradients(
     if not second:
         weights = _partial_bounds(spec, [f.detach() for f in Fs], [c.to(dtype) for c in cotangents])
         if weights is not None:
-            loss_mag = sum((w * f).sum() for w, f in zip(weights, Fs))
+            if mask is not None:  # 0 x inf at the pairs left out: no contribution
+                weights = [torch.where(mask, w, torch.zeros_like(w)) for w in weights]
+                loss_mag = sum(
+                    torch.where(mask, w * f, torch.zeros_like(w)).sum() for w, f in zip(weights, Fs)
+                )
+            else:
+                loss_mag = sum((w * f).sum() for w, f in zip(weights, Fs))
             bound = _grad(loss_mag, leaves, False)
             mags = [
                 torch.maximum(m, sum_back(c.detach().abs(), v, a.shape, nb).to(F64))
@@ -666,7 +780,10 @@ def _gradient_expectations(case, cotangents, indices, directions, low_precision)
     eps, eps_acc = EPS[spec.dtype], EPS[acc_dtype(spec)]
     cot64 = [c.to(F64) for c in cotangents]
     dirs64 = None if directions is None else [d.to(F64) for d in directions]
-    g64, mags, terms = dense_gradients(spec, arrays, M, N, cot64, indices=indices, directions=dirs64)
+    mask = case_mask(case)
+    g64, mags, terms = dense_gradients(
+        spec, arrays, M, N, cot64, indices=indices, directions=dirs64, mask=mask
+    )
     arr32 = [a.to(torch.float32) for a in arrays]
     g32, _, _ = dense_gradients(
         spec,
@@ -677,6 +794,7 @@ def _gradient_expectations(case, cotangents, indices, directions, low_precision)
         dtype=torch.float32,
         indices=indices,
         directions=None if dirs64 is None else [d.to(torch.float32) for d in dirs64],
+        mask=mask,
     )
     gp, _, _ = dense_gradients(
         spec,
@@ -687,6 +805,7 @@ def _gradient_expectations(case, cotangents, indices, directions, low_precision)
         indices=indices,
         directions=dirs64,
         perturb=(eps, 3),
+        mask=mask,
     )
     result = []
     low = low_precision if low_precision is not None else [None] * len(g64)

@@ -3,7 +3,8 @@
 A snippet regenerates the case's data from its seed (the recipe of
 :class:`conformance.strategies.Case`), builds the reduction with ``Genred`` (the
 formula printed in the KeOps formula language; when the text does not parse back
-to the same formula, the spec is built from nodes instead), calls the backend
+to the same formula, the spec is built from nodes instead), with the case's
+block-sparse ``ranges`` 6-tuple written out when it has one, calls the backend
 and compares with the dense oracle (:mod:`conformance.oracle`).  Run it from the
 repository root.
 """
@@ -84,6 +85,23 @@ def data_lines(case, var: str = "a"):
     return lines, names
 
 
+def ranges_lines(case, kind: str, device: str = "cpu") -> list[str]:
+    """Lines building the case's block-sparse 6-tuple ``ranges`` (nothing without ranges)."""
+    if case.ranges is None:
+        return []
+    from .strategies import RANGES_NAMES
+
+    lines = ["ranges = ["]
+    for name, values, shape in zip(RANGES_NAMES, case.ranges.values, case.ranges.shapes):
+        lines.append(f"    np.array({list(values)}, dtype=np.int64).reshape({tuple(shape)}),  # {name}")
+    lines.append("]")
+    if kind == "numpy":
+        lines.append("ranges = tuple(ranges)")
+    else:
+        lines.append(f"ranges = tuple(torch.from_numpy(r).to({device!r}) for r in ranges)")
+    return lines
+
+
 def snippet(case, bt, *, mode: str = "forward", device: str = "cpu") -> str:
     """The reproduction snippet (``mode``: "forward", "gradient" or "second")."""
     spec = case.spec
@@ -101,6 +119,8 @@ def snippet(case, bt, *, mode: str = "forward", device: str = "cpu") -> str:
             f"args = [torch.from_numpy(x).to(torch.{spec.dtype}).to({device!r}){grad} "
             f"for x in ({', '.join(names)},)]"
         )
+    lines += ranges_lines(case, kind, device)
+    with_ranges = ", ranges=ranges" if case.ranges is not None else ""
     if _roundtrips(spec):
         lines.append(f"from {front} import Genred")
         opts = [f"reduction_op={spec.reduction!r}", f"axis={spec.axis}"]
@@ -111,7 +131,7 @@ def snippet(case, bt, *, mode: str = "forward", device: str = "cpu") -> str:
         if spec.sum_scheme != "block_sum":
             opts.append(f"sum_scheme={spec.sum_scheme!r}")
         lines.append(f"fn = Genred({to_string(spec.formulas[0])!r}, [], {', '.join(opts)})")
-        lines.append(f"out = fn(*args, backend={bt.name!r})")
+        lines.append(f"out = fn(*args, backend={bt.name!r}{with_ranges})")
         spec_expr = f"fn.spec.with_(dtype={spec.dtype!r})"
     else:
         tools = "NumpyTools as Tools" if kind == "numpy" else "TorchTools as Tools"
@@ -132,15 +152,19 @@ def snippet(case, bt, *, mode: str = "forward", device: str = "cpu") -> str:
             f"axis={spec.axis}, "
             f"k={spec.k!r}, dtype={spec.dtype!r}, sum_scheme={spec.sum_scheme!r})"
         )
-        lines.append(f"out = run_spec(Tools(), spec, args, backend={bt.name!r})")
+        lines.append(f"out = run_spec(Tools(), spec, args, backend={bt.name!r}{with_ranges})")
         spec_expr = "spec"
     if mode == "forward":
         lines.append("from conformance.oracle import expected_outputs  # the dense float64 torch oracle")
-        lines.append(f"expected = expected_outputs({spec_expr}, args)")
+        lines.append(f"expected = expected_outputs({spec_expr}, args{with_ranges})")
         lines.append("outs = out if isinstance(out, tuple) else (out,)")
         lines.append("for o, e in zip(outs, expected):")
         lines.append("    o = torch.as_tensor(np.asarray(o.detach().cpu() if hasattr(o, 'detach') else o))")
-        lines.append("    print('max abs error', (o.double() - e.double()).abs().max().item())")
+        lines.append(
+            "    o, e = o.double(), e.double()  # equal infinities and NaN where NaN is expected: no error"
+        )
+        lines.append("    err = torch.where((o == e) | (o.isnan() & e.isnan()), 0.0, (o - e).abs())")
+        lines.append("    print('max abs error', err.max().item())")
         return "\n".join(lines)
     second = mode == "second"
     lines.append(f"rng = np.random.default_rng({case.seed + 1})  # cotangents of the float outputs")
@@ -157,7 +181,7 @@ def snippet(case, bt, *, mode: str = "forward", device: str = "cpu") -> str:
     lines.append("exact, _, _ = dense_gradients(")
     lines.append(f"    {spec_expr}, [a.detach().double() for a in args], {case.M}, {case.N},")
     lines.append("    [c.double() for c in cots],")
-    lines.append(f"    directions={'[d.double() for d in dirs]' if second else 'None'})")
+    lines.append(f"    directions={'[d.double() for d in dirs]' if second else 'None'}{with_ranges})")
     lines.append("for p, (g, e) in enumerate(zip(grads, exact)):")
     lines.append("    g = torch.zeros_like(e) if g is None else g.detach().double()")
     lines.append("    print('argument', p, 'max abs error', (g - e).abs().max().item())")

@@ -35,6 +35,17 @@ def backend_arrays(case, arrays64, device: str = "cpu", requires_grad: bool = Fa
     return [torch.from_numpy(a).to(device=device, dtype=dt).requires_grad_(requires_grad) for a in arrays64]
 
 
+def backend_ranges(case, kind: str, device: str = "cpu"):
+    """The case's block-sparse 6-tuple as the reduction receives it (None without ranges):
+    int64 NumPy arrays, or torch tensors on the arguments' device."""
+    if case.ranges is None:
+        return None
+    arrays = case.ranges.arrays()
+    if kind == "numpy":
+        return tuple(arrays)
+    return tuple(torch.from_numpy(r).to(device) for r in arrays)
+
+
 def as_tuple(out):
     return out if isinstance(out, tuple) else (out,)
 
@@ -105,7 +116,8 @@ def run_forward(bt, case, arrays64, device: str = "cpu"):
     tools = tools_for(case.array_kind)
     args = backend_arrays(case, arrays64, device)
     snapshot = [to_torch_cpu(a).to(torch.float64).clone() for a in args]
-    outs = as_tuple(run_spec(tools, case.spec, list(args), backend=bt.name))
+    ranges = backend_ranges(case, case.array_kind, device)
+    outs = as_tuple(run_spec(tools, case.spec, list(args), backend=bt.name, ranges=ranges))
     problems = check_contract(case, args, outs, snapshot, device)
     return outs, problems
 
@@ -133,7 +145,8 @@ def run_gradients(bt, case, arrays64, cotangents, *, device="cpu", directions=No
     tools = tools_for("torch")
     dt = TORCH_DTYPES[case.dtype]
     args = backend_arrays(case, arrays64, device, requires_grad=True)
-    outs = as_tuple(run_spec(tools, case.spec, list(args), backend=bt.name))
+    ranges = backend_ranges(case, "torch", device)
+    outs = as_tuple(run_spec(tools, case.spec, list(args), backend=bt.name, ranges=ranges))
     floats = [o for o, meta in zip(outs, case.spec.outputs()) if meta.kind == "float"]
     cots = [c.to(device=device, dtype=dt) for c in cotangents]
     second = directions is not None

@@ -212,9 +212,12 @@ def property_test(factor: float = 1.0, **overrides):
 AXES = pytest.mark.parametrize("axis", [0, 1], ids=["axis0", "axis1"])
 
 
-def claims(backend, reduction: str | None = None, dtype: str | None = None):
-    """The capabilities of ``backend``; skips the test unless it claims ``dtype`` and ``reduction``."""
+def claims(backend, reduction: str | None = None, dtype: str | None = None, *, ranges: bool = False):
+    """The capabilities of ``backend``; skips the test unless it claims ``dtype`` and ``reduction``
+    (and block-sparse ``ranges`` when asked)."""
     caps = backend.capabilities
+    if ranges and not getattr(caps, "ranges", False):
+        pytest.skip(f"{backend.label} does not claim block-sparse ranges (capabilities.ranges)")
     if dtype is not None and dtype not in caps.dtypes:
         pytest.skip(f"{backend.label} does not claim {dtype}")
     if reduction is not None and caps.reductions is not None and reduction not in caps.reductions:

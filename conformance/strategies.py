@@ -15,10 +15,15 @@ Everything a test draws comes from here:
   that are not multiples of any usual tile or block size), vector dimensions
   (1..8, and 64 / 200 for the large-dimension tests), batch dimensions with
   broadcasting, K for the K-reductions, the sum scheme, the array kind.
+* :func:`block_sparse` -- a random block-sparse structure (pykeops' ``ranges``
+  6-tuple, :class:`BlockSparse`): contiguous clusters of rows and columns (some
+  rows or columns in no cluster, some clusters empty), a random mask of kept
+  cluster pairs (all-false rows, all-true, a single block, a band...), optionally
+  one structure per batch.
 * :class:`Case` -- one drawn test case: a :class:`ReductionSpec`, argument
   shapes (Genred layout) and a *data recipe* (a seed, a distribution, special
   values) from which the data is regenerated, by the suite and by the
-  reproduction snippet of a failure.
+  reproduction snippet of a failure; optionally block-sparse ranges.
 
 Every draw is labelled (``label=`` arguments) so hypothesis' falsifying
 examples read well.
@@ -64,6 +69,43 @@ _NP = NumpyNamespace("float64")
 # ---------------------------------------------------------------------------
 
 
+#: names of the arrays of pykeops' block-sparse 6-tuple, in order
+RANGES_NAMES = ("ranges_i", "slices_i", "redranges_j", "ranges_j", "slices_j", "redranges_i")
+
+
+@dataclass(frozen=True)
+class BlockSparse:
+    """pykeops' block-sparse ``ranges`` 6-tuple, as plain integers (hashable, printable).
+
+    ``(ranges_i, slices_i, redranges_j, ranges_j, slices_j, redranges_i)``: the
+    rows ``ranges_i[k, 0] <= i < ranges_i[k, 1]`` of i-cluster ``k`` are reduced
+    over the j intervals ``redranges_j[s]``, ``slices_i[k - 1] <= s < slices_i[k]``
+    (``slices_i[-1]`` read as 0); the last three arrays describe the transposed
+    problem.  ``values`` holds each array flattened (row-major), ``shapes`` their
+    shapes; leading dimensions before ``(C, 2)`` / ``(C,)`` are batch dimensions
+    (one structure per batch, broadcasting against the reduction's batch shape).
+    """
+
+    values: tuple
+    shapes: tuple
+
+    @property
+    def batch(self) -> tuple:
+        return tuple(self.shapes[0][:-2])
+
+    def arrays(self) -> list[np.ndarray]:
+        """The six int64 NumPy arrays."""
+        return [np.array(v, dtype=np.int64).reshape(shape) for v, shape in zip(self.values, self.shapes)]
+
+    def swapped(self) -> BlockSparse:
+        """The 6-tuple of the transposed problem (i and j exchanged)."""
+        return BlockSparse(self.values[3:] + self.values[:3], self.shapes[3:] + self.shapes[:3])
+
+    def __repr__(self) -> str:
+        counts = f"{self.shapes[0][-2]} i-ranges, {self.shapes[3][-2]} j-ranges"
+        return f"BlockSparse({counts}, batch={self.batch}, {self.shapes[2][-2]} (i-range, j-interval) pairs)"
+
+
 @dataclass(frozen=True)
 class Case:
     """One conformance case: a spec, argument shapes and the recipe of its data.
@@ -91,6 +133,7 @@ class Case:
     specials: tuple = ()
     array_kind: str = "torch"
     value_limit: float | None = None  # |F| above which the oracle rejects the case (None: per dtype)
+    ranges: BlockSparse | None = None  # block-sparse ranges passed to the reduction (None: dense)
 
     @property
     def dtype(self) -> str:
@@ -115,7 +158,9 @@ class Case:
         s = self.spec
         return (
             f"Case({s}, M={self.M}, N={self.N}, batch={self.batch}, shapes={list(self.shapes)}, "
-            f"seed={self.seed}, data={self.data!r}, specials={len(self.specials)}, kind={self.array_kind})"
+            f"seed={self.seed}, data={self.data!r}, specials={len(self.specials)}, kind={self.array_kind}"
+            + (f", ranges={self.ranges!r}" if self.ranges is not None else "")
+            + ")"
         )
 
 
@@ -558,3 +603,157 @@ def _shapes(variables_, per_var_batch, M: int, N: int) -> tuple[tuple[int, ...],
     """The argument shapes: each variable's batch shape, then (M, dim), (N, dim) or (dim,)."""
     rows = {CAT_I: (M,), CAT_J: (N,)}
     return tuple(b + rows.get(v.cat, ()) + (v.dim,) for v, b in zip(variables_, per_var_batch))
+
+
+# ---------------------------------------------------------------------------
+# block-sparse ranges
+# ---------------------------------------------------------------------------
+
+#: most clusters drawn along one axis (keeps the keep-mask and the snippets small)
+MAX_CLUSTERS = 9
+
+
+@st.composite
+def _clusters(draw, n: int, what: str):
+    """Contiguous clusters ``[(start, end)]`` (sorted) of ``range(n)``: maybe some rows in none of
+    them, maybe an empty cluster ``(p, p)``.
+
+    The simplest draws (what hypothesis tries first and shrinks towards) cover every row.
+    """
+    count = draw(st.integers(1, min(n, MAX_CLUSTERS)), label=f"number of {what}-clusters")
+    cuts = []
+    if count > 1:
+        cuts = draw(
+            st.lists(st.integers(1, n - 1), min_size=count - 1, max_size=count - 1, unique=True),
+            label=f"{what}-cluster boundaries",
+        )
+    bounds = [0] + sorted(cuts) + [n]
+    clusters = list(zip(bounds[:-1], bounds[1:]))
+    if draw(st.booleans(), label=f"leave {what}-clusters out?"):
+        left_out = draw(
+            st.lists(st.sampled_from([False, False, True]), min_size=count, max_size=count),
+            label=f"{what}-clusters left out (uncovered)",
+        )
+        clusters = [c for c, out in zip(clusters, left_out) if not out]
+    if draw(st.integers(0, 3), label=f"an empty {what}-cluster? (3: yes)") == 3:
+        p = draw(st.integers(0, n), label=f"position of the empty {what}-cluster")
+        clusters = sorted(clusters + [(p, p)])
+    return clusters
+
+
+KEEP_PATTERNS = ("random", "random", "random", "all", "single", "band", "none")
+
+
+@st.composite
+def _keep_mask(draw, ni: int, nj: int):
+    """A boolean matrix of kept (i-cluster, j-cluster) pairs, as a list of lists."""
+    if ni == 0 or nj == 0:
+        return [[False] * nj for _ in range(ni)]
+    pattern = draw(st.sampled_from(KEEP_PATTERNS), label="keep pattern")
+    if pattern == "all":
+        return [[True] * nj for _ in range(ni)]
+    if pattern == "none":
+        return [[False] * nj for _ in range(ni)]
+    if pattern == "single":
+        k = draw(st.integers(0, ni - 1), label="kept block row")
+        l_ = draw(st.integers(0, nj - 1), label="kept block column")
+        return [[(a, b) == (k, l_) for b in range(nj)] for a in range(ni)]
+    if pattern == "band":
+        width = draw(st.integers(0, 2), label="band half-width")
+        shift = draw(st.integers(-1, 1), label="band shift")
+        return [[abs(a - b + shift) <= width for b in range(nj)] for a in range(ni)]
+    bits = draw(
+        st.lists(st.sampled_from([True, True, False]), min_size=ni * nj, max_size=ni * nj),
+        label="kept blocks",
+    )
+    keep = [bits[a * nj : (a + 1) * nj] for a in range(ni)]
+    cleared = draw(
+        st.lists(st.integers(0, 4), min_size=ni, max_size=ni), label="i-clusters that keep nothing (4)"
+    )
+    return [[False] * nj if c == 4 else row for row, c in zip(keep, cleared)]
+
+
+def _half(rows, cols, keep, order):
+    """``(ranges, slices, redranges)`` of one orientation: clusters ``rows`` listed in ``order``,
+    each reduced over its kept clusters of ``cols`` (in increasing position)."""
+    ranges, slices, red = [], [], []
+    for a in order:
+        ranges.append(rows[a])
+        red += sorted(cols[b] for b in range(len(cols)) if keep[a][b])
+        slices.append(len(red))
+    return ranges, slices, red
+
+
+@st.composite
+def _structure(draw, M: int, N: int):
+    """One block-sparse structure: the 6 lists of one batch element."""
+    ci = draw(_clusters(M, "i"), label="i-clusters")
+    cj = draw(_clusters(N, "j"), label="j-clusters")
+    keep = draw(_keep_mask(len(ci), len(cj)), label="keep mask")
+    # clusters listed in any order (the intervals each one reduces over stay in increasing order)
+    order_i, order_j = list(range(len(ci))), list(range(len(cj)))
+    if draw(st.integers(0, 3), label="clusters listed out of order?") == 0:
+        order_i = draw(st.permutations(order_i), label="order of the i-clusters")
+        order_j = draw(st.permutations(order_j), label="order of the j-clusters")
+    keep_t = [[keep[a][b] for a in range(len(ci))] for b in range(len(cj))]
+    return _half(ci, cj, keep, order_i) + _half(cj, ci, keep_t, order_j)
+
+
+def _pad(lists, pairs: bool, fill_last: bool):
+    """Lists of one array across batch elements padded to a common length (empty intervals
+    ``(0, 0)``; slices repeat their last value: padded clusters reduce over nothing)."""
+    width = max(len(x) for x in lists)
+    out = []
+    for x in lists:
+        extra = width - len(x)
+        if pairs:
+            out.append(list(x) + [(0, 0)] * extra)
+        else:
+            out.append(list(x) + [x[-1] if (fill_last and x) else 0] * extra)
+    return out, width
+
+
+@st.composite
+def block_sparse(draw, M: int, N: int, batch=(), *, per_batch: bool = True):
+    """A random :class:`BlockSparse` for an ``M x N`` reduction (rows i, reduced over j).
+
+    With a non-empty ``batch`` and ``per_batch``, the ranges may get leading batch
+    dimensions (each 1 or the batch size): one structure per batch element, the
+    lists padded with empty clusters and intervals to a common length.
+    """
+    rb = ()
+    if batch and per_batch and draw(st.booleans(), label="per-batch ranges?"):
+        rb = tuple(draw(st.sampled_from([1, n]), label="ranges batch size") for n in batch)
+    elements = [
+        draw(_structure(M, N), label="block-sparse structure")
+        for _ in np.ndindex(*rb)
+    ]
+    return _assemble(elements, rb)
+
+
+def blocks_from(clusters_i, clusters_j, keep, batch=()) -> BlockSparse:
+    """A :class:`BlockSparse` from explicit clusters and keep matrices (deterministic tests).
+
+    Without ``batch``: ``clusters_i``, ``clusters_j`` lists of ``(start, end)``, ``keep`` a
+    list of lists of booleans.  With ``batch`` (the ranges' batch shape): one of each per
+    batch element, in ``numpy.ndindex`` order.
+    """
+    if not batch:
+        clusters_i, clusters_j, keep = [clusters_i], [clusters_j], [keep]
+    elements = []
+    for ci, cj, kp in zip(clusters_i, clusters_j, keep):
+        kt = [[kp[a][b] for a in range(len(ci))] for b in range(len(cj))]
+        elements.append(_half(ci, cj, kp, range(len(ci))) + _half(cj, ci, kt, range(len(cj))))
+    return _assemble(elements, tuple(batch))
+
+
+def _assemble(elements, rb) -> BlockSparse:
+    """The :class:`BlockSparse` of one 6-list structure per batch element (``rb``: ranges batch shape)."""
+    values, shapes = [], []
+    for pos in range(6):
+        pairs = pos not in (1, 4)
+        padded, width = _pad([e[pos] for e in elements], pairs, fill_last=True)
+        flat = tuple(int(v) for x in padded for item in x for v in (item if pairs else (item,)))
+        values.append(flat)
+        shapes.append(rb + ((width, 2) if pairs else (width,)))
+    return BlockSparse(tuple(values), tuple(shapes))

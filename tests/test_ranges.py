@@ -180,3 +180,24 @@ def test_no_block_at_all_gives_the_empty_reduction(backend):
     assert torch.equal(lse, torch.full((31, 1), -torch.inf, dtype=torch.float64))
     idx = d.argmin(1, ranges=ranges, backend=backend)
     assert torch.equal(idx, torch.full((31, 1), -1, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("reduction", ["min", "Kmin"])
+def test_selection_gradient_skips_rows_that_selected_nothing(backend, reduction):
+    """Rows with no kept pair (index -1), or fewer than K: gradients only from the selected pairs."""
+    x, y, ranges, mask = _problem()
+    x = x.clone().requires_grad_(True)
+    d = LazyTensor(x[:, None]).sqdist(LazyTensor(y[None]))
+    dense = ((x[:, None] - y[None]) ** 2).sum(-1).masked_fill(~mask, torch.inf)
+    if reduction == "min":
+        got, expected = d.min(1, ranges=ranges, backend=backend), dense.min(1, keepdim=True).values
+    else:
+        got = d.Kmin(5, 1, ranges=ranges, backend=backend)
+        expected = dense.topk(5, 1, largest=False).values
+    kept = torch.isfinite(expected)
+    assert (~kept).any()  # some rows select nothing (or fewer than K)
+    torch.testing.assert_close(got[kept], expected[kept])
+    (gx,) = torch.autograd.grad(got[kept].sum(), [x])
+    (ex,) = torch.autograd.grad(expected[kept].sum(), [x])
+    torch.testing.assert_close(gx, ex)

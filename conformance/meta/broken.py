@@ -14,7 +14,9 @@ reductions it receives during a backward pass (found by looking for
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
+import numpy as np
 import torch
 
 from polykeops.backends.contract import Backend
@@ -25,21 +27,33 @@ from polykeops.formula.spec import swap_category
 
 
 class _Wrapper(Backend):
-    """A correct backend: forwards everything to the reference backend."""
+    """A correct backend: forwards everything to the reference backend.
+
+    Only the wrappers that forward ``ranges`` (``handles_ranges``) claim block-sparse
+    reductions; the others do not (the suite skips its ranges tests for them).
+    """
 
     name = "meta-correct"
     priority = -100  # never chosen automatically
     bug = "none"
+    handles_ranges = True
 
     def __init__(self):
         self.inner = ReferenceBackend()
-        self.capabilities = self.inner.capabilities
+        self.capabilities = replace(self.inner.capabilities, ranges=self.handles_ranges)
 
     def availability(self):
         return True, f"reference backend with a planted bug: {self.bug}"
 
-    def evaluate(self, spec, args, *, nx, ny, batch_shape):
-        return self.inner.evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch_shape)
+    def evaluate(self, spec, args, *, nx, ny, batch_shape, ranges=None):
+        extra = {} if ranges is None else {"ranges": ranges}
+        return self.inner.evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch_shape, **extra)
+
+
+class _NoRanges(_Wrapper):
+    """A wrapper whose planted bug ignores ``ranges``: it does not claim block-sparse reductions."""
+
+    handles_ranges = False
 
 
 def _backward_locals():
@@ -56,7 +70,7 @@ def _backward_locals():
     return None
 
 
-class WrongSinDerivative(_Wrapper):
+class WrongSinDerivative(_NoRanges):
     """d/dx sin(x) computed as -cos(x).
 
     In gradient reductions, Cos(X) is negated where the forward formula had Sin(X).
@@ -84,7 +98,7 @@ class WrongSinDerivative(_Wrapper):
         return super().evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch_shape)
 
 
-class DroppedLastTile(_Wrapper):
+class DroppedLastTile(_NoRanges):
     """Tiles of 32 j's; a last, partial tile is dropped (the classic ``range(0, ny - TJ + 1, TJ)``)."""
 
     name = "meta-dropped-tile"
@@ -101,7 +115,7 @@ class DroppedLastTile(_Wrapper):
         return super().evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch_shape)
 
 
-class ArgMinPrefersLast(_Wrapper):
+class ArgMinPrefersLast(_NoRanges):
     """Min / ArgMin / Min_ArgMin return the *last* of equal values (j is scanned backwards)."""
 
     name = "meta-argmin-last"
@@ -133,7 +147,7 @@ def _flip_j(a):
     return a[..., ::-1, :].copy()
 
 
-class BatchReusesFirst(_Wrapper):
+class BatchReusesFirst(_NoRanges):
     """With broadcast batch dimensions, every batch gets the result of batch 0."""
 
     name = "meta-batch0"
@@ -157,7 +171,7 @@ def _expand(o, shape):
     return np.ascontiguousarray(np.broadcast_to(o, shape))
 
 
-class LogSumExpWithoutShift(_Wrapper):
+class LogSumExpWithoutShift(_NoRanges):
     """LogSumExp computed as log(sum(exp(F))): overflows (and underflows) for large |F|."""
 
     name = "meta-lse-no-shift"
@@ -174,7 +188,7 @@ class LogSumExpWithoutShift(_Wrapper):
         return (s.log() if isinstance(s, torch.Tensor) else __import__("numpy").log(s),)
 
 
-class ParameterGradientNotSummed(_Wrapper):
+class ParameterGradientNotSummed(_NoRanges):
     """The gradient w.r.t. a parameter keeps the contribution of the first row (i) only."""
 
     name = "meta-param-grad"
@@ -192,6 +206,36 @@ class ParameterGradientNotSummed(_Wrapper):
         return (res,) + tuple(outs[1:])
 
 
+class RangesDropLastInterval(_Wrapper):
+    """Block-sparse ranges: an i-range with several j intervals skips the last one (the classic
+    ``range(start, end - 1)`` when walking ``redranges_y[slices_x[k - 1]:slices_x[k]]``)."""
+
+    name = "meta-ranges-drop-last"
+    bug = "the last j interval of an i-range with several intervals is skipped"
+
+    def evaluate(self, spec, args, *, nx, ny, batch_shape, ranges=None):
+        if ranges is not None:
+            ranges = _drop_last_intervals(ranges)
+        return super().evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch_shape, ranges=ranges)
+
+
+def _drop_last_intervals(ranges):
+    """``(ranges_x, slices_x, redranges_y)`` with the last interval of multi-interval ranges emptied."""
+    ranges_x, slices_x, redranges_y = ranges
+    is_torch = isinstance(redranges_y, torch.Tensor)
+    slices = slices_x.detach().cpu().numpy() if is_torch else np.asarray(slices_x)
+    red = (redranges_y.detach().cpu().numpy() if is_torch else np.asarray(redranges_y)).copy()
+    for b in np.ndindex(*slices.shape[:-1]):
+        start = 0
+        for end in slices[b]:
+            if end - start >= 2:
+                red[b + (int(end) - 1,)] = 0  # an empty interval [0, 0)
+            start = int(end)
+    if is_torch:
+        red = torch.from_numpy(red).to(redranges_y.device)
+    return (ranges_x, slices_x, red)
+
+
 #: name -> zero-argument factory
 FACTORIES = {
     "correct": _Wrapper,
@@ -201,6 +245,7 @@ FACTORIES = {
     "batch0": BatchReusesFirst,
     "lse_no_shift": LogSumExpWithoutShift,
     "param_grad_not_summed": ParameterGradientNotSummed,
+    "ranges_drop_last": RangesDropLastInterval,
 }
 
 
@@ -230,6 +275,10 @@ def lse_no_shift():
 
 def param_grad_not_summed():
     return ParameterGradientNotSummed()
+
+
+def ranges_drop_last():
+    return RangesDropLastInterval()
 
 
 __all__ = ["FACTORIES"] + list(FACTORIES)

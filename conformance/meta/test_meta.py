@@ -44,10 +44,21 @@ TARGETS = {
     "batch0": ("meta-batch0", "test_batch_broadcasting"),
     "lse_no_shift": ("meta-lse-no-shift", "test_logsumexp_large_values"),
     "param_grad_not_summed": ("meta-param-grad", "test_parameter_gradient"),
+    "ranges_drop_last": ("meta-ranges-drop-last", "test_ranges_forward or test_ranges_per_batch"),
 }
 #: what the correct wrapper of the reference backend runs (the reference itself runs the whole suite)
-CORRECT = "test_parameter_gradient or test_batch_broadcasting or test_selection_ties or test_sizes"
-FILES = ["conformance/test_ops.py", "conformance/test_special.py", "conformance/test_gradients.py"]
+CORRECT = (
+    "test_parameter_gradient or test_batch_broadcasting or test_selection_ties or test_sizes"
+    " or test_ranges_forward or test_ranges_per_batch"
+)
+#: a backend that does not claim block-sparse ranges: the ranges tests must skip, saying why
+NO_RANGES = ("meta-batch0", "test_ranges_per_batch or test_ranges_without_blocks")
+FILES = [
+    "conformance/test_ops.py",
+    "conformance/test_special.py",
+    "conformance/test_gradients.py",
+    "conformance/test_ranges.py",
+]
 SNIPPET_RE = re.compile(r"Reproduce \(run from the repository root\):\n-{60}\n(.*?)\n-{60}", re.S)
 
 
@@ -96,7 +107,8 @@ def _meta_args():
     backends = ",".join(f"conformance.meta.broken:{n}" for n in names)
     selections = [f"({label} and ({expr}))" for label, expr in TARGETS.values()]
     selections.append(f"(meta-correct and ({CORRECT}))")
-    return [*FILES, "--backend", backends, "--max-examples", "3", "-k", " or ".join(selections), "-rf"]
+    selections.append(f"({NO_RANGES[0]} and ({NO_RANGES[1]}))")
+    return [*FILES, "--backend", backends, "--max-examples", "3", "-k", " or ".join(selections), "-rfs"]
 
 
 def _write_id_files(tmp: Path):
@@ -174,11 +186,13 @@ def test_correct_wrapper_passes(runs):
     assert result.returncode == 1, _tail(result)  # the broken backends failed, nothing else went wrong
 
 
-def test_failure_snippet_reproduces(runs, tmp_path):
-    """A snippet printed for a dropped-tile failure, run on its own, shows the error."""
+@pytest.mark.parametrize("label", ["meta-dropped-tile", "meta-ranges-drop-last"])
+def test_failure_snippet_reproduces(runs, tmp_path, label):
+    """A snippet printed for a dropped-tile (or block-sparse ranges) failure, run on its own,
+    shows the error."""
     result = runs["meta"].result()
     text = plain(result.stdout)
-    at = text.find("backend 'meta-dropped-tile':")
+    at = text.find(f"backend '{label}':")
     match = SNIPPET_RE.search(text, max(at, 0))
     assert at >= 0 and match, _tail(result)
     code = textwrap.dedent(match.group(1))
@@ -191,6 +205,15 @@ def test_failure_snippet_reproduces(runs, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:] + "\n---\n" + code
     errors = [float(x) for x in re.findall(r"max abs error (\S+)", res.stdout)]
     assert errors and max(errors) > 1e-3, res.stdout + "\n---\n" + code
+
+
+def test_ranges_tests_skip_without_the_capability(runs):
+    """A backend that does not claim ``capabilities.ranges`` skips the ranges tests, saying why."""
+    result = runs["meta"].result()
+    label = NO_RANGES[0]
+    assert f"{label} does not claim block-sparse ranges" in result.stdout, _tail(result)
+    ranges_failures = [line for line in _failed_ids(result, label) if "test_ranges.py" in line]
+    assert not ranges_failures, ranges_failures
 
 
 def test_skips_and_xfails_files(runs):
@@ -274,6 +297,18 @@ def test_planted_bugs_fire(registered_broken):
     assert int(forward(amin, ties, registered_broken["argmin_last"]).max()) == 3, "argmin_last"
     lse = ReductionSpec("LogSumExp", (A.add(A.mul(x, y), Const(1000, 1)),), (x, y), dtype="float64")
     assert not torch.isfinite(forward(lse, data[:2], registered_broken["lse_no_shift"])).all(), "lse"
+    # i-ranges [0, 2) and [2, 5) keep j-clusters {0, 1} and {1, 2}: the bug skips the second of each
+    rx, ry = torch.tensor([[0, 2], [2, 5]]), torch.tensor([[0, 10], [10, 25], [25, 40]])
+    r_i = (rx, torch.tensor([2, 4]), ry[torch.tensor([0, 1, 1, 2])])
+    r_j = (ry, torch.tensor([1, 3, 4]), rx[torch.tensor([0, 0, 1, 1])])
+    ranges = r_i + r_j
+    ref_r = run_spec(tools, spec, data[:2], backend="reference", ranges=ranges)
+    assert not torch.allclose(ref_r, forward(spec, data[:2], "reference")), "the ranges are not a no-op"
+    assert torch.allclose(
+        run_spec(tools, spec, data[:2], backend=registered_broken["correct"], ranges=ranges), ref_r
+    )
+    got = run_spec(tools, spec, data[:2], backend=registered_broken["ranges_drop_last"], ranges=ranges)
+    assert not torch.allclose(got, ref_r), "ranges_drop_last"
     batched = [torch.randn(3, 5, 1, dtype=torch.float64), torch.randn(1, 40, 1, dtype=torch.float64)]
     assert not torch.allclose(
         forward(spec, batched, registered_broken["batch0"]), forward(spec, batched, "reference")

@@ -248,12 +248,17 @@ def _selection_grad(spec, p, args, g, indices, nx, ny, batch_shape, backend):
     onehot = torch.nn.functional.one_hot(comp, d).to(g.dtype)  # (q, d)
     e_rows = (g.unsqueeze(-1) * onehot).reshape(*g.shape[:-2], rows, d)
     flat_idx = indices.reshape(*indices.shape[:-2], rows)
+    # index -1: a row that selected nothing (block-sparse ranges, or fewer than K pairs):
+    # evaluated at pair 0, then dropped, so that no gradient comes from it
+    missing = flat_idx < 0
+    flat_idx = flat_idx.clamp_min(0)
     new_args, mapping = _gather_rows(spec, args, flat_idx, q)
     new_args.append(e_rows)
     h = substitute(h, mapping)
     variables = tuple(mapping.get(var, var) for var in spec.variables) + (e,)
     gspec = spec.with_(reduction="Sum", formulas=(h,), variables=variables, k=None)
     per_row = apply(gspec, new_args, rows, 1, batch_shape, backend)[0]  # (*b, rows, dv)
+    per_row = torch.where(missing.unsqueeze(-1), per_row.new_zeros(()), per_row)
     if v.cat == CAT_I:
         return per_row.reshape(*per_row.shape[:-2], nx, q, v.dim).sum(-2)
     if v.cat == CAT_P:
