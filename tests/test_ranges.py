@@ -201,3 +201,32 @@ def test_selection_gradient_skips_rows_that_selected_nothing(backend, reduction)
     (gx,) = torch.autograd.grad(got[kept].sum(), [x])
     (ex,) = torch.autograd.grad(expected[kept].sum(), [x])
     torch.testing.assert_close(gx, ex)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_second_order_and_forward_mode_through_ranges(backend):
+    """create_graph backward (second order) and torch.func.jvp reuse the ranges, vs masked dense."""
+    x, y, ranges, mask = _problem()
+    x = x.clone().requires_grad_(True)
+    keep = mask.any(1)  # rows that reduce over nothing hold -inf: left out of the loss
+
+    def lazy(x):
+        d = LazyTensor(x[:, None]).sqdist(LazyTensor(y[None]))
+        return (-d).logsumexp(1, ranges=ranges, backend=backend)[keep]
+
+    def dense(x):
+        d = ((x[:, None] - y[None]) ** 2).sum(-1)
+        return torch.logsumexp((-d).masked_fill(~mask, -torch.inf), 1, keepdim=True)[keep]
+
+    grads = []
+    for fn in (lazy, dense):
+        r = fn(x)
+        (g,) = torch.autograd.grad((r * torch.sin(r)).sum(), [x], create_graph=True)
+        (h,) = torch.autograd.grad((g**2).sum(), [x])
+        grads.append((g.detach(), h))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+    v = torch.randn_like(x)
+    _, t = torch.func.jvp(lazy, (x.detach(),), (v,))
+    _, td = torch.func.jvp(dense, (x.detach(),), (v,))
+    torch.testing.assert_close(t, td)
