@@ -52,18 +52,13 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(ROOT))
 
+from baselines import import_pykeops_torch  # noqa: E402
+
 import polykeops  # noqa: E402
 from polykeops.torch import LazyTensor as PkLazy  # noqa: E402
 
-try:
-    with open(os.devnull, "w") as _null:
-        _stdout, sys.stdout = sys.stdout, _null
-        try:
-            from pykeops.torch import LazyTensor as KeopsLazy
-        finally:
-            sys.stdout = _stdout
-except Exception:  # pragma: no cover - optional
-    KeopsLazy = None
+_keops = import_pykeops_torch()
+KeopsLazy = _keops.LazyTensor if _keops is not None else None
 
 
 # ---------------------------------------------------------------------------

@@ -39,20 +39,15 @@ RESULTS = HERE / "results"
 sys.path.insert(0, str(ROOT))
 os.environ["POLYKEOPS_JIT"] = "sync"
 
+from baselines import import_pykeops_torch  # noqa: E402
+
 import polykeops  # noqa: E402
 from polykeops.torch import LazyTensor as PkLazy  # noqa: E402
 from polykeops.torch import cluster  # noqa: E402
 
-try:
-    with open(os.devnull, "w") as _null:
-        _stdout, sys.stdout = sys.stdout, _null
-        try:
-            from pykeops.torch import LazyTensor as KeopsLazy
-            from pykeops.torch.cluster import from_matrix as keops_from_matrix
-        finally:
-            sys.stdout = _stdout
-except Exception:  # pragma: no cover - optional
-    KeopsLazy = None
+_keops = import_pykeops_torch()
+KeopsLazy = _keops.LazyTensor if _keops is not None else None
+keops_from_matrix = _keops.cluster.from_matrix if _keops is not None else None
 
 
 def problem(n, voxel, keep_fraction, seed=0):
