@@ -167,6 +167,34 @@ def test_bad_ranges_raise_clear_errors():
         K.sum(1, ranges=tuple(bad))
 
 
+def _halves(ri, si, rj):
+    """A 6-tuple whose two halves are the same (i, j) structure, square problem."""
+    t = [torch.tensor(a, dtype=torch.int64) for a in (ri, si, rj)]
+    return (*t, *t)
+
+
+@pytest.mark.parametrize(
+    "structure, fragment",
+    [
+        (([[0, 5], [4, 9]], [1, 2], [[0, 3], [3, 9]]), r"ranges_i\[0\] = \[0, 5\) and .* overlap"),
+        (([[0, 5], [5, 9]], [1, 3], [[0, 4], [2, 6], [5, 7]]), r"ranges_i\[1\] reduces over overlapping"),
+        (([[0, 5], [9, 5]], [1, 2], [[0, 3], [3, 9]]), r"ranges_i\[1\] = \[9, 5\) ends before it starts"),
+        (([[0, 5], [5, 9]], [2, 1], [[0, 3], [3, 9]]), "slices_i must be non-decreasing"),
+    ],
+)
+def test_overlapping_or_backward_ranges_are_refused(structure, fragment):
+    """Overlaps would count pairs twice (or race between threads): a clear error instead."""
+    x = torch.randn(9, 2, dtype=torch.float64)
+    K = LazyTensor(x[:, None]).sqdist(LazyTensor(x[None]))
+    with pytest.raises(polykeops.ShapeError, match=fragment):
+        K.sum(1, ranges=_halves(*structure))
+    batched = tuple(torch.stack([r, r]) for r in _halves(*structure))
+    xb = torch.randn(2, 9, 2, dtype=torch.float64)
+    Kb = LazyTensor(xb[:, :, None]).sqdist(LazyTensor(xb[:, None]))
+    with pytest.raises(polykeops.ShapeError, match=r"batch element \(0,\)"):
+        Kb.sum(2, ranges=batched)
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_no_block_at_all_gives_the_empty_reduction(backend):
     """Ranges that keep no block (zero i-ranges): every row holds the reduction of nothing."""

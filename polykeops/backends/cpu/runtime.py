@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ... import config
+from ..host_ranges import to_host
 from . import cache
 from .kernel_source import KernelSource
 
@@ -127,7 +128,7 @@ def block_table(ranges, batch_shape: tuple, nx: int, block_rows: int):
     dimensions (one set of ranges per batch entry, broadcasting); each block of rows
     is cut into items of at most ``block_rows`` rows.
     """
-    host = [np.asarray(r.detach().cpu().numpy() if is_torch(r) else r, dtype=np.int64) for r in ranges]
+    host = [to_host(r) for r in ranges]
     nb = len(batch_shape)
     rb = host[0].ndim - 2
     if rb not in (0, nb):

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import BackendError, ShapeError
+from ..host_ranges import to_host
 from .codegen import ITEM_WIDTH
 from .launch import MAX_GRID_X, MAX_GRID_YZ, LaunchPlan
 
@@ -65,13 +66,6 @@ class BlockMap:
 def empty_outputs(spec) -> tuple:
     """The values of rows that no j interval reaches (one list per output of ``spec``)."""
     return spec.red.empty_outputs(tuple(f.dim for f in spec.formulas), spec.k)
-
-
-def to_host(r) -> np.ndarray:
-    """A ranges array as a NumPy int64 array (torch tensors, on any device, are copied)."""
-    if hasattr(r, "detach"):
-        r = r.detach().cpu().numpy()
-    return np.asarray(r, dtype=np.int64)
 
 
 def block_map(ranges, batch_shape: tuple, nx: int, ny: int, max_block: int) -> BlockMap:

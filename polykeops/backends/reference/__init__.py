@@ -15,6 +15,7 @@ import math
 from ...formula.evaluate import evaluate
 from ...formula.nodes import CAT_I, CAT_J, walk
 from ..contract import Backend, Capabilities
+from ..host_ranges import to_host
 
 #: elements (batch x i x j x dim) of one intermediate array of a tile
 TILE_ELEMENTS = 1 << 20
@@ -58,7 +59,7 @@ class ReferenceBackend(Backend):
         fdims = tuple(f.dim for f in spec.formulas)
         for out, fill in zip(outputs, spec.red.empty_outputs(fdims, spec.k)):
             out[...] = xp.vector(fill, out)
-        host = [_to_host(r) for r in ranges]
+        host = [to_host(r) for r in ranges]
         rb = host[0].ndim - 2  # batch dimensions of the ranges
         if rb == 0:
             self._run_blocks(spec, xp, work, outputs, batch_shape, _blocks(*host), ny)
@@ -119,15 +120,6 @@ class ReferenceBackend(Backend):
                         state = tile_state if state is None else red.combine(xp, state, tile_state)
                 for out, res in zip(outputs, red.finalize(xp, state)):
                     out[..., i0:i1, :] = res
-
-
-def _to_host(r):
-    """A ranges array as a NumPy int64 array (torch tensors are copied to the host)."""
-    import numpy as np
-
-    if hasattr(r, "detach"):
-        r = r.detach().cpu().numpy()
-    return np.asarray(r, dtype=np.int64)
 
 
 def _blocks(ranges_x, slices_x, redranges_y):
