@@ -64,6 +64,29 @@ def test_numpy_cluster_matches_torch():
     assert np.array_equal(rt.numpy(), rn) and np.allclose(ct.numpy(), cn) and np.allclose(wt.numpy(), wn)
 
 
+@pytest.mark.parametrize(
+    "points",
+    [
+        np.random.default_rng(1).normal(size=(2000, 3)) * 3,  # negative and positive cells
+        np.random.default_rng(2).uniform(-5, 5, size=(500, 1)),
+        np.random.default_rng(3).uniform(size=(700, 5)),
+        # spans too large for one int64 key per cell: the row-wise fallback
+        np.array([[1e15, -1e15, 3.0], [-1e15, 1e15, 3.0], [1e15, -1e15, 3.2], [0.0, 0.0, 0.0]]),
+        np.zeros((0, 2)),
+    ],
+)
+def test_grid_cluster_labels_are_those_of_rowwise_unique(points):
+    # regression: labels come from one packed int64 key per cell (fast) when it fits; they must
+    # be exactly those of the row-wise unique (lexicographic order of the cells)
+    size = 0.5
+    _, expected = np.unique(np.floor(points / size).astype(np.int64), axis=0, return_inverse=True)
+    expected = expected.reshape(-1)
+    lab_n = ncluster.grid_cluster(points, size)
+    lab_t = tcluster.grid_cluster(torch.as_tensor(points), size)
+    assert lab_n.dtype == np.int64 and lab_t.dtype == torch.int64
+    assert np.array_equal(lab_n, expected) and np.array_equal(lab_t.numpy(), expected)
+
+
 @pytest.mark.parametrize("reduction", ["sum", "sum0", "lse", "min", "argmin", "kmin", "argkmin"])
 def test_reductions_with_ranges(reduction):
     x, y, ranges, mask = _problem()

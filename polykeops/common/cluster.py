@@ -23,6 +23,20 @@ def grid_cluster(ops, x, size):
     return ops.unique_rows_inverse(cells)
 
 
+def row_key_multipliers(mins, maxs):
+    """Multipliers (Python ints) that pack integer rows into one int64 key each.
+
+    ``sum_d (cell_d - mins[d]) * m[d]`` orders rows as lexicographic order does, so the
+    labels of ``unique`` on the keys are those of a row-wise ``unique``, which is much
+    slower. ``None`` when the keys would not fit in int64 (the caller falls back).
+    """
+    mult, total = [], 1
+    for lo, hi in zip(reversed(mins), reversed(maxs)):
+        mult.append(total)
+        total *= int(hi) - int(lo) + 1
+    return mult[::-1] if total < 2**62 else None
+
+
 def sort_clusters(ops, x, lab):
     """``(x sorted by label, sorted labels)``; ``x`` may be a tuple/list of arrays sorted alike."""
     order = ops.argsort_stable(lab)
