@@ -472,11 +472,11 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
         Computed stably in two reductions: ``m = max Re z``, then
         ``s = sum exp(z - m)`` (complex); the result ``m + log|s| + 1j angle(s)`` is
         complex (the principal logarithm: the imaginary part lies in (-pi, pi]).
+        With a ``weight`` w (real or complex, scalar or vector, as pykeops' weighted
+        logsumexp): ``log sum exp(z) w``, component-wise for a vector w.
         Differentiable with torch (``m`` is a constant shift: it does not change the
         value).  With placeholder variables, returns a callable.
         """
-        if weight is not None:
-            raise FormulaError("logsumexp of a complex LazyTensor takes no weight")
         if self.ndim != 1:
             raise FormulaError(
                 f"logsumexp needs a scalar formula; {self._summary()} has complex dimension {self.ndim}"
@@ -485,12 +485,15 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
         if red_axis is None:
             raise FormulaError("logsumexp is a reduction over i or j; dim=-1 is not allowed here")
         out = kwargs.pop("out", None)
+        if weight is not None and set((self * weight).placeholders) - set(self.placeholders):
+            raise FormulaError("logsumexp: the weight may only use the placeholders of the formula")
         shift = max(self.placeholders) + 1 if self.placeholders else 0
         m_var = self._real_class((shift, 1, 0 if red_axis == 1 else 1))  # m, indexed like the output
+        terms = (self - m_var).exp()
         lse = _ComplexLogSumExp(
             self._tools,
             self.real._reduce_axis("Max", red_axis, **kwargs),
-            (self - m_var).exp()._complex_reduce("Sum", red_axis, **kwargs),
+            (terms if weight is None else terms * weight)._complex_reduce("Sum", red_axis, **kwargs),
         )
         if self.placeholders or kwargs.get("call") is False:
             return lse
