@@ -72,3 +72,30 @@ def structure_error(ranges: np.ndarray, slices: np.ndarray, red: np.ndarray, lab
             "pairs would be counted twice"
         )
     return None
+
+
+def ranges_error(ranges, ni: int, nj: int) -> str | None:
+    """What is wrong with the values of pykeops' 6-tuple ``ranges`` (shapes already checked) for
+    an ``ni x nj`` reduction, or None: bounds, then :func:`structure_error` per batch element."""
+    for k, (label, nrows, ncols) in enumerate((("i", ni, nj), ("j", nj, ni))):
+        other = "j" if label == "i" else "i"
+        hx, hs, hy = (to_host(r) for r in ranges[3 * k : 3 * k + 3])
+        if hx.size and (hx.max() > nrows or hx.min() < 0):
+            return f"ranges_{label} must lie in [0, {nrows}]"
+        if hy.size and (hy.max() > ncols or hy.min() < 0):
+            return f"redranges_{other} must lie in [0, {ncols}]"
+        if hs.size and hs.max() > hy.shape[-2]:
+            return f"slices_{label} points past the end of its reduction ranges"
+        lead = np.broadcast_shapes(hx.shape[:-2], hs.shape[:-1], hy.shape[:-2])
+        for idx in np.ndindex(*lead):
+            problem = structure_error(_at(hx, 2, idx), _at(hs, 1, idx), _at(hy, 2, idx), label)
+            if problem is not None:
+                return problem + (f" (batch element {idx})" if idx else "")
+    return None
+
+
+def _at(h: np.ndarray, core: int, idx: tuple) -> np.ndarray:
+    """Batch element ``idx`` of ``h`` (``core`` trailing dimensions; size-1 batch axes broadcast)."""
+    if h.ndim == core:
+        return h
+    return h[tuple(0 if h.shape[k] == 1 else i for k, i in enumerate(idx))]

@@ -256,12 +256,6 @@ class ArrayTools(ArrayLibrary):
     def swap_ij(self, x):
         return self.lib.swapaxes(x, -3, -2)
 
-    def int_max(self, r):
-        return int(r.max()) if self._size(r) else 0
-
-    def int_min(self, r):
-        return int(r.min()) if self._size(r) else 0
-
     def to_real_blocks(self, x):
         """The real blocks ``(..., 2D)`` = [real parts, imaginary parts] of a complex array ``(..., D)``
         (with torch, differentiable: gradients reach ``x``)."""

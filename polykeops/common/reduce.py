@@ -7,6 +7,7 @@ normalisation, backend call, output shapes) and is shared with ``Genred``.
 
 from __future__ import annotations
 
+from ..backends.host_ranges import ranges_error
 from ..errors import DTypeError, FormulaError, ShapeError
 from ..formula import algebra as A
 from ..formula.nodes import CAT_I, CAT_J, CAT_P, Node, Var, substitute, walk
@@ -468,36 +469,13 @@ def check_ranges(tools, ranges, ni: int, nj: int, batch: tuple) -> tuple:
                 f"ranges: {name} has shape {shape}; expected {'(C,)' if core == 1 else '(C, 2)'}"
                 f"{' with optional leading batch dimensions ' + str(batch) if nb else ''}"
             )
-    for k, (rx, sx, ry, nrows, ncols, label) in enumerate(((out[0], out[1], out[2], ni, nj, "i"),
-                                                          (out[3], out[4], out[5], nj, ni, "j"))):
+    for rx, sx, label in ((out[0], out[1], "i"), (out[3], out[4], "j")):
         if tools.shape(rx)[-2] != tools.shape(sx)[-1]:
             raise ShapeError(f"ranges: ranges_{label} and slices_{label} have different lengths")
-        if tools.int_max(rx) > nrows or tools.int_min(rx) < 0:
-            raise ShapeError(f"ranges: ranges_{label} must lie in [0, {nrows}]")
-        if tools.int_max(ry) > ncols or tools.int_min(ry) < 0:
-            other = "j" if label == "i" else "i"
-            raise ShapeError(f"ranges: redranges_{other} must lie in [0, {ncols}]")
-        if tools.int_max(sx) > tools.shape(ry)[-2]:
-            raise ShapeError(f"ranges: slices_{label} points past the end of its reduction ranges")
-        # on the user's arrays: under torch.func transforms, results of torch ops on them are
-        # wrapped tensors without storage
-        _check_structure(*ranges[3 * k : 3 * k + 3], label)
+    # the values, read once on the host from the user's arrays (under torch.func transforms the
+    # results of torch ops on them are wrapped tensors without storage)
+    problem = ranges_error(ranges, ni, nj)
+    if problem is not None:
+        raise ShapeError(f"ranges: {problem}")
     return tuple(out)
 
-
-def _check_structure(rx, sx, ry, label: str) -> None:
-    """Overlapping or backward intervals would count pairs twice or race: refuse them."""
-    import numpy as np
-
-    from ..backends.host_ranges import structure_error, to_host
-
-    hx, hs, hy = to_host(rx), to_host(sx), to_host(ry)
-    lead = np.broadcast_shapes(hx.shape[:-2], hs.shape[:-1], hy.shape[:-2])
-    def at(h, core, idx):
-        return h[tuple(0 if h.shape[k] == 1 else i for k, i in enumerate(idx))] if h.ndim > core else h
-
-    for idx in np.ndindex(*lead):
-        problem = structure_error(at(hx, 2, idx), at(hs, 1, idx), at(hy, 2, idx), label)
-        if problem is not None:
-            where = f" (batch element {idx})" if idx else ""
-            raise ShapeError(f"ranges: {problem}{where}")
