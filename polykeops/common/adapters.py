@@ -193,6 +193,11 @@ class ClusterOps(ArrayLibrary):
     def floor_int(self, a):
         return self._astype(self.lib.floor(a), self.lib.int64)
 
+    def unique_inverse(self, keys):
+        """For each entry of the 1-D ``keys``, the rank of its value among the distinct values."""
+        _, inverse = self.lib.unique(keys, return_inverse=True)
+        return self._astype(self.lib.reshape(inverse, (-1,)), self.lib.int64)
+
     def argsort_stable(self, a):
         return self._argsort(a, -1)
 

@@ -20,7 +20,25 @@ def grid_cluster(ops, x, size):
     if len(shape) != 2:
         raise ShapeError(f"grid_cluster: x must have shape (N, D), got {shape}")
     cells = ops.floor_int(x / size)
-    return ops.unique_rows_inverse(cells)
+    keys = _row_keys(ops, cells)
+    return ops.unique_rows_inverse(cells) if keys is None else ops.unique_inverse(keys)
+
+
+def _row_keys(ops, cells):
+    """One int64 key per row of the integer matrix ``cells``, ordered as the rows are
+    (lexicographically), so that the labels of a 1-D ``unique`` on the keys are those of a
+    row-wise ``unique``, which is much slower; None when the keys would not fit in int64."""
+    n, d = ops.shape(cells)
+    if not n or not d:
+        return None
+    mins = ops.lib.amin(cells, 0).tolist()
+    mult = row_key_multipliers(mins, ops.lib.amax(cells, 0).tolist())
+    if mult is None:
+        return None
+    keys = (cells[:, 0] - mins[0]) * mult[0]
+    for k in range(1, d):
+        keys = keys + (cells[:, k] - mins[k]) * mult[k]
+    return keys
 
 
 def row_key_multipliers(mins, maxs):

@@ -19,13 +19,6 @@ class _Ops(NumpyLibrary, ClusterOps):
 
     @staticmethod
     def unique_rows_inverse(cells):
-        if cells.shape[0] and cells.shape[1]:
-            mins, maxs = cells.min(0), cells.max(0)
-            mult = _c.row_key_multipliers(mins.tolist(), maxs.tolist())
-            if mult is not None:  # one int64 key per row: same labels, far faster
-                keys = ((cells - mins) * np.array(mult, dtype=cells.dtype)).sum(1)
-                _, inverse = np.unique(keys, return_inverse=True)
-                return inverse.reshape(-1).astype(np.int64)
         _, inverse = np.unique(cells, axis=0, return_inverse=True)
         return inverse.reshape(-1).astype(np.int64)
 

@@ -19,13 +19,6 @@ class _Ops(TorchLibrary, ClusterOps):
 
     @staticmethod
     def unique_rows_inverse(cells):
-        if cells.shape[0] and cells.shape[1]:
-            mins, maxs = cells.min(0).values, cells.max(0).values
-            mult = _c.row_key_multipliers(mins.tolist(), maxs.tolist())
-            if mult is not None:  # one int64 key per row: same labels, far faster
-                keys = ((cells - mins) * torch.tensor(mult, dtype=cells.dtype, device=cells.device)).sum(1)
-                _, inverse = torch.unique(keys, return_inverse=True)
-                return inverse.to(torch.int64)
         _, inverse = torch.unique(cells, dim=0, return_inverse=True)
         return inverse.reshape(-1).to(torch.int64)
 
