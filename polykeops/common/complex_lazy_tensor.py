@@ -485,7 +485,7 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
         if red_axis is None:
             raise FormulaError("logsumexp is a reduction over i or j; dim=-1 is not allowed here")
         out = kwargs.pop("out", None)
-        if weight is not None and set((self * weight).placeholders) - set(self.placeholders):
+        if set(getattr(weight, "placeholders", {})) - set(self.placeholders):  # arrays have none
             raise FormulaError("logsumexp: the weight may only use the placeholders of the formula")
         shift = max(self.placeholders) + 1 if self.placeholders else 0
         m_var = self._real_class((shift, 1, 0 if red_axis == 1 else 1))  # m, indexed like the output

@@ -7,6 +7,7 @@ normalisation, backend call, output shapes) and is shared with ``Genred``.
 
 from __future__ import annotations
 
+from ..backends import device_request
 from ..backends.host_ranges import ranges_error
 from ..errors import DTypeError, FormulaError, ShapeError
 from ..formula import algebra as A
@@ -25,8 +26,6 @@ def _options(kwargs: dict) -> dict:
         )
     opts = {"backend": kwargs.get("backend"), "dtype_acc": kwargs.get("dtype_acc") or "auto"}
     if kwargs.get("device_id") is not None:  # pykeops' GPU number: backend="cuda" -> "cuda:<id>"
-        from ..backends import device_request
-
         opts["backend"] = device_request(opts["backend"], kwargs["device_id"])
     if kwargs.get("use_double_acc"):
         opts["dtype_acc"] = "float64"
