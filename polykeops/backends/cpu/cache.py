@@ -31,10 +31,10 @@ import shutil
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from ... import config
+from ..file_lock import file_lock
 from . import compiler
 
 CACHE_VERSION = "1"
@@ -127,26 +127,6 @@ def lookup(key: str) -> Path | None:
         _remove(p["so"])
         return None
     return p["so"]
-
-
-@contextmanager
-def file_lock(path: Path):
-    """An exclusive inter-process lock (fcntl) on ``path``; a no-op where fcntl is missing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
 
 
 def build(key: str, source: str, info: dict, background: bool = False) -> Path:

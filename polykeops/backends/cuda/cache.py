@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ... import config
+from ..file_lock import file_lock
 
 MAGIC = b"PKCUBIN1"
 _HEADER = struct.Struct("<8sQ32s")
@@ -79,23 +80,6 @@ def _write(path: Path, payload: bytes) -> None:
         raise
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive inter-process lock (fcntl) on ``path`` + ``.lock``; a no-op where fcntl is missing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(str(path) + ".lock", "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def get_or_build(key: str, kind: str, build: Callable[[], bytes]) -> tuple[bytes, bool]:
     """The cached payload for ``key``, building and storing it if needed.
 
@@ -107,7 +91,7 @@ def get_or_build(key: str, kind: str, build: Callable[[], bytes]) -> tuple[bytes
     if payload is not None:
         return payload, False
     try:
-        lock = _locked(path)
+        lock = file_lock(Path(str(path) + ".lock"))
         lock.__enter__()
     except OSError:  # unwritable cache directory: build, do not cache
         return build(), True
