@@ -150,7 +150,7 @@ def test_host_inputs_pass_device_tensors_through():
 @pytest.fixture
 def available_cuda(monkeypatch):
     """The registry's CUDA backend, pretending to be available (it still takes CUDA tensors only)."""
-    backend = registry._instance("cuda")
+    backend = registry.instance("cuda")
     monkeypatch.setattr(backend, "_availability", (True, "fake GPU"))
     return backend
 

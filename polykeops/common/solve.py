@@ -71,17 +71,10 @@ def check_system(lazy, b_shape) -> None:
 
 
 def solve(lazy, other, *, alpha=0, eps=None, max_iter=None, backend=None, **options):
-    """Shared implementation of ``LazyTensor.solve``; returns an array of the shape of ``b``."""
-    from .lazy_tensor import GenericLazyTensor
-
+    """Shared implementation of ``LazyTensor.solve`` (``other``: an array); returns an array of
+    the shape of ``other``."""
     tools = lazy._tools
-    if isinstance(other, GenericLazyTensor):
-        leaves = list(other.leaves.values())
-        if other.formula.op != "Leaf" or len(leaves) != 1 or leaves[0].cat != 0:
-            raise FormulaError("solve: the right-hand side must be an i-variable LazyTensor or an array")
-        leaf = leaves[0]
-        b = tools.reshape(leaf.array, tuple(leaf.batch) + (leaf.n, leaf.dim))
-    elif tools.is_array(other):
+    if tools.is_array(other):
         b = other
     else:
         raise FormulaError(f"solve: the right-hand side must be an array, got {type(other).__name__}")

@@ -6,7 +6,7 @@ import torch
 
 from ..common.adapters import ArrayTools
 from ..common.tools import check_float_dtype
-from ..errors import DeviceError, DTypeError
+from ..errors import DTypeError
 from .xp import TorchLibrary
 
 _NAMES = {torch.float16: "float16", torch.float32: "float32", torch.float64: "float64"}
@@ -57,28 +57,18 @@ class TorchTools(TorchLibrary, ArrayTools):
         return r.to(torch.int64).contiguous()
 
     @staticmethod
-    def run(spec, args, *, nx, ny, batch_shape, backend=None, ranges=None):
+    def evaluate(call, args):
         from .autograd import reduce
 
-        devices = {str(a.device) for a in args}
-        if len(devices) > 1:
-            raise DeviceError(f"the arguments of {spec} are on different devices: {sorted(devices)}")
-        if not args:  # the formula simplified to a constant: no tensor says where to compute
-            from ..numpy.tools import NumpyTools
+        return reduce(call, list(args))
 
-            outs = NumpyTools.run(
-                spec,
-                [],
-                nx=nx,
-                ny=ny,
-                batch_shape=batch_shape,
-                backend=backend,
-                ranges=None if ranges is None else [r.cpu().numpy() for r in ranges],
-            )
-            return tuple(torch.from_numpy(o) for o in outs)
-        return reduce(
-            spec, list(args), nx=nx, ny=ny, batch_shape=tuple(batch_shape), backend=backend, ranges=ranges
-        )
+    @staticmethod
+    def to_numpy(a):
+        return a.detach().cpu().numpy()
+
+    @staticmethod
+    def from_numpy(a):
+        return torch.from_numpy(a)
 
     @staticmethod
     def solve(lazy, b, *, alpha, tol, max_iter, backend, options):
