@@ -46,7 +46,7 @@ def check_health(verbose: bool = True) -> dict:
     import importlib.util
     import platform
 
-    from .backends import available
+    from .backends import available, instance
 
     report = {
         "version": __version__,
@@ -60,6 +60,8 @@ def check_health(verbose: bool = True) -> dict:
               f"torch {report['torch'] or 'not installed'})")
         for name, (ok, reason) in report["backends"].items():
             print(f"  {name:<12} {'OK ' if ok else 'off'}  {reason}")
+            for note in getattr(getattr(instance(name), "capabilities", None), "notes", ()) if ok else ():
+                print(f"  {'':<12}      {note}")
     return report
 
 

@@ -8,7 +8,7 @@
                            ``~/.cache/polykeops``)
 ``POLYKEOPS_JIT``          ``auto`` (default), ``sync`` or ``off``: how the CPU
                            engine compiles specialised kernels
-``POLYKEOPS_NUM_THREADS``  number of CPU threads (default: OpenMP's choice)
+``POLYKEOPS_NUM_THREADS``  number of CPU threads (default: the CPUs this process may run on)
 ``POLYKEOPS_VERBOSE``      ``0`` (default) or ``1``
 =========================  =================================================
 """
