@@ -68,12 +68,24 @@ def check_health(verbose: bool = True) -> dict:
 def clean_cache() -> list[str]:
     """Delete the compiled-kernel caches under ``POLYKEOPS_CACHE_DIR``; returns the removed directories.
 
-    Only directories that polykeops tagged as caches are removed.  Kernels already
-    loaded in this process keep working; new ones are rebuilt on demand.
+    Every backend with a ``clean_cache()`` method is asked: the built-in CPU and CUDA
+    backends (loaded for this if need be: neither imports torch nor a CUDA library to do
+    it) and the plugin backends already loaded.  Then any other folder that polykeops
+    tagged as a cache is removed too; untagged folders are never touched.  Kernels
+    already loaded in this process keep working; new ones are rebuilt on demand.
     """
-    from .backends.cpu.cache import clean_cache as _clean
+    from . import backends
+    from .backends.artifact_cache import clean_tagged
 
-    return _clean()
+    for name in ("cpu", "cuda"):
+        backends._instance(name)
+    removed = []
+    for backend in list(backends._instances.values()):
+        clean = getattr(backend, "clean_cache", None)
+        if callable(clean):
+            removed += clean()
+    removed += clean_tagged()
+    return sorted(set(removed))
 
 
 def _version_of(module: str):

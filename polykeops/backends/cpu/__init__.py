@@ -162,6 +162,16 @@ class CpuBackend(Backend):
             self._warned.add(key)
             warnings.warn(message, RuntimeWarning, stacklevel=4)
 
+    def clean_cache(self) -> list[str]:
+        """Delete the compiled kernels on disk (:mod:`.cache`) and forget those loaded in this
+        process (they stay mapped for callers holding them; new ones are rebuilt on demand);
+        returns the removed folders."""
+        from . import cache
+
+        removed = cache.clean()
+        runtime.forget_loaded()
+        return removed
+
     def wait_for_builds(self, timeout: float = 120.0) -> bool:
         """Block until background builds are done (for benchmarks and tests)."""
         return runtime.TABLE.wait_idle(timeout)

@@ -79,6 +79,13 @@ class CudaBackend(Backend):
 
         return HostInputs(self, array_kind, device_id)
 
+    def clean_cache(self) -> list[str]:
+        """Delete the compiled binaries on disk (:mod:`.cache`); returns the removed folders.
+        Modules already loaded on a GPU stay loaded."""
+        from . import cache
+
+        return cache.clean()
+
     # ------------------------------------------------------------------
     def evaluate(self, spec, args, *, nx, ny, batch_shape, ranges=None):
         import torch
