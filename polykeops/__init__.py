@@ -78,9 +78,9 @@ def clean_cache() -> list[str]:
     from .backends.artifact_cache import clean_tagged
 
     for name in ("cpu", "cuda"):
-        backends._instance(name)
+        backends.instance(name)
     removed = []
-    for backend in list(backends._instances.values()):
+    for backend in backends.loaded():
         clean = getattr(backend, "clean_cache", None)
         if callable(clean):
             removed += clean()

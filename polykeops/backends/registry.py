@@ -102,6 +102,12 @@ def instance(name: str):
         return backend
 
 
+def loaded() -> list:
+    """The backends loaded so far in this process (instances, in load order)."""
+    with _lock:
+        return list(_instances.values())
+
+
 def status(name: str) -> tuple[bool, str]:
     """``(available, reason)`` of the backend called ``name``."""
     backend = instance(name)
