@@ -1,65 +1,7 @@
-"""The array namespace (see :mod:`polykeops.formula.arrays`) for NumPy arrays."""
+"""The NumPy array namespace, kept under its former name (it lives in :mod:`polykeops.arrays.numpy`)."""
 
 from __future__ import annotations
 
-import numpy as np
+from ..arrays.numpy import NumpyLibrary, NumpyNamespace
 
-from ..common.adapters import ArrayLibrary, ReferenceNamespace
-
-
-class NumpyLibrary(ArrayLibrary):
-    """NumPy's spelling of the operations shared with torch (see :mod:`polykeops.common.adapters`)."""
-
-    lib = np
-    renamed = {"asin": "arcsin", "acos": "arccos", "atan": "arctan", "atan2": "arctan2"}
-    _keep = {"keepdims": True}
-
-    @staticmethod
-    def _astype(x, dtype):
-        return x.astype(dtype, copy=False)
-
-    @staticmethod
-    def _cat(parts, axis):
-        return np.concatenate(parts, axis=axis)
-
-    @staticmethod
-    def _stack(parts, axis):
-        return np.stack(parts, axis=axis)
-
-    @staticmethod
-    def _argsort(x, axis):
-        return np.argsort(x, axis=axis, kind="stable")
-
-    @staticmethod
-    def _take_j(x, idx):
-        return np.take_along_axis(x, idx, axis=-2)
-
-    @staticmethod
-    def _first_extreme(x, kind):
-        return x.argmin(-2) if kind == "min" else x.argmax(-2)
-
-    @staticmethod
-    def _placed_like(like):
-        return {}
-
-    @staticmethod
-    def _size(x):
-        return x.size
-
-    @staticmethod
-    def _copy(x):
-        return x.copy()
-
-    @staticmethod
-    def _contiguous(x):
-        return np.ascontiguousarray(x)
-
-
-class NumpyNamespace(NumpyLibrary, ReferenceNamespace):
-    """Reference-evaluation primitives on NumPy arrays of one working dtype."""
-
-    kind = "numpy"
-    _to_dtype = staticmethod(np.dtype)
-
-    def cast(self, mask, like):
-        return np.asarray(mask).astype(np.result_type(like) if not np.isscalar(like) else self.dtype)
+__all__ = ["NumpyLibrary", "NumpyNamespace"]
