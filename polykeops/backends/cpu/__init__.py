@@ -1,6 +1,6 @@
 """The CPU engine: blocked, SIMD-vectorised, multi-threaded map-reduce in C.
 
-Two engines share one calling convention (:class:`~.runtime.PkCall`):
+Two engines share one calling convention (:class:`~.call.PkCall`):
 
 * the **generic engine** (``_generic``, a C extension compiled when the
   package is built): interprets a compact op program of the formula over
@@ -31,9 +31,10 @@ from __future__ import annotations
 import warnings
 
 from ... import config
+from ...arrays import adapter_for
 from ..codegen import CRenderer
 from ..contract import Backend, Capabilities
-from . import compiler, runtime
+from . import call, compiler, kernels
 
 #: pairs (i, j) evaluated by one spec, in total, before ``auto`` builds its kernel
 JIT_WORK_THRESHOLD = 2e7
@@ -92,11 +93,12 @@ class CpuBackend(Backend):
         original = list(args)
         work_spec = spec
         half = spec.dtype == "float16"
+        ad = adapter_for(args[0]) if args else None
         if half:
             acc = spec.dtype_acc if spec.dtype_acc in ("float32", "float64") else "float32"
             work_spec = spec.with_(dtype="float32", dtype_acc=acc)
-            args = [runtime.to_dtype(a, "float32") for a in args]
-        args = [runtime.contiguous(a) for a in args]
+            args = [ad.astype(a, "float32") for a in args]
+        args = [ad.contiguous(a) for a in args]
         pairs = float(nx) * float(ny) * float(max(1, _prod(batch_shape)))
         engine, build_later = self._engine(work_spec, pairs)
         if engine is None:
@@ -106,16 +108,16 @@ class CpuBackend(Backend):
                 spec, original, nx=nx, ny=ny, batch_shape=batch_shape, ranges=ranges
             )
         rows = getattr(engine, "range_rows", engine.block_rows) if ranges is not None else engine.block_rows
-        prepared = runtime.prepare(
-            work_spec, args, nx, ny, batch_shape, runtime.default_threads(), ranges=ranges, block_rows=rows
+        prepared = call.prepare(
+            work_spec, args, nx, ny, batch_shape, call.default_threads(), ranges=ranges, block_rows=rows
         )
         engine.run(prepared)
         if build_later:  # after the call: the compiler must not slow down the answer
-            runtime.TABLE.build_in_background(work_spec)
+            kernels.TABLE.build_in_background(work_spec)
         outs = prepared.outputs
         if half:
             outs = tuple(
-                runtime.to_dtype(r, "float16") if o.kind == "float" else r
+                adapter_for(r).astype(r, "float16") if o.kind == "float" else r
                 for o, r in zip(spec.outputs(), outs)
             )
         return outs
@@ -124,7 +126,7 @@ class CpuBackend(Backend):
         """``(engine, build_later)``: what runs ``spec`` now (None: the reference backend), and
         whether to queue a background build of its kernel once this call is answered."""
         mode = config.jit_mode()
-        table = runtime.TABLE
+        table = kernels.TABLE
         gen = self.generic.engine_for(spec)
         if mode == "off":
             return gen, False
@@ -164,7 +166,7 @@ class CpuBackend(Backend):
 
     def wait_for_builds(self, timeout: float = 120.0) -> bool:
         """Block until background builds are done (for benchmarks and tests)."""
-        return runtime.TABLE.wait_idle(timeout)
+        return kernels.TABLE.wait_idle(timeout)
 
 
 def _prod(shape) -> int:

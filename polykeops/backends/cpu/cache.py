@@ -228,7 +228,7 @@ def clean_cache() -> list[str]:
         if is_ours:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(str(entry))
-    from . import runtime
+    from . import kernels
 
-    runtime.forget_loaded()
+    kernels.forget_loaded()
     return removed
