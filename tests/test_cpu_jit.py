@@ -393,6 +393,26 @@ def test_without_a_compiler_the_generic_engine_answers(monkeypatch, capsys):
         np.testing.assert_allclose(out[0], reference(spec, args)[0], rtol=1e-5, atol=1e-4)
 
 
+def test_without_any_engine_the_cpu_backend_declines(monkeypatch):
+    """No generic engine and POLYKEOPS_JIT=off: the CPU backend says it is unavailable (it never
+    calls another backend itself), automatic selection uses another backend, and naming it
+    is an error that says why."""
+    from polykeops.backends import select_backend
+
+    monkeypatch.setenv("POLYKEOPS_JIT", "off")
+    monkeypatch.delenv("POLYKEOPS_BACKEND", raising=False)
+    monkeypatch.setattr(generic, "available", lambda: (False, "not built"))
+    monkeypatch.setattr(generic, "engine_for", lambda spec: None)
+    ok, why = CpuBackend().availability()
+    assert not ok and "generic engine is not built" in why
+    spec = unique_spec()
+    assert select_backend(None, spec, "numpy", "cpu", False).name == "reference"
+    with pytest.raises(BackendError, match="'cpu' is not available.*generic engine is not built"):
+        select_backend("cpu", spec, "numpy", "cpu", False)
+    with pytest.raises(BackendError, match="no engine"):
+        run(spec, args_for(10, 10))
+
+
 @pytest.fixture
 def broken_compiler(tmp_path, monkeypatch):
     cc = tmp_path / "brokencc"
