@@ -68,7 +68,7 @@ def _headers_digest() -> str:
 
 def key_for(source: str) -> str:
     """The cache key of a kernel source on this machine with this compiler."""
-    from ... import __version__
+    from ..._version import __version__
 
     parts = [
         "polykeops-cpu-kernel",
