@@ -157,7 +157,7 @@ class CpuBackend(Backend):
                 ("fail", spec),
                 f"polykeops: specialised CPU kernel unavailable, using the generic engine: {failure}",
             )
-            return gen, False
+            return _usable(gen, mode), False
         hot = table.add_work(spec, pairs) >= JIT_WORK_THRESHOLD
         if gen is not None:
             return gen, hot
