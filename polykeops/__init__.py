@@ -7,6 +7,7 @@ torch nor any CUDA library.
 
 from __future__ import annotations
 
+from .config import __version__
 from .errors import (
     BackendError,
     ConfigError,
@@ -18,8 +19,6 @@ from .errors import (
     PolyKeopsError,
     ShapeError,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BackendError",

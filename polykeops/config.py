@@ -21,6 +21,9 @@ from pathlib import Path
 
 from .errors import ConfigError
 
+#: the package's version (part of every compiled artifact's cache key)
+__version__ = "0.1.0"
+
 
 def _choice(var: str, value: str, valid: tuple[str, ...]) -> str:
     if value in valid:

@@ -11,7 +11,7 @@ dispatch, or torch's autograd), and shapes the outputs as pykeops returns them.
 from __future__ import annotations
 
 from ..backends.dispatch import dispatch
-from ..backends.host_ranges import ranges_error
+from ..backends.ranges import ranges_error
 from ..backends.reduction_call import ReductionCall
 from ..backends.request import BackendRequest
 from ..errors import DeviceError, FormulaError, ShapeError

@@ -9,6 +9,7 @@ second system with the same operator (see :mod:`polykeops.torch.solve`).
 
 from __future__ import annotations
 
+from ..backends.arrays import adapter_for
 from ..errors import FormulaError, ShapeError
 
 
@@ -21,7 +22,7 @@ def conjugate_gradient(apply_a, b, *, tol: float, max_iter: int, sqrt):
 
     def dot(u, v):
         w = u * v
-        return w.sum(-2, keepdim=True) if _is_torch(w) else w.sum(-2, keepdims=True)
+        return adapter_for(w).sum(w, -2, keepdims=True)
 
     x = b * 0
     r = b + 0
@@ -41,10 +42,6 @@ def conjugate_gradient(apply_a, b, *, tol: float, max_iter: int, sqrt):
         p = r + (rs_new / (rs + (rs == 0))) * p
         rs = rs_new
     return x
-
-
-def _is_torch(u) -> bool:
-    return type(u).__module__.startswith("torch")
 
 
 def kernel_operator(lazy, alpha, backend=None, **options):

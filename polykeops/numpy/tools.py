@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends.arrays.numpy import NumpyLibrary
 from ..backends.dispatch import dispatch
 from ..common.adapters import ArrayTools
 from ..common.tools import check_float_dtype
 from ..errors import DTypeError
-from .xp import NumpyLibrary
 
 
 class NumpyTools(NumpyLibrary, ArrayTools):
@@ -70,7 +70,7 @@ class NumpyTools(NumpyLibrary, ArrayTools):
 
     @staticmethod
     def namespace(dtype, like=None):
-        from .xp import NumpyNamespace
+        from ..backends.arrays.numpy import NumpyNamespace
 
         return NumpyNamespace(dtype)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from ..backends.arrays.torch import TorchLibrary
 from ..common.adapters import ArrayTools
 from ..common.tools import check_float_dtype
 from ..errors import DTypeError
-from .xp import TorchLibrary
 
 _NAMES = {torch.float16: "float16", torch.float32: "float32", torch.float64: "float64"}
 _DTYPES = {v: k for k, v in _NAMES.items()}
@@ -78,7 +78,7 @@ class TorchTools(TorchLibrary, ArrayTools):
 
     @staticmethod
     def namespace(dtype, like=None):
-        from .xp import TorchNamespace
+        from ..backends.arrays.torch import TorchNamespace
 
         return TorchNamespace(dtype, device=like.device if like is not None else "cpu")
 

@@ -47,7 +47,7 @@ def _headers_digest() -> str:
 
 def key_for(source: str) -> str:
     """The cache key of a kernel source on this machine with this compiler."""
-    from ... import __version__
+    from ...config import __version__
 
     return key_of(
         "polykeops-cpu-kernel",

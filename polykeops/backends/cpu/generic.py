@@ -6,7 +6,7 @@ for the format): one slot per distinct node, instructions grouped by phase
 (uniform, row, tile, lane) so that sub-formulas depending on i only or on j
 only are computed once per row block or once per tile and shared.  The
 interpreter lives in the C extension ``_generic`` built by ``setup.py``; it is
-called through ctypes with the same :class:`~.runtime.PkCall` as specialised
+called through ctypes with the same :class:`~.call.PkCall` as specialised
 kernels.
 """
 
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...formula.nodes import CAT_I, CAT_J, CAT_P, Node
+from .call import PkCall, PreparedCall
 from .kernel_source import FAMILIES, dependencies
-from .runtime import PkCall, PreparedCall
 
 # slot kinds and families (pk_generic.h)
 S_CONST, S_PARAM, S_IVAR, S_JVAR, S_UNIFORM, S_ROW, S_TILE, S_LANE = range(8)
