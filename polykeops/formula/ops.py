@@ -1,6 +1,7 @@
 """The op table: every formula operation, with its rules side by side.
 
-Each entry (:class:`OpDef`) gives, for one operation:
+Each entry (:class:`~polykeops.formula.optable.OpDef`, registered in the table
+of :mod:`polykeops.formula.optable`) gives, for one operation:
 
 * ``arity`` and the names of its static parameters;
 * ``dim``: the dimension rule (vector dimension of the result from those of the
@@ -22,68 +23,14 @@ entries: they are built from these by :mod:`polykeops.formula.composite`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from fractions import Fraction
 
 from ..errors import FormulaError
 from . import algebra as A
 from .nodes import Node, Zero
+from .optable import OPS, OpDef, infer_dim, public_ops, register_op
 
-# ---------------------------------------------------------------------------
-# the OpDef record and the registry
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OpDef:
-    name: str
-    arity: int
-    dim: Callable[..., int]
-    ref: Callable
-    vjp: Callable | None = None
-    params: tuple[str, ...] = ()
-    domain: tuple[str, ...] = ()
-    random_params: Callable | None = None
-    linear: bool = False  # linear in each argument: a zero argument gives zero
-    build: Callable | None = None  # smart constructor, if the op has one
-    smooth: bool = True  # False for piecewise-constant ops (zero derivative a.e.)
-    public: bool = True  # False for ops that only derivative rules create
-    doc: str = ""
-
-
-OPS: dict[str, OpDef] = {}
-
-
-def register_op(opdef: OpDef) -> OpDef:
-    """Add an operation to the op table (third parties may add their own)."""
-    if opdef.name in OPS:
-        raise FormulaError(f"operation {opdef.name!r} is already registered")
-    OPS[opdef.name] = opdef
-    return opdef
-
-
-def infer_dim(op: str, args: tuple, params: tuple) -> int:
-    """Dimension of ``op(*args)`` with ``params``; raises FormulaError on bad operands."""
-    opdef = OPS.get(op)
-    if opdef is None:
-        from .nodes import LEAF_OPS
-
-        if op in LEAF_OPS:
-            raise FormulaError(f"leaf {op} needs an explicit dimension")
-        raise FormulaError(f"unknown operation {op!r}; known: {', '.join(sorted(OPS))}")
-    if len(args) != opdef.arity:
-        raise FormulaError(f"{op} takes {opdef.arity} argument(s), got {len(args)}")
-    if len(params) != len(opdef.params):
-        raise FormulaError(
-            f"{op} takes {len(opdef.params)} parameter(s) ({', '.join(opdef.params) or 'none'}), "
-            f"got {len(params)}"
-        )
-    for a in args:
-        if not isinstance(a, Node):
-            raise FormulaError(f"{op}: argument {a!r} is not a formula node")
-    return opdef.dim(*[a.dim for a in args], *params)
-
+__all__ = ["OPS", "PI", "OpDef", "infer_dim", "public_ops", "register_op"]
 
 # ---------------------------------------------------------------------------
 # dimension rules
@@ -132,8 +79,9 @@ def _unb(g: Node, arg: Node) -> Node:
 
 
 def _unary(
-    name, ref, vjp, domain="real", smooth=True, doc="", public=True, linear=False, build=None
+    name, ref, vjp, domain="real", smooth=True, doc="", public=True, linear=False, build=None, method=None
 ):
+    """Register an elementwise unary op; a public one is also the LazyTensor method ``name.lower()``."""
     register_op(
         OpDef(
             name,
@@ -147,11 +95,14 @@ def _unary(
             public=public,
             linear=linear,
             build=build,
+            method=(name.lower() if public else "") if method is None else method,
         )
     )
 
 
-_unary("Minus", lambda xp, a: -a, lambda n, g: (A.neg(g),), linear=True, build=A.neg, doc="-x")
+_unary(
+    "Minus", lambda xp, a: -a, lambda n, g: (A.neg(g),), linear=True, build=A.neg, doc="-x", method=""
+)
 _unary("Exp", lambda xp, a: xp.exp(a), lambda n, g: (A.mul(g, n),), doc="exp(x)")
 _unary(
     "Log",
@@ -242,6 +193,7 @@ register_op(
         lambda n, g: (A.mul(A.mul(A.const(2), g), n.args[0]),),
         domain=("real",),
         build=A.square,
+        method="square",
     )
 )
 _unary("Abs", lambda xp, a: xp.abs(a), lambda n, g: (A.mul(g, A.node("Sign", n.args[0])),))
@@ -841,11 +793,6 @@ register_op(
         doc="outer product, row-major (dimension m*n)",
     )
 )
-
-
-def public_ops() -> list[OpDef]:
-    """The ops a user can write (derivative-only helpers excluded)."""
-    return [o for o in OPS.values() if o.public]
 
 
 PI = Fraction(math.pi)  # exact rational image of the double nearest pi
