@@ -77,6 +77,8 @@ def _unb(g: Node, arg: Node) -> Node:
 # elementwise unary ops
 # ---------------------------------------------------------------------------
 
+TWO_OVER_SQRT_PI = Fraction(2 / math.sqrt(math.pi))  # exact rational image of the double nearest
+
 
 def _unary(
     name, ref, vjp, domain="real", smooth=True, doc="", public=True, linear=False, build=None, method=None
@@ -208,6 +210,43 @@ _unary(
     doc="max(x, 0)",
 )
 _unary("Floor", lambda xp, a: xp.floor(a), None, smooth=False, public=False, doc="floor(x)")
+_unary(
+    "Tanh",
+    lambda xp, a: xp.tanh(a),
+    lambda n, g: (A.mul(g, A.sub(A.const(1), A.square(n))),),
+    doc="hyperbolic tangent",
+)
+_unary(
+    "Sinh",
+    lambda xp, a: xp.sinh(a),
+    lambda n, g: (A.mul(g, A.node("Cosh", n.args[0])),),
+    doc="hyperbolic sine",
+)
+_unary(
+    "Cosh",
+    lambda xp, a: xp.cosh(a),
+    lambda n, g: (A.mul(g, A.node("Sinh", n.args[0])),),
+    doc="hyperbolic cosine",
+)
+_unary(
+    "Erf",
+    lambda xp, a: xp.erf(a),
+    lambda n, g: (A.mul(g, A.mul(A.const(TWO_OVER_SQRT_PI), A.node("Exp", A.neg(A.square(n.args[0]))))),),
+    doc="error function",
+)
+_unary(
+    "Log1p",
+    lambda xp, a: xp.log1p(a),
+    lambda n, g: (A.div(g, A.add(A.const(1), n.args[0])),),
+    domain="positive",
+    doc="log(1 + x), accurate for small x",
+)
+_unary(
+    "Expm1",
+    lambda xp, a: xp.expm1(a),
+    lambda n, g: (A.mul(g, A.node("Exp", n.args[0])),),
+    doc="exp(x) - 1, accurate for small x",
+)
 
 
 # ---------------------------------------------------------------------------
