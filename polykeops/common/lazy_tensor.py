@@ -718,7 +718,8 @@ def _op_method(opdef: OpDef):
     def method(self):
         return self._unary(op)
 
-    method.__name__ = method.__qualname__ = opdef.method
+    method.__name__ = opdef.method
+    method.__qualname__ = f"GenericLazyTensor.{opdef.method}"
     method.__doc__ = f"{opdef.doc or op.lower() + '(x)'}, elementwise (the {op} operation)."
     return method
 

@@ -14,7 +14,12 @@ of :mod:`polykeops.formula.optable`) gives, for one operation:
   evaluates NumPy arrays and torch tensors);
 * ``domain``: for each argument, the input domain used by test generators
   ("real", "positive", "unit" for |x| < 1, "nonzero");
-* ``random_params``: how test generators draw valid static parameters.
+* ``random_params``: how test generators draw valid static parameters;
+* ``method``: the LazyTensor method applying a unary op (``x.tanh()``), if any.
+
+An op declared here is picked up by the formula-string parser, the LazyTensor
+methods and the conformance suite; its C rule (one line in
+:mod:`polykeops.backends.codegen.c_renderer`) makes the compiled engines run it.
 
 Composite operations (``SqDist``, ``Norm2``, ``WeightedSqNorm``...) are not
 entries: they are built from these by :mod:`polykeops.formula.composite`.
