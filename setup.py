@@ -2,9 +2,10 @@
 
 The generic engine (``polykeops.backends.cpu._generic``, and on x86-64 the
 AVX2 + FMA build ``_generic_avx2``) is plain C with no dependency beyond the
-Python headers.  Its build is optional: if it fails (no compiler), polykeops
-still installs and the CPU backend falls back to specialised kernels or to the
-reference backend (``python -m polykeops check`` says which).
+Python headers; its op list and elementwise cases (``include/pk_generic_ops.inc``)
+are generated from the C renderer's rules before it is compiled.  Its build is
+optional: if it fails (no compiler), polykeops still installs and the CPU backend
+falls back to specialised kernels or to the reference backend (``python -m polykeops check`` says which).
 """
 
 import os
@@ -19,8 +20,26 @@ FLAGS = ["-O3", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping
          "-fvisibility=hidden", "-pthread", "-g0"]
 
 
+def _generate_op_cases() -> bool:
+    """Write include/pk_generic_ops.inc, the engine's op list and elementwise cases, from the C
+    renderer's rules (polykeops.backends.codegen.generic_ops)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        from polykeops.backends.codegen.generic_ops import write_include
+
+        write_include(f"{CPU}/include/pk_generic_ops.inc")
+        return True
+    except Exception as exc:  # the engine is optional: polykeops installs without it
+        print(f"polykeops: not building the generic engine (generating its op cases failed: {exc})")
+        return False
+    finally:
+        sys.path.pop(0)
+
+
 def _extensions():
     if sys.platform == "win32":  # the engine needs a GCC-compatible compiler and pthreads
+        return []
+    if not _generate_op_cases():
         return []
     common = dict(
         include_dirs=[f"{CPU}/include", CPU],

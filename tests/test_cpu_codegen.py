@@ -68,7 +68,7 @@ def all_ops_spec(dtype="float64"):
 
 
 def test_every_op_has_a_c_rule():
-    assert set(CRenderer.supported_ops(CRenderer)) == set(RENDERED)
+    assert set(CRenderer.supported_ops()) == set(RENDERED)
     assert generic.SUPPORTED_OPS == set(RENDERED)
     assert CpuBackend().capabilities.ops == set(RENDERED)
 
@@ -103,6 +103,70 @@ def test_dialect_is_a_few_class_attributes():
     f = A.node("Exp", A.vsum(A.square(A.sub(Var(0, 20, CAT_I), Var(1, 20, CAT_J)))))
     text = "\n".join(OtherC("float32").render([f], lambda v, k: f"in{v.index}[{k}]").lines)
     assert "__expf(" in text and "#pragma unroll 8" in text and "pk_expf" not in text
+
+
+def test_math_functions_are_c_library_names_except_the_dialects_own():
+    from polykeops.backends.cuda.render import CudaRenderer
+
+    assert CRenderer("float32").call("tanh", "x") == "pk_tanhf(x)"  # vectorisable (pk_runtime.h)
+    assert CRenderer("float64").call("sin", "x") == "sin(x)"
+    assert CudaRenderer("float32").call("tanh", "x") == "tanhf(x)"
+    assert CudaRenderer("float64").call("erf", "x") == "erf(x)"
+
+
+def test_generic_engine_is_built_from_the_renderers_rules():
+    """The interpreter's cases and op codes are generated from the C rules (at build time); the
+    loaded extension reports the digest of the text it was built from."""
+    import ctypes
+
+    from polykeops.backends.codegen import generic_ops
+
+    ok, why = generic.available()
+    if not ok:
+        pytest.skip(why)
+    lib = generic._load()
+    lib.pk_generic_ops_digest.restype = ctypes.c_char_p
+    assert lib.pk_generic_ops_digest().decode() == generic_ops.digest()
+    assert generic.OPCODES == generic_ops.opcodes()
+    generated = set(generic_ops.generated_ops())
+    assert {"Exp", "Tanh", "Add", "IfElse"} <= generated and not generated & set(generic_ops.HAND_WRITTEN)
+    assert "PK_UN_CASE(TANH, PKM_TANH(a))" in generic_ops.source()
+
+
+def test_a_third_party_c_rule_reaches_every_c_renderer(monkeypatch):
+    """register_c_rule: the op renders in specialised CPU kernels (and CUDA); the generic
+    engine, compiled with the built-in rules, declines it."""
+    from polykeops.backends.codegen import C_RULES, register_c_rule
+    from polykeops.backends.cuda.render import ELEMENTWISE, CudaRenderer
+    from polykeops.errors import BackendError
+    from polykeops.formula.optable import OpDef, register_op
+
+    name = "TestOnlyCube"
+    register_op(OpDef(name, 1, lambda d: d, lambda xp, a: a * a * a, None, public=False))
+    register_c_rule(name, lambda r, a: f"(({a}) * ({a}) * ({a}))")
+    try:  # (removed afterwards: other tests iterate over the op table)
+        assert name in CRenderer.supported_ops() and name in CudaRenderer.supported_ops()
+        assert name in ELEMENTWISE and name not in generic.SUPPORTED_OPS
+        with pytest.raises(BackendError, match="already has a C rule"):
+            register_c_rule(name, lambda r, a: a)
+        x, y = Var(0, 2, CAT_I), Var(1, 2, CAT_J)
+        spec = ReductionSpec("Sum", (A.node(name, A.sub(x, y)),), (x, y), dtype="float64")
+        assert generic.engine_for(spec) is None
+        monkeypatch.setenv("POLYKEOPS_JIT", "sync")
+        backend = CpuBackend()
+        if not backend.compiler_status()[0]:
+            pytest.skip("no C compiler")
+        assert not backend.capabilities.unsupported(spec, "numpy", "cpu", False)
+        rng = np.random.default_rng(1)
+        args = [rng.standard_normal((20, 2)), rng.standard_normal((30, 2))]
+        (out,) = backend.evaluate(spec, args, nx=20, ny=30, batch_shape=())
+        (ref,) = ReferenceBackend().evaluate(spec, args, nx=20, ny=30, batch_shape=())
+        np.testing.assert_allclose(out, ref, rtol=1e-12)
+    finally:
+        from polykeops.formula.optable import OPS
+
+        del OPS[name]
+        del C_RULES[name]
 
 
 def test_literals_round_like_numpy():

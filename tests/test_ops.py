@@ -270,6 +270,14 @@ CASES = [
          lambda x, y, p: torch.einsum("...m,...mn->...n", x, y.reshape(1, N, 2, 3)), dims=(2, 6, 3)),
     Case("tensorprod", {"TensorProd"}, lambda X, Y, P: X.tensorprod(Y),
          lambda x, y, p: (x[..., :, None] * y[..., None, :]).reshape(M, N, 6), dims=(2, 3, 3)),
+    # -- hyperbolic functions, erf, log1p, expm1 -----------------------------------------
+    Case("tanh", {"Tanh"}, lambda X, Y, P: (X + Y).tanh(), lambda x, y, p: torch.tanh(x + y)),
+    Case("sinh", {"Sinh"}, lambda X, Y, P: (X + Y).sinh(), lambda x, y, p: torch.sinh(x + y)),
+    Case("cosh", {"Cosh"}, lambda X, Y, P: (X + Y).cosh(), lambda x, y, p: torch.cosh(x + y)),
+    Case("erf", {"Erf"}, lambda X, Y, P: (X + Y).erf(), lambda x, y, p: torch.erf(x + y)),
+    Case("log1p", {"Log1p"}, lambda X, Y, P: (X * Y).log1p(), lambda x, y, p: torch.log1p(x * y),
+         dom=("pos", "pos", "real")),
+    Case("expm1", {"Expm1"}, lambda X, Y, P: (X - Y).expm1(), lambda x, y, p: torch.expm1(x - y)),
 ]
 
 

@@ -710,6 +710,35 @@ def test_parser_imports_no_array_library():
         assert module.split(".")[0] not in ("numpy", "torch", "jax", "cupy"), module
 
 
+def test_formula_layer_has_no_import_cycle():
+    """The modules of polykeops.formula import each other in one direction (imports inside
+    functions included): the op table's record (optable) below nodes, the rules (ops) above."""
+    import ast
+    from pathlib import Path
+
+    root = Path(P.__file__).parent
+    graph = {}
+    for path in root.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module} if node.module else {a.name for a in node.names}
+        graph[path.stem] = {d.split(".")[0] for d in deps} & {p.stem for p in root.glob("*.py")}
+    done, active = set(), []
+
+    def visit(m):
+        assert m not in active, f"import cycle: {' -> '.join(active[active.index(m):] + [m])}"
+        if m not in done:
+            active.append(m)
+            for d in sorted(graph[m]):
+                visit(d)
+            active.pop()
+            done.add(m)
+
+    for m in sorted(graph):
+        visit(m)
+
+
 def test_public_api_has_docstrings_and_annotations():
     for fn in (parse_alias, parse_aliases, parse_formula, parse_reduction_formula):
         assert fn.__doc__

@@ -19,6 +19,7 @@ from ..formula import composite as C
 from ..formula.derivative import diff as _diff
 from ..formula.derivative import grad as _grad
 from ..formula.nodes import CAT_I, CAT_J, CAT_P, CATEGORY_NAMES, Const, Node
+from ..formula.optable import OPS, OpDef
 from ..formula.printing import to_string
 from . import leaves as L
 from .reduce import ReductionMixin
@@ -332,65 +333,15 @@ class GenericLazyTensor(ReductionMixin):
     def __ge__(self, other):
         return self._binary(other, lambda a, b: A.node("GreaterOrEqual", a, b))
 
-    # elementwise maths
-    def abs(self):
-        return self._unary("Abs")
-
-    def exp(self):
-        return self._unary("Exp")
-
-    def log(self):
-        return self._unary("Log")
-
-    def xlogx(self):
-        return self._unary("XLogX")
-
-    def cos(self):
-        return self._unary("Cos")
-
-    def sin(self):
-        return self._unary("Sin")
-
-    def sinxdivx(self):
-        return self._unary("SinXDivX")
-
+    # elementwise maths: one method per unary op of the op table (OpDef.method), added below the
+    # class by _install_op_methods; the ones that are more than "apply the op" are written here
     def sinc(self):
         """sin(pi x) / (pi x), 1 at 0."""
         return self._new(C.sinc(self.formula))
 
-    def asin(self):
-        return self._unary("Asin")
-
-    def acos(self):
-        return self._unary("Acos")
-
-    def atan(self):
-        return self._unary("Atan")
-
     def atan2(self, other):
         """atan2(self, other): the angle of the point (other, self)."""
         return self._binary(other, lambda a, b: A.node("Atan2", a, b))
-
-    def sqrt(self):
-        return self._unary("Sqrt")
-
-    def rsqrt(self):
-        return self._unary("Rsqrt")
-
-    def square(self):
-        return self._new(A.square(self.formula))
-
-    def inv(self):
-        return self._unary("Inv")
-
-    def sign(self):
-        return self._unary("Sign")
-
-    def step(self):
-        return self._unary("Step")
-
-    def relu(self):
-        return self._unary("ReLU")
 
     def round(self, decimals: int = 0):
         return self._unary("Round", int(decimals))
@@ -754,3 +705,26 @@ class GenericLazyTensor(ReductionMixin):
     @property
     def T(self):
         return self.t()
+
+
+def _op_method(opdef: OpDef):
+    op = opdef.name
+
+    def method(self):
+        return self._unary(op)
+
+    method.__name__ = opdef.method
+    method.__qualname__ = f"GenericLazyTensor.{opdef.method}"
+    method.__doc__ = f"{opdef.doc or op.lower() + '(x)'}, elementwise (the {op} operation)."
+    return method
+
+
+def _install_op_methods(cls) -> None:
+    """A method per op of the table that names one (``x.tanh()`` applies ``Tanh``); methods written
+    by hand in the class win."""
+    for opdef in OPS.values():
+        if opdef.method and getattr(cls, opdef.method, None) is None:
+            setattr(cls, opdef.method, _op_method(opdef))
+
+
+_install_op_methods(GenericLazyTensor)

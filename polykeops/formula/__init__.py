@@ -1,7 +1,8 @@
 """The formula layer: an array-library-free IR for symbolic reductions.
 
 * :mod:`.nodes`       -- immutable formula nodes (``Var``, ``Const``, ``Zero``...);
-* :mod:`.ops`         -- the op table (dimension, derivative and reference rules);
+* :mod:`.optable`     -- the op table's record (:class:`OpDef`) and registry (no rules);
+* :mod:`.ops`         -- the rules of the built-in ops (dimension, derivative, reference);
 * :mod:`.algebra`     -- smart constructors with local simplification;
 * :mod:`.composite`   -- KeOps sugar (SqDist, Norm2, WeightedSqNorm...);
 * :mod:`.derivative`  -- ``grad`` (adjoint) and ``diff`` (directional derivative);

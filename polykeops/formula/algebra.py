@@ -13,6 +13,7 @@ from fractions import Fraction
 
 from ..errors import FormulaError
 from .nodes import Const, Node, Zero, is_const, is_zero
+from .optable import OPS
 
 _EXACT = (int, Fraction)
 
@@ -202,8 +203,6 @@ def scalprod(a: Node, b: Node) -> Node:
 
 def node(op: str, *args: Node, params: tuple = ()) -> Node:
     """Generic constructor: the node ``op(*args)`` after the op's own folding rule, if any."""
-    from .ops import OPS
-
     opdef = OPS.get(op)
     if opdef is None:
         raise FormulaError(f"unknown operation {op!r}")

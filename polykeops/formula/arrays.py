@@ -8,7 +8,8 @@ comparisons, ``[..., a:b]`` slicing and ``[..., None, :]`` insertion) with
 broadcasting, and ``.shape``.  Python scalars combine with arrays without
 changing their dtype.
 
-Elementwise: ``exp log sin cos asin acos atan sqrt abs sign floor``,
+Elementwise: ``exp log sin cos asin acos atan sqrt abs sign floor tanh sinh cosh
+erf expm1 log1p``,
 ``atan2(y, x)``, ``where(cond, a, b)``, ``cast(bool_array, like)`` (to the float
 dtype of ``like``), ``isnan(x)``, ``maximum(a, b)``, ``minimum(a, b)``.
 

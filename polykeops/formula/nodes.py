@@ -2,7 +2,7 @@
 
 A formula is a tree (in practice a DAG, since equal sub-trees compare and hash
 equal) of :class:`Node` values.  Every node carries an operation name (a key of
-the op table in :mod:`polykeops.formula.ops`), its arguments, hashable static
+the op table, :mod:`polykeops.formula.optable`), its arguments, hashable static
 parameters, and its *vector dimension* ``dim`` (the length of the value the
 formula produces for one (i, j) pair).
 
@@ -22,13 +22,15 @@ from fractions import Fraction
 from typing import Any
 
 from ..errors import FormulaError
+from .optable import LEAF_OPS, infer_dim
 
 #: variable categories: indexed by i, indexed by j, or a parameter (no index)
 CAT_I, CAT_J, CAT_P = 0, 1, 2
 CATEGORIES = (CAT_I, CAT_J, CAT_P)
 CATEGORY_NAMES = {CAT_I: "Vi", CAT_J: "Vj", CAT_P: "Pm"}
 
-LEAF_OPS = frozenset({"Var", "Const", "Zero", "Leaf"})
+#: longest text of a node's repr (longer ones end with "...")
+REPR_LIMIT = 400
 
 
 class Node:
@@ -38,9 +40,10 @@ class Node:
 
     def __init__(self, op: str, args: tuple = (), params: tuple = (), dim: int | None = None):
         if dim is None:
-            from .ops import infer_dim
-
-            dim = infer_dim(op, args, params)
+            for a in args:
+                if not isinstance(a, Node):
+                    raise FormulaError(f"{op}: argument {a!r} is not a formula node")
+            dim = infer_dim(op, tuple(a.dim for a in args), tuple(params))
         object.__setattr__(self, "op", op)
         object.__setattr__(self, "args", tuple(args))
         object.__setattr__(self, "params", tuple(params))
@@ -65,9 +68,19 @@ class Node:
         return (Node, (self.op, self.args, self.params, self.dim))
 
     def __repr__(self) -> str:
-        from .printing import to_string
-
-        return to_string(self)
+        """A short prefix form (``Exp(Minus(Var(0,3,0)))``); :mod:`.printing` writes parsable text."""
+        text: dict[Node, str] = {}
+        for n in walk(self):
+            if n.op in ("Var", "Leaf"):
+                a, d, c = n.params
+                text[n] = f"Var({a},{d},{c})" if n.op == "Var" else f"{CATEGORY_NAMES[c]}[{a}]({d})"
+            elif n.op in ("Const", "Zero"):
+                text[n] = f"{n.op}({','.join(str(p) for p in n.params)})"
+            else:
+                text[n] = f"{n.op}({','.join([text[a] for a in n.args] + [str(p) for p in n.params])})"
+            if len(text[n]) > REPR_LIMIT:
+                return text[n][:REPR_LIMIT] + "..."
+        return text[self]
 
     # -- convenience accessors for leaves -------------------------------
     @property

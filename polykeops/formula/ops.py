@@ -1,6 +1,7 @@
 """The op table: every formula operation, with its rules side by side.
 
-Each entry (:class:`OpDef`) gives, for one operation:
+Each entry (:class:`~polykeops.formula.optable.OpDef`, registered in the table
+of :mod:`polykeops.formula.optable`) gives, for one operation:
 
 * ``arity`` and the names of its static parameters;
 * ``dim``: the dimension rule (vector dimension of the result from those of the
@@ -13,7 +14,12 @@ Each entry (:class:`OpDef`) gives, for one operation:
   evaluates NumPy arrays and torch tensors);
 * ``domain``: for each argument, the input domain used by test generators
   ("real", "positive", "unit" for |x| < 1, "nonzero");
-* ``random_params``: how test generators draw valid static parameters.
+* ``random_params``: how test generators draw valid static parameters;
+* ``method``: the LazyTensor method applying a unary op (``x.tanh()``), if any.
+
+An op declared here is picked up by the formula-string parser, the LazyTensor
+methods and the conformance suite; its C rule (one line in
+:mod:`polykeops.backends.codegen.c_renderer`) makes the compiled engines run it.
 
 Composite operations (``SqDist``, ``Norm2``, ``WeightedSqNorm``...) are not
 entries: they are built from these by :mod:`polykeops.formula.composite`.
@@ -22,68 +28,14 @@ entries: they are built from these by :mod:`polykeops.formula.composite`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from fractions import Fraction
 
 from ..errors import FormulaError
 from . import algebra as A
 from .nodes import Node, Zero
+from .optable import OPS, OpDef, infer_dim, public_ops, register_op
 
-# ---------------------------------------------------------------------------
-# the OpDef record and the registry
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OpDef:
-    name: str
-    arity: int
-    dim: Callable[..., int]
-    ref: Callable
-    vjp: Callable | None = None
-    params: tuple[str, ...] = ()
-    domain: tuple[str, ...] = ()
-    random_params: Callable | None = None
-    linear: bool = False  # linear in each argument: a zero argument gives zero
-    build: Callable | None = None  # smart constructor, if the op has one
-    smooth: bool = True  # False for piecewise-constant ops (zero derivative a.e.)
-    public: bool = True  # False for ops that only derivative rules create
-    doc: str = ""
-
-
-OPS: dict[str, OpDef] = {}
-
-
-def register_op(opdef: OpDef) -> OpDef:
-    """Add an operation to the op table (third parties may add their own)."""
-    if opdef.name in OPS:
-        raise FormulaError(f"operation {opdef.name!r} is already registered")
-    OPS[opdef.name] = opdef
-    return opdef
-
-
-def infer_dim(op: str, args: tuple, params: tuple) -> int:
-    """Dimension of ``op(*args)`` with ``params``; raises FormulaError on bad operands."""
-    opdef = OPS.get(op)
-    if opdef is None:
-        from .nodes import LEAF_OPS
-
-        if op in LEAF_OPS:
-            raise FormulaError(f"leaf {op} needs an explicit dimension")
-        raise FormulaError(f"unknown operation {op!r}; known: {', '.join(sorted(OPS))}")
-    if len(args) != opdef.arity:
-        raise FormulaError(f"{op} takes {opdef.arity} argument(s), got {len(args)}")
-    if len(params) != len(opdef.params):
-        raise FormulaError(
-            f"{op} takes {len(opdef.params)} parameter(s) ({', '.join(opdef.params) or 'none'}), "
-            f"got {len(params)}"
-        )
-    for a in args:
-        if not isinstance(a, Node):
-            raise FormulaError(f"{op}: argument {a!r} is not a formula node")
-    return opdef.dim(*[a.dim for a in args], *params)
-
+__all__ = ["OPS", "PI", "OpDef", "infer_dim", "public_ops", "register_op"]
 
 # ---------------------------------------------------------------------------
 # dimension rules
@@ -130,10 +82,13 @@ def _unb(g: Node, arg: Node) -> Node:
 # elementwise unary ops
 # ---------------------------------------------------------------------------
 
+TWO_OVER_SQRT_PI = Fraction(2 / math.sqrt(math.pi))  # exact rational image of the double nearest
+
 
 def _unary(
-    name, ref, vjp, domain="real", smooth=True, doc="", public=True, linear=False, build=None
+    name, ref, vjp, domain="real", smooth=True, doc="", public=True, linear=False, build=None, method=None
 ):
+    """Register an elementwise unary op; a public one is also the LazyTensor method ``name.lower()``."""
     register_op(
         OpDef(
             name,
@@ -147,11 +102,14 @@ def _unary(
             public=public,
             linear=linear,
             build=build,
+            method=(name.lower() if public else "") if method is None else method,
         )
     )
 
 
-_unary("Minus", lambda xp, a: -a, lambda n, g: (A.neg(g),), linear=True, build=A.neg, doc="-x")
+_unary(
+    "Minus", lambda xp, a: -a, lambda n, g: (A.neg(g),), linear=True, build=A.neg, doc="-x", method=""
+)
 _unary("Exp", lambda xp, a: xp.exp(a), lambda n, g: (A.mul(g, n),), doc="exp(x)")
 _unary(
     "Log",
@@ -242,6 +200,7 @@ register_op(
         lambda n, g: (A.mul(A.mul(A.const(2), g), n.args[0]),),
         domain=("real",),
         build=A.square,
+        method="square",
     )
 )
 _unary("Abs", lambda xp, a: xp.abs(a), lambda n, g: (A.mul(g, A.node("Sign", n.args[0])),))
@@ -256,6 +215,43 @@ _unary(
     doc="max(x, 0)",
 )
 _unary("Floor", lambda xp, a: xp.floor(a), None, smooth=False, public=False, doc="floor(x)")
+_unary(
+    "Tanh",
+    lambda xp, a: xp.tanh(a),
+    lambda n, g: (A.mul(g, A.sub(A.const(1), A.square(n))),),
+    doc="hyperbolic tangent",
+)
+_unary(
+    "Sinh",
+    lambda xp, a: xp.sinh(a),
+    lambda n, g: (A.mul(g, A.node("Cosh", n.args[0])),),
+    doc="hyperbolic sine",
+)
+_unary(
+    "Cosh",
+    lambda xp, a: xp.cosh(a),
+    lambda n, g: (A.mul(g, A.node("Sinh", n.args[0])),),
+    doc="hyperbolic cosine",
+)
+_unary(
+    "Erf",
+    lambda xp, a: xp.erf(a),
+    lambda n, g: (A.mul(g, A.mul(A.const(TWO_OVER_SQRT_PI), A.node("Exp", A.neg(A.square(n.args[0]))))),),
+    doc="error function",
+)
+_unary(
+    "Log1p",
+    lambda xp, a: xp.log1p(a),
+    lambda n, g: (A.div(g, A.add(A.const(1), n.args[0])),),
+    domain="positive",
+    doc="log(1 + x), accurate for small x",
+)
+_unary(
+    "Expm1",
+    lambda xp, a: xp.expm1(a),
+    lambda n, g: (A.mul(g, A.node("Exp", n.args[0])),),
+    doc="exp(x) - 1, accurate for small x",
+)
 
 
 # ---------------------------------------------------------------------------
@@ -841,11 +837,6 @@ register_op(
         doc="outer product, row-major (dimension m*n)",
     )
 )
-
-
-def public_ops() -> list[OpDef]:
-    """The ops a user can write (derivative-only helpers excluded)."""
-    return [o for o in OPS.values() if o.public]
 
 
 PI = Fraction(math.pi)  # exact rational image of the double nearest pi

@@ -20,7 +20,8 @@ from typing import Any
 # Elementwise functions of the array namespace, taken from the library under the same name
 # unless ``ArrayLibrary.renamed`` says otherwise.
 ELEMENTWISE = tuple(
-    "exp log sin cos asin acos atan atan2 sqrt abs sign floor isnan isfinite maximum minimum where".split()
+    "exp log sin cos asin acos atan atan2 sqrt abs sign floor isnan isfinite maximum minimum where "
+    "tanh sinh cosh expm1 log1p".split()
 )
 
 
@@ -129,6 +130,14 @@ class ReferenceNamespace(ArrayLibrary):
         self.k = k
         self.kahan = kahan
         self._alloc = {}  # keyword arguments placing the arrays this namespace creates
+
+    def erf(self, x):
+        """The error function: the library's own (torch.erf); NumPy has none, so math.erf entry by
+        entry there."""
+        own = getattr(self.lib, "erf", None)
+        if own is not None:
+            return own(x)
+        return self.lib.vectorize(math.erf, otypes=[x.dtype])(x)
 
     @staticmethod
     def _to_dtype(d):

@@ -1,4 +1,4 @@
-"""Formula IR -> C-family statements, shared by the CPU and (later) CUDA backends.
+"""Formula IR -> C-family statements, shared by the CPU and CUDA backends.
 
 :class:`CRenderer` walks a formula DAG once, children before parents, and emits
 one local variable per distinct node (common sub-expressions are computed once):
@@ -13,10 +13,15 @@ The renderer knows nothing about where values come from: the caller gives a
 variable (``k`` is an int or a C index expression), and may give ``known``
 accessors for nodes that are computed elsewhere (hoisted out of a loop, or
 stored in a tile buffer).  Dialect differences between C and CUDA (scalar
-types, names of math functions, function qualifiers, pragmas) are class
-attributes, so a CUDA renderer is a subclass that overrides a few of them.
+types, names of math functions, pragmas, literals of infinity and NaN) are
+class attributes, so a CUDA renderer is a subclass that overrides a few of them.
 
-The semantics of every op follow its reference implementation in
+Elementwise ops are rendered by *C rules*, one per op, kept in an open registry:
+:func:`register_c_rule` adds one (the rules of the built-in ops are registered at
+the bottom of this module, a third party registers its own the same way), and
+every dialect, the CPU kernels, the CUDA kernels and the generic CPU engine's
+interpreter (generated from these rules by :mod:`.generic_ops`) use the same
+rule.  The semantics of every op follow its reference implementation in
 :mod:`polykeops.formula.ops` (including NaN and infinity propagation); the
 tests compare rendered kernels with the reference on random and special values.
 """
@@ -49,31 +54,50 @@ class RenderedFormula:
         return self.access(node, k)
 
 
+#: a C rule: ``rule(renderer, *component_expressions, *params) -> C expression`` of one component
+CRule = Callable[..., str]
+
+#: op name -> C rule of an elementwise op (component k of the result from component k of each
+#: argument, component 0 of an argument of dimension 1); filled by :func:`register_c_rule`
+C_RULES: dict[str, CRule] = {}
+
+
+def register_c_rule(op_name: str, rule: CRule, replace: bool = False) -> CRule:
+    """Register the C rule of the elementwise op ``op_name`` (the op must also be in the op table).
+
+    ``rule(r, *args, *params)`` receives the renderer ``r`` (for literals: ``r.literal(x)``,
+    math functions: ``r.call("tanh", a)``), the C expressions of one component of each argument
+    and the op's static parameters, and returns the C expression of that component of the
+    result.  Every C-family backend then renders the op (the CPU kernels and CUDA; the generic
+    CPU engine interprets the built-in ops only, and declines the others).  Raises if the op has
+    a rule already, unless ``replace``.
+    """
+    if op_name in C_RULES and not replace:
+        raise BackendError(f"operation {op_name!r} already has a C rule (pass replace=True to change it)")
+    C_RULES[op_name] = rule
+    return rule
+
+
 class CRenderer:
     """C renderer; subclasses (CUDA, ...) override the dialect attributes below."""
 
     #: dtype name -> C scalar type
     float_types = {"float32": "float", "float64": "double"}
-    int64_type = "int64_t"
-    #: qualifier of helper functions the kernel sources define
-    func_qualifier = "static inline"
-    restrict = "__restrict__"
     simd_pragma = "#pragma omp simd"
     unroll_pragma = "#pragma GCC unroll {n}"
     infinity = "INFINITY"
     nan = "NAN"
-    #: math function names per C scalar type ("exp" and "log" are vectorisable IEEE-safe
-    #: polynomials defined in the CPU runtime header; CUDA would use expf/logf)
+    #: math functions whose name differs from the C library's (``tanhf`` for float, ``tanh`` for
+    #: double), per C scalar type: the vectorisable IEEE-safe versions of the CPU runtime header
+    #: (pk_runtime.h); the CUDA dialect uses the C names (NVRTC's math library)
     math_funcs = {
         "float": {
-            "exp": "pk_expf", "log": "pk_logf", "sin": "sinf", "cos": "cosf", "asin": "asinf",
-            "acos": "acosf", "atan": "atanf", "atan2": "atan2f", "sqrt": "sqrtf",
-            "fabs": "fabsf", "floor": "floorf", "pow": "powf",
+            "exp": "pk_expf", "log": "pk_logf", "expm1": "pk_expm1f", "log1p": "pk_log1pf",
+            "tanh": "pk_tanhf", "sinh": "pk_sinhf", "cosh": "pk_coshf", "erf": "pk_erff",
         },
         "double": {
-            "exp": "pk_exp", "log": "pk_log", "sin": "sin", "cos": "cos", "asin": "asin",
-            "acos": "acos", "atan": "atan", "atan2": "atan2", "sqrt": "sqrt",
-            "fabs": "fabs", "floor": "floor", "pow": "pow",
+            "exp": "pk_exp", "log": "pk_log", "expm1": "pk_expm1", "log1p": "pk_log1p",
+            "tanh": "pk_tanh", "sinh": "pk_sinh", "cosh": "pk_cosh", "erf": "pk_erf",
         },
     }
     #: components above which small arrays are filled by loops rather than unrolled text
@@ -84,7 +108,7 @@ class CRenderer:
             raise BackendError(f"{type(self).__name__} cannot render dtype {dtype!r}")
         self.dtype = dtype
         self.T = self.float_types[dtype]
-        self.fn = self.math_funcs[self.T]
+        self.fn = self.math_funcs.get(self.T, {})
 
     # ------------------------------------------------------------------
     # literals and helpers
@@ -105,9 +129,26 @@ class CRenderer:
     def unroll(self, n: int) -> str:
         return self.unroll_pragma.format(n=n)
 
-    def supported_ops(self) -> frozenset:
+    def call(self, fname: str, *args: str) -> str:
+        """C call of the math function ``fname`` (a C library name: ``exp``, ``tanh``...) in this
+        dialect and scalar type."""
+        name = self.fn.get(fname) or (fname + "f" if self.T == "float" else fname)
+        return f"{name}({', '.join(args)})"
+
+    @classmethod
+    def supported_ops(cls) -> frozenset:
         """The op names this renderer can emit (leaves excluded)."""
-        return frozenset(self._ELEMENTWISE) | frozenset(self._STRUCTURAL)
+        return frozenset(C_RULES) | frozenset(cls._STRUCTURAL)
+
+    @staticmethod
+    def elementwise_ops():
+        """The names of the ops with a C rule (a live view: rules registered later are in it)."""
+        return C_RULES.keys()
+
+    @staticmethod
+    def is_elementwise(node: Node) -> bool:
+        """True for ops computed component by component (no mixing of components)."""
+        return node.op in C_RULES
 
     # ------------------------------------------------------------------
     # the walk
@@ -149,7 +190,7 @@ class CRenderer:
 
         todo = _postorder(roots, stop=lambda n: n in known or n.is_leaf)
         for n in todo:
-            if n.op not in self._ELEMENTWISE and n.op not in self._STRUCTURAL:
+            if n.op not in C_RULES and n.op not in self._STRUCTURAL:
                 raise UnsupportedOpError(
                     f"the C renderer has no rule for operation {n.op!r}; "
                     "the reference backend evaluates it"
@@ -158,15 +199,11 @@ class CRenderer:
             name = f"{prefix}{counter[0]}"
             counter[0] += 1
             names[n] = name
-            if n.op in self._ELEMENTWISE:
+            if n.op in C_RULES:
                 self._emit_elementwise(n, name, access, lines)
             else:
                 getattr(self, self._STRUCTURAL[n.op])(n, name, access, lines)
         return RenderedFormula(lines, access, names)
-
-    def is_elementwise(self, node: Node) -> bool:
-        """True for ops computed component by component (no mixing of components)."""
-        return node.op in self._ELEMENTWISE
 
     def render_component(
         self,
@@ -205,11 +242,11 @@ class CRenderer:
             raise BackendError(f"render_component: operand {a.op} is neither computed nor known")
 
         for n in nodes:
-            if n.op not in self._ELEMENTWISE or n.dim != dim:
+            if n.op not in C_RULES or n.dim != dim:
                 raise BackendError(
                     f"render_component: {n.op} of dimension {n.dim} is not elementwise in {dim}"
                 )
-            expr = self._ELEMENTWISE[n.op](self, *[comp(a) for a in n.args], *n.params)
+            expr = C_RULES[n.op](self, *[comp(a) for a in n.args], *n.params)
             name = f"{prefix}{counter[0]}"
             counter[0] += 1
             lines.append(f"const {self.T} {name} = {expr};")
@@ -220,7 +257,7 @@ class CRenderer:
     # elementwise ops: an expression of the components of the arguments
     # ------------------------------------------------------------------
     def _emit_elementwise(self, n: Node, name: str, access, lines: list[str]) -> None:
-        rule = self._ELEMENTWISE[n.op]
+        rule = C_RULES[n.op]
         d = n.dim
 
         def comp(k):
@@ -244,23 +281,20 @@ class CRenderer:
     def _zero(self):
         return self.literal(0)
 
-    def _f(self, fname: str, *args) -> str:
-        return f"{self.fn[fname]}({', '.join(args)})"
-
     def _sign(self, a):
         return f"(({a}) > 0 ? {self._one()} : (({a}) < 0 ? {self.literal(-1)} : ({a})))"
 
     def _round(self, a, decimals):
         s = self.literal(10.0**decimals)
-        inner = f"{self._f('fabs', a)} * {s} + {self.literal(0.5)}"
-        return f"({self._sign(a)} * {self._f('floor', inner)} / {s})"
+        inner = f"{self.call('fabs', a)} * {s} + {self.literal(0.5)}"
+        return f"({self._sign(a)} * {self.call('floor', inner)} / {s})"
 
     def _pow_int(self, a, n: int) -> str:
         if n == 0:
             return self._one()
         m = abs(n)
         if m > 16:
-            return self._f("pow", a, self.literal(n))
+            return self.call("pow", a, self.literal(n))
         # binary exponentiation written out (an expression tree of products)
         def power(e):
             if e == 1:
@@ -272,8 +306,25 @@ class CRenderer:
         p = power(m)
         return p if n > 0 else f"({self._one()} / {p})"
 
-    _ELEMENTWISE: dict = {}
-    _STRUCTURAL: dict = {}
+    #: structural ops (components mixed or moved): op name -> emitting method
+    _STRUCTURAL = {
+        "Sum": "_emit_sum",
+        "SumT": "_emit_sumt",
+        "Max": "_emit_minmax",
+        "Min": "_emit_minmax",
+        "ArgMax": "_emit_argminmax",
+        "ArgMin": "_emit_argminmax",
+        "OneHot": "_emit_onehot",
+        "Take": "_emit_take",
+        "Elem": "_emit_elem",
+        "ElemT": "_emit_elemt",
+        "Extract": "_emit_extract",
+        "ExtractT": "_emit_extractt",
+        "Concat": "_emit_concat",
+        "MatVecMult": "_emit_matvec",
+        "VecMatMult": "_emit_vecmat",
+        "TensorProd": "_emit_tensorprod",
+    }
 
     # ------------------------------------------------------------------
     # structural ops: explicit statements
@@ -471,11 +522,11 @@ class CRenderer:
         )
 
 
-def _elementwise_rules() -> dict:
-    """op name -> rule(renderer, *component_exprs, *params) -> C expression."""
+def _builtin_rules() -> dict:
+    """op name -> C rule of the built-in elementwise ops."""
 
     def f1(fname):
-        return lambda r, a: r._f(fname, a)
+        return lambda r, a: r.call(fname, a)
 
     z = lambda r: r._zero()  # noqa: E731
     one = lambda r: r._one()  # noqa: E731
@@ -487,18 +538,18 @@ def _elementwise_rules() -> dict:
         "Minus": lambda r, a: f"(-({a}))",
         "Exp": f1("exp"),
         "Log": f1("log"),
-        "XLogX": lambda r, a: f"(({a}) == {z(r)} ? ({a}) * {z(r)} : ({a}) * {r._f('log', a)})",
+        "XLogX": lambda r, a: f"(({a}) == {z(r)} ? ({a}) * {z(r)} : ({a}) * {r.call('log', a)})",
         "Sin": f1("sin"),
         "Cos": f1("cos"),
-        "SinXDivX": lambda r, a: f"(({a}) == {z(r)} ? {one(r)} : {r._f('sin', a)} / ({a}))",
+        "SinXDivX": lambda r, a: f"(({a}) == {z(r)} ? {one(r)} : {r.call('sin', a)} / ({a}))",
         "SinXDivXDeriv": lambda r, a: (
-            f"(({a}) == {z(r)} ? {z(r)} : ({r._f('cos', a)} - {r._f('sin', a)} / ({a})) / ({a}))"
+            f"(({a}) == {z(r)} ? {z(r)} : ({r.call('cos', a)} - {r.call('sin', a)} / ({a})) / ({a}))"
         ),
         "Asin": f1("asin"),
         "Acos": f1("acos"),
         "Atan": f1("atan"),
         "Sqrt": f1("sqrt"),
-        "Rsqrt": lambda r, a: f"(({a}) == {z(r)} ? {z(r)} : {one(r)} / {r._f('sqrt', a)})",
+        "Rsqrt": lambda r, a: f"(({a}) == {z(r)} ? {z(r)} : {one(r)} / {r.call('sqrt', a)})",
         "Inv": lambda r, a: f"({one(r)} / ({a}))",
         "Square": lambda r, a: f"(({a}) * ({a}))",
         "Abs": f1("fabs"),
@@ -506,12 +557,18 @@ def _elementwise_rules() -> dict:
         "Step": lambda r, a: f"(({a}) >= {z(r)} ? {one(r)} : {z(r)})",
         "ReLU": lambda r, a: f"(({a}) > {z(r)} ? ({a}) : ({a}) * {z(r)})",
         "Floor": f1("floor"),
+        "Tanh": f1("tanh"),
+        "Sinh": f1("sinh"),
+        "Cosh": f1("cosh"),
+        "Erf": f1("erf"),
+        "Log1p": f1("log1p"),
+        "Expm1": f1("expm1"),
         "Add": lambda r, a, b: f"(({a}) + ({b}))",
         "Subtract": lambda r, a, b: f"(({a}) - ({b}))",
         "Mult": lambda r, a, b: f"(({a}) * ({b}))",
         "Divide": lambda r, a, b: f"(({a}) / ({b}))",
-        "Powf": lambda r, a, b: r._f("pow", a, b),
-        "Atan2": lambda r, a, b: r._f("atan2", a, b),
+        "Powf": lambda r, a, b: r.call("pow", a, b),
+        "Atan2": lambda r, a, b: r.call("atan2", a, b),
         "Equal": cmp("=="),
         "NotEqual": cmp("!="),
         "LessThan": cmp("<"),
@@ -531,7 +588,7 @@ def _elementwise_rules() -> dict:
             f"(({x}) < {r.literal(lo)} ? ({x}) * {z(r)} + {r.literal(lo)} : "
             f"(({x}) > {r.literal(hi)} ? ({x}) * {z(r)} + {r.literal(hi)} : ({x})))"
         ),
-        "Mod": lambda r, x, m, off: f"(({x}) - ({m}) * {r._f('floor', _paren_div(x, off, m))})",
+        "Mod": lambda r, x, m, off: f"(({x}) - ({m}) * {r.call('floor', _paren_div(x, off, m))})",
         "Round": lambda r, a, decimals: r._round(a, decimals),
         "Pow": lambda r, a, n: r._pow_int(a, n),
     }
@@ -560,22 +617,8 @@ def _paren_div(x, off, m) -> str:
     return f"(({x}) - ({off})) / ({m})"
 
 
-CRenderer._ELEMENTWISE = _elementwise_rules()
-CRenderer._STRUCTURAL = {
-    "Sum": "_emit_sum",
-    "SumT": "_emit_sumt",
-    "Max": "_emit_minmax",
-    "Min": "_emit_minmax",
-    "ArgMax": "_emit_argminmax",
-    "ArgMin": "_emit_argminmax",
-    "OneHot": "_emit_onehot",
-    "Take": "_emit_take",
-    "Elem": "_emit_elem",
-    "ElemT": "_emit_elemt",
-    "Extract": "_emit_extract",
-    "ExtractT": "_emit_extractt",
-    "Concat": "_emit_concat",
-    "MatVecMult": "_emit_matvec",
-    "VecMatMult": "_emit_vecmat",
-    "TensorProd": "_emit_tensorprod",
-}
+for _name, _rule in _builtin_rules().items():
+    register_c_rule(_name, _rule)
+
+#: the ops whose C rule is built in (what the generic CPU engine's interpreter is generated from)
+BUILTIN_C_RULES = frozenset(C_RULES)

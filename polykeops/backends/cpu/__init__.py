@@ -56,7 +56,7 @@ class CpuBackend(Backend):
         from . import generic
 
         self.generic = generic
-        ops = CRenderer.supported_ops(CRenderer)
+        ops = CRenderer.supported_ops()
         self.capabilities = Capabilities(
             dtypes=frozenset({"float16", "float32", "float64"}),
             array_kinds=frozenset({"numpy", "torch"}),

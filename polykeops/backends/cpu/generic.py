@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...formula.nodes import CAT_I, CAT_J, CAT_P, Node
+from ..codegen import generic_ops
 from .call import PkCall, PreparedCall
 from .kernel_source import FAMILIES, dependencies
 
@@ -26,18 +27,8 @@ from .kernel_source import FAMILIES, dependencies
 S_CONST, S_PARAM, S_IVAR, S_JVAR, S_UNIFORM, S_ROW, S_TILE, S_LANE = range(8)
 FAMILY_CODES = {"sum": 0, "lse": 1, "softmax": 2, "select": 3, "kmin": 4}
 
-#: op name -> C op code (pk_generic.h); checked against the extension when it loads
-OPCODES = {
-    "Copy": 0, "Minus": 1, "Exp": 2, "Log": 3, "XLogX": 4, "Sin": 5, "Cos": 6, "SinXDivX": 7,
-    "SinXDivXDeriv": 8, "Asin": 9, "Acos": 10, "Atan": 11, "Sqrt": 12, "Rsqrt": 13, "Inv": 14,
-    "Square": 15, "Abs": 16, "Sign": 17, "Step": 18, "ReLU": 19, "Floor": 20, "Round": 21, "Pow": 22,
-    "ClampInt": 23, "Add": 30, "Subtract": 31, "Mult": 32, "Divide": 33, "Powf": 34, "Atan2": 35,
-    "Equal": 36, "NotEqual": 37, "LessThan": 38, "GreaterThan": 39, "LessOrEqual": 40,
-    "GreaterOrEqual": 41, "IfElse": 50, "Clamp": 51, "Mod": 52, "Sum": 60, "SumT": 61, "Max": 62,
-    "Min": 63, "ArgMax": 64, "ArgMin": 65, "OneHot": 66, "Elem": 67, "ElemT": 68, "Extract": 69,
-    "ExtractT": 70, "Concat": 71, "MatVecMult": 72, "VecMatMult": 73, "TensorProd": 74, "Take": 75,
-    "SqDist": 80,
-}
+#: op name -> C op code (pk_generic.h), from the C renderer's rules; checked against the extension
+OPCODES = generic_ops.OPCODES
 SUPPORTED_OPS = frozenset(OPCODES) - {"Copy", "SqDist"}
 
 INSTR_DTYPE = np.dtype(
@@ -272,6 +263,10 @@ def _load():
         bad = [name for name, code in OPCODES.items() if lib.pk_generic_opcode(name.upper().encode()) != code]
         if bad:
             _state["error"] = f"the generic engine extension is out of date (op codes of {bad}); rebuild it"
+            return None
+        lib.pk_generic_ops_digest.restype = ctypes.c_char_p
+        if lib.pk_generic_ops_digest().decode() != generic_ops.digest():
+            _state["error"] = "the generic engine extension is out of date (op rules changed); rebuild it"
             return None
         lib.pk_generic_abi.restype = ctypes.c_int64
         abi = (INSTR_DTYPE.itemsize * 1000 + ctypes.sizeof(PkProgram)) * 1000 + ctypes.sizeof(PkCall)

@@ -29,12 +29,8 @@ from ...formula.nodes import CAT_J, Const, Node, Var, Zero, walk
 from ..codegen import CRenderer
 
 #: element-wise ops: component k of the result needs component k of each argument
-#: (component 0 of an argument of dimension 1)
-ELEMENTWISE = frozenset(
-    """Minus Exp Log XLogX Sin Cos SinXDivX SinXDivXDeriv Asin Acos Atan Sqrt Rsqrt Inv Square
-    Abs Sign Step ReLU Floor Add Subtract Mult Divide Powf Atan2 Equal NotEqual LessThan
-    GreaterThan LessOrEqual GreaterOrEqual IfElse Clamp ClampInt Mod Round Pow""".split()
-)
+#: (component 0 of an argument of dimension 1): the ops with a C rule (a live view of the registry)
+ELEMENTWISE = CRenderer.elementwise_ops()
 
 #: a Sum over an element-wise vector at least this wide is a loop (chunked evaluation)
 CHUNK_MIN_DIM = 65
@@ -48,25 +44,11 @@ _SCALAR_BASE = 1 << 30
 class CudaRenderer(CRenderer):
     """The C renderer with the CUDA (NVRTC) dialect."""
 
-    int64_type = "long long"
-    func_qualifier = "__device__ __forceinline__"
-    restrict = "__restrict__"
     simd_pragma = ""
     unroll_pragma = "#pragma unroll {n}"
     infinity = "pk_inf_f()"
     nan = "pk_nan_f()"
-    math_funcs = {
-        "float": {
-            "exp": "expf", "log": "logf", "sin": "sinf", "cos": "cosf", "asin": "asinf",
-            "acos": "acosf", "atan": "atanf", "atan2": "atan2f", "sqrt": "sqrtf",
-            "fabs": "fabsf", "floor": "floorf", "pow": "powf",
-        },
-        "double": {
-            "exp": "exp", "log": "log", "sin": "sin", "cos": "cos", "asin": "asin",
-            "acos": "acos", "atan": "atan", "atan2": "atan2", "sqrt": "sqrt",
-            "fabs": "fabs", "floor": "floor", "pow": "pow",
-        },
-    }
+    math_funcs = {}  # the C library's names (expf, tanhf...): NVRTC's built-in math library
     unroll_limit = 64
 
 

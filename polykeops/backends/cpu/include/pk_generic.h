@@ -20,64 +20,12 @@
 
 #include <stdint.h>
 
-/* op codes: keep in sync with OPCODES in generic.py (checked by pk_generic_opcode) */
-#define PK_GENERIC_OPS(X)                                                                                   \
-    X(COPY, 0)                                                                                              \
-    X(MINUS, 1)                                                                                             \
-    X(EXP, 2)                                                                                               \
-    X(LOG, 3)                                                                                               \
-    X(XLOGX, 4)                                                                                             \
-    X(SIN, 5)                                                                                               \
-    X(COS, 6)                                                                                               \
-    X(SINXDIVX, 7)                                                                                          \
-    X(SINXDIVXDERIV, 8)                                                                                     \
-    X(ASIN, 9)                                                                                              \
-    X(ACOS, 10)                                                                                             \
-    X(ATAN, 11)                                                                                             \
-    X(SQRT, 12)                                                                                             \
-    X(RSQRT, 13)                                                                                            \
-    X(INV, 14)                                                                                              \
-    X(SQUARE, 15)                                                                                           \
-    X(ABS, 16)                                                                                              \
-    X(SIGN, 17)                                                                                             \
-    X(STEP, 18)                                                                                             \
-    X(RELU, 19)                                                                                             \
-    X(FLOOR, 20)                                                                                            \
-    X(ROUND, 21)                                                                                            \
-    X(POW, 22)                                                                                              \
-    X(CLAMPINT, 23)                                                                                         \
-    X(ADD, 30)                                                                                              \
-    X(SUBTRACT, 31)                                                                                         \
-    X(MULT, 32)                                                                                             \
-    X(DIVIDE, 33)                                                                                           \
-    X(POWF, 34)                                                                                             \
-    X(ATAN2, 35)                                                                                            \
-    X(EQUAL, 36)                                                                                            \
-    X(NOTEQUAL, 37)                                                                                         \
-    X(LESSTHAN, 38)                                                                                         \
-    X(GREATERTHAN, 39)                                                                                      \
-    X(LESSOREQUAL, 40)                                                                                      \
-    X(GREATEROREQUAL, 41)                                                                                   \
-    X(IFELSE, 50)                                                                                           \
-    X(CLAMP, 51)                                                                                            \
-    X(MOD, 52)                                                                                              \
-    X(SUM, 60)                                                                                              \
-    X(SUMT, 61)                                                                                             \
-    X(MAX, 62)                                                                                              \
-    X(MIN, 63)                                                                                              \
-    X(ARGMAX, 64)                                                                                           \
-    X(ARGMIN, 65)                                                                                           \
-    X(ONEHOT, 66)                                                                                           \
-    X(ELEM, 67)                                                                                             \
-    X(ELEMT, 68)                                                                                            \
-    X(EXTRACT, 69)                                                                                          \
-    X(EXTRACTT, 70)                                                                                         \
-    X(CONCAT, 71)                                                                                           \
-    X(MATVECMULT, 72)                                                                                       \
-    X(VECMATMULT, 73)                                                                                       \
-    X(TENSORPROD, 74)                                                                                       \
-    X(TAKE, 75)                                                                                             \
-    X(SQDIST, 80)
+/* op codes: the PK_GENERIC_OPS(X) list, generated from the C renderer's rules into
+ * pk_generic_ops.inc (polykeops/backends/codegen/generic_ops.py, run by setup.py); generic.py
+ * takes OPCODES from the same module and checks PK_GENERIC_OPS_DIGEST when it loads the engine */
+#define PK_GENERIC_OPS_LIST
+#include "pk_generic_ops.inc"
+#undef PK_GENERIC_OPS_LIST
 
 #define PK_ENUM_ITEM(name, code) PKOP_##name = code,
 enum { PK_GENERIC_OPS(PK_ENUM_ITEM) PKOP_END_ };

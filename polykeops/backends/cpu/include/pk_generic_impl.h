@@ -2,51 +2,18 @@
  *
  * Before including, define PK_T, PK_ACC, PK_FN(x) (name mangling), PK_EXPACC,
  * PK_LOGACC and PK_T_IS_FLOAT (1 for float, 0 for double).  See pk_generic.h
- * for the program format.  Element semantics follow the op table's reference
- * implementations (and the C renderer of the specialised kernels).
+ * for the program format.  The cases of the elementwise ops without parameters
+ * are the C renderer's rules (generated, PK_GENERIC_ELEMENTWISE_CASES); the others
+ * are written here with the same semantics.
  */
 
 #include "pk_reduce.h"
 
-#undef PKM_EXP
-#undef PKM_LOG
-#undef PKM_SIN
-#undef PKM_COS
-#undef PKM_ASIN
-#undef PKM_ACOS
-#undef PKM_ATAN
-#undef PKM_ATAN2
-#undef PKM_SQRT
-#undef PKM_FABS
-#undef PKM_FLOOR
-#undef PKM_POW
-#if PK_T_IS_FLOAT
-#define PKM_EXP pk_expf
-#define PKM_LOG pk_logf
-#define PKM_SIN sinf
-#define PKM_COS cosf
-#define PKM_ASIN asinf
-#define PKM_ACOS acosf
-#define PKM_ATAN atanf
-#define PKM_ATAN2 atan2f
-#define PKM_SQRT sqrtf
-#define PKM_FABS fabsf
-#define PKM_FLOOR floorf
-#define PKM_POW powf
-#else
-#define PKM_EXP pk_exp
-#define PKM_LOG pk_log
-#define PKM_SIN sin
-#define PKM_COS cos
-#define PKM_ASIN asin
-#define PKM_ACOS acos
-#define PKM_ATAN atan
-#define PKM_ATAN2 atan2
-#define PKM_SQRT sqrt
-#define PKM_FABS fabs
-#define PKM_FLOOR floor
-#define PKM_POW pow
-#endif
+/* the PKM_* math functions of this instantiation and PK_GENERIC_ELEMENTWISE_CASES, the cases of
+ * the elementwise ops, generated from the C renderer's rules (see pk_generic.h) */
+#define PK_GENERIC_OPS_CASES
+#include "pk_generic_ops.inc"
+#undef PK_GENERIC_OPS_CASES
 
 #ifndef PK_SIMD
 #define PK_SIMD _Pragma("omp simd")
@@ -164,26 +131,7 @@ static void PK_FN(pk_exec)(const pk_ginstr *in, const PK_FN(pk_views) * V, int n
     (void)one;
     switch (in->op) {
         PK_UN_CASE(COPY, a)
-        PK_UN_CASE(MINUS, -a)
-        PK_UN_CASE(EXP, PKM_EXP(a))
-        PK_UN_CASE(LOG, PKM_LOG(a))
-        PK_UN_CASE(XLOGX, a == zero ? a * zero : a * PKM_LOG(a))
-        PK_UN_CASE(SIN, PKM_SIN(a))
-        PK_UN_CASE(COS, PKM_COS(a))
-        PK_UN_CASE(SINXDIVX, a == zero ? one : PKM_SIN(a) / a)
-        PK_UN_CASE(SINXDIVXDERIV, a == zero ? zero : (PKM_COS(a) - PKM_SIN(a) / a) / a)
-        PK_UN_CASE(ASIN, PKM_ASIN(a))
-        PK_UN_CASE(ACOS, PKM_ACOS(a))
-        PK_UN_CASE(ATAN, PKM_ATAN(a))
-        PK_UN_CASE(SQRT, PKM_SQRT(a))
-        PK_UN_CASE(RSQRT, a == zero ? zero : one / PKM_SQRT(a))
-        PK_UN_CASE(INV, one / a)
-        PK_UN_CASE(SQUARE, a * a)
-        PK_UN_CASE(ABS, PKM_FABS(a))
-        PK_UN_CASE(SIGN, a > zero ? one : (a < zero ? -one : a))
-        PK_UN_CASE(STEP, a >= zero ? one : zero)
-        PK_UN_CASE(RELU, a > zero ? a : a * zero)
-        PK_UN_CASE(FLOOR, PKM_FLOOR(a))
+        PK_GENERIC_ELEMENTWISE_CASES
     case PKOP_ROUND: {
         const PK_T s = (PK_T)in->dp;
         for (int k = 0; k < in->dim; ++k) {
@@ -226,21 +174,6 @@ static void PK_FN(pk_exec)(const pk_ginstr *in, const PK_FN(pk_views) * V, int n
         }
         break;
     }
-        PK_BIN_CASE(ADD, a + b)
-        PK_BIN_CASE(SUBTRACT, a - b)
-        PK_BIN_CASE(MULT, a * b)
-        PK_BIN_CASE(DIVIDE, a / b)
-        PK_BIN_CASE(POWF, PKM_POW(a, b))
-        PK_BIN_CASE(ATAN2, PKM_ATAN2(a, b))
-        PK_BIN_CASE(EQUAL, a == b ? one : zero)
-        PK_BIN_CASE(NOTEQUAL, a != b ? one : zero)
-        PK_BIN_CASE(LESSTHAN, a < b ? one : zero)
-        PK_BIN_CASE(GREATERTHAN, a > b ? one : zero)
-        PK_BIN_CASE(LESSOREQUAL, a <= b ? one : zero)
-        PK_BIN_CASE(GREATEROREQUAL, a >= b ? one : zero)
-        PK_TER_CASE(IFELSE, a >= zero ? b + zero * c : c + zero * b)
-        PK_TER_CASE(CLAMP, a < b ? b + zero * a : (a > c ? c + zero * a : a + zero * b + zero * c))
-        PK_TER_CASE(MOD, a - b * PKM_FLOOR((a - c) / b))
     case PKOP_SUM: {
         const int da = PKV_ADIM(0), la = PKV_ARGL(0);
         PK_T *__restrict__ O = PKV_OUTP(0);
