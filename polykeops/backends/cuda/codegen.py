@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from ...errors import BackendError
 from ...formula.nodes import CAT_I, CAT_J, CAT_P, variables
 from .render import CudaRenderer, render_formulas
-from .states import CTypes, sliced_formulas, slices, state_class
+from .states import StateTypes, sliced_formulas, slices, state_class
 
 #: shared memory a block may use for its j tile (static: safe on every GPU)
 SMEM_BUDGET = 48 * 1024
@@ -110,12 +110,12 @@ class KernelSource:
         return [n for s in self.slices for n in (s.main, s.combine)]
 
 
-def ctypes_for(spec, idx64: bool) -> CTypes:
+def ctypes_for(spec, idx64: bool) -> StateTypes:
     acc = spec.accumulation_dtype
     outs = []
     for o in spec.outputs():
         outs.append("long long" if o.kind == "index" else _IN_TYPES[spec.dtype])
-    return CTypes(
+    return StateTypes(
         T=_COMPUTE[spec.dtype],
         ACC="double" if acc == "float64" else "float",
         acc_half=acc == "float16",
@@ -240,7 +240,7 @@ def generate(spec, *, n_batch_dims: int = 0, idx64: bool = False, tile_j: int | 
                  f"IDX = {ct.IDX}, TILE_J = {tj}, batch dims = {nb}")
     kernels = []
     for s, (c0, w) in enumerate(slices(spec)):
-        st = State(ct, spec, c0, w)
+        st = State(spec, ct, c0, w)
         main_name, comb_name = f"pk{tag}_main_{s}", f"pk{tag}_comb_{s}"
         renderer = renderer_cls("float64" if T == "double" else "float32")
         formulas = sliced_formulas(spec, c0, w)

@@ -20,6 +20,8 @@
 
 #include <stdint.h>
 
+#include "pk_call.h" /* the call ABI, shared with the specialised kernels */
+
 /* op codes: keep in sync with OPCODES in generic.py (checked by pk_generic_opcode) */
 #define PK_GENERIC_OPS(X)                                                                                   \
     X(COPY, 0)                                                                                              \
@@ -87,7 +89,7 @@ enum { PK_GENERIC_OPS(PK_ENUM_ITEM) PKOP_END_ };
 enum { PKS_CONST = 0, PKS_PARAM = 1, PKS_IVAR = 2, PKS_JVAR = 3, PKS_UNIFORM = 4, PKS_ROW = 5, PKS_TILE = 6,
        PKS_LANE = 7 };
 
-/* reduction families */
+/* reduction families: the order of FAMILIES in polykeops/formula/reductions.py */
 enum { PKF_SUM = 0, PKF_LSE = 1, PKF_SOFTMAX = 2, PKF_SELECT = 3, PKF_KMIN = 4 };
 
 typedef struct {
@@ -112,19 +114,5 @@ typedef struct {
     const pk_ginstr *code;
     const double *consts;
 } pk_gprogram;
-
-typedef struct {
-    int64_t nx, ny, nbatch, nthreads;
-    const void *const *args;
-    const int64_t *boff;
-    void *const *outs;
-    /* block-sparse reductions (items == NULL: dense): item q reduces rows items[4q+1] to
-     * items[4q+2] (at most BI rows) of batch items[4q] over the j intervals
-     * ivals[2s], ivals[2s+1] for ivoff[blk] <= s < ivoff[blk + 1], blk = items[4q+3] */
-    int64_t nitems;
-    const int64_t *items;
-    const int64_t *ivoff;
-    const int64_t *ivals;
-} pk_call;
 
 #endif
