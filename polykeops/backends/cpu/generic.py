@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...formula.nodes import CAT_I, CAT_J, CAT_P, Node
-from ...formula.reductions import FAMILIES
+from ...formula.reductions import ACCUMULATOR, FAMILIES, VALUE
 from ..codegen import plan
+from ..codegen.states import layout
 from ..codegen.states import state_words as _state_words
 from .runtime import PkCall, PreparedCall
 
@@ -58,7 +59,7 @@ class PkProgram(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int32) for name in (
         "nslots", "ninstr", "n_uniform", "n_row", "n_tile", "n_lane", "family", "kind", "log", "kahan",
         "want_value", "want_index", "K", "fslot", "gslot", "fdim", "gdim", "BI", "TJ", "nvars",
-        "dot_adim", "dot_bdim")] + [
+        "dot_adim", "dot_bdim", "nacc", "nval")] + [
         ("slots", ctypes.c_void_p), ("code", ctypes.c_void_p), ("consts", ctypes.c_void_p)]
 
 
@@ -179,6 +180,7 @@ def compile_program(spec) -> Program:
     lane_dims = sum(d for (k, d, _) in slots if k == S_LANE)
     tile_dims = sum(d for (k, d, _) in slots if k in (S_TILE, S_JVAR))
     state_words = _state_words(spec, compensated=True)  # the worst case of the sums' schemes
+    fields = layout(spec)
     bi, tj = _tile_sizes(spec, lane_dims, tile_dims, state_words)
     acc = spec.accumulation_dtype
     st = PkProgram(
@@ -194,6 +196,8 @@ def compile_program(spec) -> Program:
         K=spec.k or 0, fslot=roots[0], gslot=roots[1] if len(roots) > 1 else -1,
         fdim=fdim, gdim=gdim, BI=bi, TJ=tj, nvars=len(spec.variables),
         dot_adim=dot[2] if dot else 0, dot_bdim=dot[3] if dot else 0,
+        nacc=sum(f.size for f in fields if f.kind == ACCUMULATOR),
+        nval=sum(f.size for f in fields if f.kind == VALUE),
         slots=slot_arr.ctypes.data, code=code.ctypes.data, consts=const_arr.ctypes.data,
     )
     return Program(st, slot_arr, code, const_arr, int(spec.dtype == "float64"), int(acc == "float64"))

@@ -110,6 +110,7 @@ typedef struct {
     int32_t fslot, gslot, fdim, gdim;
     int32_t BI, TJ, nvars;
     int32_t dot_adim, dot_bdim; /* Sum of F * G fused into the reduction (gslot >= 0): operand dims */
+    int32_t nacc, nval; /* state entries: sums (accumulation type); values (and as many indices) */
     const pk_gslot *slots;
     const pk_ginstr *code;
     const double *consts;
