@@ -57,6 +57,19 @@ def ordered(formulas) -> list[Node]:
     return order
 
 
+def frontier(formulas, inner, keep) -> list[Node]:
+    """Hoisting: the nodes satisfying ``keep`` that an ``inner`` node reads, or that are roots, in
+    :func:`ordered` order.  With ``inner`` the nodes of a deeper loop (e.g. those depending on i
+    and j) and ``keep`` those of an outer one (e.g. depending on j only), these are the values
+    the outer loop computes and stores for the inner one."""
+    read: set[Node] = set()
+    for n in ordered(formulas):
+        if inner(n):
+            read.update(n.args)
+    roots = set(formulas)
+    return [n for n in ordered(formulas) if keep(n) and (n in read or n in roots)]
+
+
 def postorder(roots, stop) -> list[Node]:
     """Distinct nodes reachable from ``roots`` without crossing ``stop`` nodes, children first."""
     order: list[Node] = []

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...formula.nodes import CAT_I, CAT_J, CAT_P, Node, walk
+from ...formula.nodes import CAT_I, CAT_J, CAT_P, walk
 from ..codegen import CRenderer
-from ..codegen.plan import LANE, TILE, computed_between, dependencies, ordered, phase
+from ..codegen.plan import LANE, TILE, computed_between, dependencies, frontier, phase
 from ..codegen.states import SIZEOF, state_class
 from .gemm import gemm_code, gemm_operands
 
@@ -102,13 +102,8 @@ class KernelWriter:
         def is_row(n):
             return n.op != "Var" and bool(n.args) and CAT_J not in deps[n]
 
-        consumers_lane: set[Node] = set()
-        for f in formulas:
-            for n in walk(f):
-                if is_lane(n):
-                    consumers_lane.update(n.args)
-        tile_front = [n for n in ordered(formulas) if is_tile(n) and (n in consumers_lane or n in roots)]
-        row_front = [n for n in ordered(formulas) if is_row(n) and (n in consumers_lane or n in roots)]
+        tile_front = frontier(formulas, is_lane, is_tile)
+        row_front = frontier(formulas, is_lane, is_row)
 
         used = {v for f in formulas for v in walk(f) if v.op == "Var"}
         jvars = [v for v in variables if v.cat == CAT_J and v in used]

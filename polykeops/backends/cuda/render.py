@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from ...formula.nodes import CAT_J, Const, Node, Var, Zero, walk
 from ..codegen import CRenderer
-from ..codegen.plan import dependencies, postorder
+from ..codegen.plan import dependencies, frontier, postorder
 
 #: element-wise ops: component k of the result needs component k of each argument
 #: (component 0 of an argument of dimension 1)
@@ -218,21 +218,9 @@ def render_formulas(renderer: CRenderer, formulas, leaf) -> FormulaCode:
         return lines, known, rendered
 
     # hoisted: maximal j-independent sub-formulas (outside the element-wise interior of chunks)
-    parents_dep: set[Node] = set()
-    for f in formulas:
-        for n in walk(f):
-            if jdep[n]:
-                parents_dep.update(n.args)
-    hoist = []
-    seen = set()
-    for f in formulas:
-        for n in walk(f):
-            if n in seen:
-                continue
-            seen.add(n)
-            if (not jdep[n] and n.args and n.dim <= HOIST_MAX_DIM and n not in chunk_interior
-                    and (n in parents_dep or n in formulas)):
-                hoist.append(n)
+    hoist = frontier(formulas, inner=lambda n: jdep[n],
+                     keep=lambda n: (not jdep[n] and bool(n.args) and n.dim <= HOIST_MAX_DIM
+                                     and n not in chunk_interior))
     pre_lines, known, pre_r = render_block(hoist, {})
     for n in hoist:
         if n not in known:
