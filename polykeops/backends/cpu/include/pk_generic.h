@@ -17,10 +17,9 @@
  */
 #ifndef PK_GENERIC_H
 #define PK_GENERIC_H
+#include "pk_call.h" /* the call ABI, shared with the specialised kernels */
 
 #include <stdint.h>
-
-#include "pk_call.h" /* the call ABI, shared with the specialised kernels */
 
 /* op codes: keep in sync with OPCODES in generic.py (checked by pk_generic_opcode) */
 #define PK_GENERIC_OPS(X)                                                                                   \
