@@ -73,7 +73,8 @@ def layout(spec):
 
 
 def state_words(spec, compensated: bool | None = None) -> int:
-    """Entries of a state (any kind), e.g. to size per-row state buffers."""
+    """Entries of a state (any kind), e.g. to size per-row state buffers; ``compensated=True``
+    counts the compensation terms of a Kahan sum whatever the spec's scheme (the worst case)."""
     if compensated is None:
         compensated = spec.sum_scheme == "kahan_scheme"
     fields = spec.red.state_layout(tuple(f.dim for f in spec.formulas), spec.k, compensated=compensated)
