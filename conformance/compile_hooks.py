@@ -74,6 +74,6 @@ def instance_even_if_unavailable(name: str):
     except Exception:
         pass
     try:  # an unavailable backend: the registry still builds it to ask for its availability
-        return registry._instance(name)
+        return registry.instance(name)
     except Exception:
         return None

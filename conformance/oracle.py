@@ -88,9 +88,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from polykeops.backends.arrays.torch import TorchNamespace
 from polykeops.formula.evaluate import evaluate
 from polykeops.formula.nodes import CAT_I, CAT_J
-from polykeops.torch.xp import TorchNamespace
 
 F64 = torch.float64
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}

@@ -139,7 +139,7 @@ def snippet(case, bt, *, mode: str = "forward", device: str = "cpu") -> str:
         lines.append("from polykeops.formula.nodes import Node, Var")
         lines.append("from polykeops.formula.spec import ReductionSpec")
         lines.append(f"from {front}.tools import {tools}")
-        lines.append("from polykeops.common.reduce import run_spec")
+        lines.append("from polykeops.common.call import run_spec")
         forms, names = [], {}
         for f in spec.formulas:
             code, name = _node_code(f, names)

@@ -1,6 +1,6 @@
 """Driving the backend under test through the public API.
 
-Forward values go through :func:`polykeops.common.reduce.run_spec` (what
+Forward values go through :func:`polykeops.common.call.run_spec` (what
 ``Genred`` and ``LazyTensor`` reductions call), with torch tensors
 (:class:`polykeops.torch.tools.TorchTools`) or NumPy arrays; gradients flow
 through :mod:`polykeops.torch.autograd`, which evaluates the symbolic gradient
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from polykeops.common.reduce import run_spec
+from polykeops.common.call import run_spec
 
 from .oracle import TORCH_DTYPES
 

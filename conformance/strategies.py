@@ -39,13 +39,13 @@ from functools import cache
 import numpy as np
 from hypothesis import strategies as st
 
+from polykeops.backends.arrays.numpy import NumpyNamespace
 from polykeops.errors import FormulaError
 from polykeops.formula import algebra as A
 from polykeops.formula.nodes import CAT_I, CAT_J, CAT_P, Const, Node, Var, substitute, variables
 from polykeops.formula.ops import OPS, public_ops
 from polykeops.formula.reductions import REDUCTIONS
 from polykeops.formula.spec import ReductionSpec
-from polykeops.numpy.xp import NumpyNamespace
 
 from .session import OPTIONS
 

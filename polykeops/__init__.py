@@ -7,6 +7,7 @@ torch nor any CUDA library.
 
 from __future__ import annotations
 
+from .config import __version__
 from .errors import (
     BackendError,
     ConfigError,
@@ -18,8 +19,6 @@ from .errors import (
     PolyKeopsError,
     ShapeError,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
@@ -46,7 +45,7 @@ def check_health(verbose: bool = True) -> dict:
     import importlib.util
     import platform
 
-    from .backends import available
+    from .backends import available, instance
 
     report = {
         "version": __version__,
@@ -60,18 +59,32 @@ def check_health(verbose: bool = True) -> dict:
               f"torch {report['torch'] or 'not installed'})")
         for name, (ok, reason) in report["backends"].items():
             print(f"  {name:<12} {'OK ' if ok else 'off'}  {reason}")
+            for note in getattr(getattr(instance(name), "capabilities", None), "notes", ()) if ok else ():
+                print(f"  {'':<12}      {note}")
     return report
 
 
 def clean_cache() -> list[str]:
     """Delete the compiled-kernel caches under ``POLYKEOPS_CACHE_DIR``; returns the removed directories.
 
-    Only directories that polykeops tagged as caches are removed.  Kernels already
-    loaded in this process keep working; new ones are rebuilt on demand.
+    Every backend with a ``clean_cache()`` method is asked: the built-in CPU and CUDA
+    backends (loaded for this if need be: neither imports torch nor a CUDA library to do
+    it) and the plugin backends already loaded.  Then any other folder that polykeops
+    tagged as a cache is removed too; untagged folders are never touched.  Kernels
+    already loaded in this process keep working; new ones are rebuilt on demand.
     """
-    from .backends.cpu.cache import clean_cache as _clean
+    from . import backends
+    from .backends.artifact_cache import clean_tagged
 
-    return _clean()
+    for name in ("cpu", "cuda"):
+        backends.instance(name)
+    removed = []
+    for backend in backends.loaded():
+        clean = getattr(backend, "clean_cache", None)
+        if callable(clean):
+            removed += clean()
+    removed += clean_tagged()
+    return sorted(set(removed))
 
 
 def _version_of(module: str):

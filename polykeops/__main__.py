@@ -20,9 +20,9 @@ def demo(n: int | None, backend: str | None) -> int:
 
     if n is None:
         probe = LazyTensor(np.zeros((1, 1, 3), dtype=np.float32))
-        from polykeops.backends import select_backend_name_for_display
+        from polykeops.backends import describe_choice
 
-        chosen = backend or select_backend_name_for_display(probe)
+        chosen = backend or describe_choice(probe)
         n = 20_000 if "reference" in chosen else 200_000
         print(f"backend: {chosen}; M = N = {n}")
 

@@ -8,7 +8,7 @@
                            ``~/.cache/polykeops``)
 ``POLYKEOPS_JIT``          ``auto`` (default), ``sync`` or ``off``: how the CPU
                            engine compiles specialised kernels
-``POLYKEOPS_NUM_THREADS``  number of CPU threads (default: OpenMP's choice)
+``POLYKEOPS_NUM_THREADS``  number of CPU threads (default: the CPUs this process may run on)
 ``POLYKEOPS_VERBOSE``      ``0`` (default) or ``1``
 =========================  =================================================
 """
@@ -20,6 +20,9 @@ from difflib import get_close_matches
 from pathlib import Path
 
 from .errors import ConfigError
+
+#: the package's version (part of every compiled artifact's cache key)
+__version__ = "0.1.0"
 
 
 def _choice(var: str, value: str, valid: tuple[str, ...]) -> str:

@@ -22,12 +22,7 @@ class TinyTileBackend(ReferenceBackend):
         super().__init__(tile_elements=2048)
 
 
-def unregister_backend(name: str) -> None:
-    """Remove a backend registered by a test (the registry has no public way to do this)."""
-    with registry._lock:
-        registry._factories.pop(name, None)
-        registry._instances.pop(name, None)
-        registry._failures.pop(name, None)
+unregister_backend = registry.unregister_backend
 
 
 @pytest.fixture(scope="session")

@@ -13,13 +13,7 @@ from polykeops import backends as registry
 from polykeops.backends.contract import Backend, Capabilities
 from polykeops.backends.reference import ReferenceBackend
 
-
-def unregister_backend(name: str) -> None:
-    """Remove a backend registered by a test (the registry has no public way to do this)."""
-    with registry._lock:
-        registry._factories.pop(name, None)
-        registry._instances.pop(name, None)
-        registry._failures.pop(name, None)
+unregister_backend = registry.unregister_backend
 
 
 class ToyBackend(Backend):

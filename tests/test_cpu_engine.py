@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from polykeops.backends import get_backend
-from polykeops.backends.cpu import CpuBackend, generic, runtime
+from polykeops.backends.cpu import CpuBackend, call, generic
 from polykeops.backends.cpu.kernel_source import KernelWriter
 from polykeops.backends.reference import ReferenceBackend
 from polykeops.formula import ReductionSpec, Var
@@ -245,7 +245,7 @@ def test_torch_tensors_in_torch_tensors_out(mode, monkeypatch):
 
 def test_batch_broadcasting_offsets():
     """Arguments broadcasting along different batch dimensions get 0 strides."""
-    boff = runtime.batch_offsets([(2, 1, 5, 3), (1, 3, 7, 3), (2, 3, 1)], 3, (2, 3))
+    boff = call.batch_offsets([(2, 1, 5, 3), (1, 3, 7, 3), (2, 3, 1)], 3, (2, 3))
     assert boff.shape == (6, 3)
     np.testing.assert_array_equal(boff[:, 0], [0, 0, 0, 15, 15, 15])
     np.testing.assert_array_equal(boff[:, 1], [0, 21, 42, 0, 21, 42])

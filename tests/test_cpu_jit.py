@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import polykeops
-from polykeops.backends.cpu import JIT_WORK_THRESHOLD, CpuBackend, cache, compiler, generic, runtime
+from polykeops.backends.cpu import JIT_WORK_THRESHOLD, CpuBackend, cache, compiler, generic, kernels
 from polykeops.backends.reference import ReferenceBackend
 from polykeops.errors import BackendError, ConfigError
 from polykeops.formula import ReductionSpec, Var
@@ -83,9 +83,9 @@ def test_auto_answers_with_the_generic_engine_then_swaps_in_the_kernel(fresh_cac
     n = int(JIT_WORK_THRESHOLD**0.5) + 1
     args = args_for(n, n)
     first = run(spec, args)
-    assert runtime.TABLE.get_loaded(spec) is None  # answered without waiting for a compiler
+    assert kernels.TABLE.get_loaded(spec) is None  # answered without waiting for a compiler
     assert CpuBackend().wait_for_builds(120)
-    kernel = runtime.TABLE.get_loaded(spec)
+    kernel = kernels.TABLE.get_loaded(spec)
     assert kernel is not None and Path(kernel.path).exists()
     second = run(spec, args)
     np.testing.assert_allclose(first[0], second[0], rtol=1e-4, atol=1e-3)
@@ -99,7 +99,7 @@ def test_auto_does_not_compile_small_one_off_calls(fresh_cache, monkeypatch):
     spec = unique_spec()
     run(spec, args_for(100, 100))
     assert CpuBackend().wait_for_builds(60)
-    assert runtime.TABLE.get_loaded(spec) is None
+    assert kernels.TABLE.get_loaded(spec) is None
     assert sofiles(fresh_cache) == []
 
 
@@ -111,7 +111,7 @@ def test_sync_compiles_first(fresh_cache, monkeypatch):
     args = args_for(50, 700)
     out = run(spec, args)
     assert cache.BUILDS == before + 1
-    assert runtime.TABLE.get_loaded(spec) is not None
+    assert kernels.TABLE.get_loaded(spec) is not None
     assert len(sofiles(fresh_cache)) == 1
     np.testing.assert_allclose(out[0], reference(spec, args)[0], rtol=1e-5, atol=1e-5)
     run(spec, args)
@@ -311,7 +311,7 @@ def test_corrupted_artifact_is_detected_and_rebuilt(damage, fresh_cache, monkeyp
         tmp = so.with_suffix(".damaged")
         tmp.write_bytes(bytes(data))
         os.replace(tmp, so)
-    runtime.forget_loaded()
+    kernels.forget_loaded()
     before = cache.BUILDS
     out = run(spec, args)[0]
     assert cache.BUILDS == before + 1  # rebuilt, never loaded
@@ -393,6 +393,26 @@ def test_without_a_compiler_the_generic_engine_answers(monkeypatch, capsys):
         np.testing.assert_allclose(out[0], reference(spec, args)[0], rtol=1e-5, atol=1e-4)
 
 
+def test_without_any_engine_the_cpu_backend_declines(monkeypatch):
+    """No generic engine and POLYKEOPS_JIT=off: the CPU backend says it is unavailable (it never
+    calls another backend itself), automatic selection uses another backend, and naming it
+    is an error that says why."""
+    from polykeops.backends import select_backend
+
+    monkeypatch.setenv("POLYKEOPS_JIT", "off")
+    monkeypatch.delenv("POLYKEOPS_BACKEND", raising=False)
+    monkeypatch.setattr(generic, "available", lambda: (False, "not built"))
+    monkeypatch.setattr(generic, "engine_for", lambda spec: None)
+    ok, why = CpuBackend().availability()
+    assert not ok and "generic engine is not built" in why
+    spec = unique_spec()
+    assert select_backend(None, spec, "numpy", "cpu", False).name == "reference"
+    with pytest.raises(BackendError, match="'cpu' is not available.*generic engine is not built"):
+        select_backend("cpu", spec, "numpy", "cpu", False)
+    with pytest.raises(BackendError, match="no engine"):
+        run(spec, args_for(10, 10))
+
+
 @pytest.fixture
 def broken_compiler(tmp_path, monkeypatch):
     cc = tmp_path / "brokencc"
@@ -424,7 +444,7 @@ def test_auto_mode_survives_a_compiler_error(broken_compiler, fresh_cache, monke
     args = args_for(n, n)
     run(spec, args)
     assert CpuBackend().wait_for_builds(60)
-    assert runtime.TABLE.failure(spec) is not None
+    assert kernels.TABLE.failure(spec) is not None
     with pytest.warns(RuntimeWarning, match="generic engine"):
         out = run(spec, args)
     np.testing.assert_allclose(out[0][:50], reference(spec, [args[0][:50]] + args[1:])[0],

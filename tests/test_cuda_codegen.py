@@ -621,7 +621,7 @@ def test_registry_knows_cuda_and_explicit_use_fails_loudly():
 
     assert "cuda" in registry.names()
     ok, why = registry.available()["cuda"]
-    backend = registry._instance("cuda")
+    backend = registry.instance("cuda")
     assert backend.priority == 20 and backend.capabilities.devices == frozenset({"cuda"})
     if ok:
         pytest.skip("a GPU is present")

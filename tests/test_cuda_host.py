@@ -16,8 +16,8 @@ import torch
 from test_cuda_codegen import GPU_MISSING, NVRTC_MISSING, needs_cxx, needs_gpu, needs_nvrtc, reduction_spec
 
 import polykeops.backends as registry
-from polykeops.backends.cuda import CudaBackend, host
-from polykeops.backends.cuda.host import HostInputs, Placement, placement
+from polykeops.backends.cuda import CudaBackend, host_inputs
+from polykeops.backends.cuda.host_inputs import HostInputs, Placement, placement
 from polykeops.errors import BackendError, DeviceError
 
 # ---------------------------------------------------------------------------
@@ -25,11 +25,18 @@ from polykeops.errors import BackendError, DeviceError
 # ---------------------------------------------------------------------------
 
 
-class _OnDevice:
-    """A stand-in for a CUDA tensor (no GPU here): only its ``device`` is read."""
+class _OnDevice(torch.Tensor):
+    """A stand-in for a CUDA tensor (no GPU here): an empty CPU tensor that reports a CUDA device
+    (only its ``device`` is read)."""
 
-    def __init__(self, index):
-        self.device = torch.device("cuda", index)
+    def __new__(cls, index):
+        t = torch.Tensor._make_subclass(cls, torch.zeros(0))
+        t.cuda_index = index
+        return t
+
+    @property
+    def device(self):
+        return torch.device("cuda", self.cuda_index)
 
 
 def test_placement_of_host_and_device_inputs():
@@ -150,7 +157,7 @@ def test_host_inputs_pass_device_tensors_through():
 @pytest.fixture
 def available_cuda(monkeypatch):
     """The registry's CUDA backend, pretending to be available (it still takes CUDA tensors only)."""
-    backend = registry._instance("cuda")
+    backend = registry.instance("cuda")
     monkeypatch.setattr(backend, "_availability", (True, "fake GPU"))
     return backend
 
@@ -233,7 +240,7 @@ def test_backend_cuda_without_a_gpu_says_what_is_missing():
 # ---------------------------------------------------------------------------
 
 
-class CpuAsDevice(host.Transfers):
+class CpuAsDevice(host_inputs.Transfers):
     """Transfers where "the GPU" is the CPU (the fake GPU runs kernels on CPU tensors)."""
 
     copied = []
@@ -260,7 +267,7 @@ def fake_gpu(monkeypatch, tmp_path, available_cuda):
         pytest.skip(f"NVRTC unavailable: {NVRTC_MISSING}")
     monkeypatch.setenv("POLYKEOPS_CACHE_DIR", str(tmp_path))
     install(monkeypatch)
-    monkeypatch.setattr(host, "Transfers", CpuAsDevice)
+    monkeypatch.setattr(host_inputs, "Transfers", CpuAsDevice)
     CpuAsDevice.copied.clear()
     calls = []
     real = CudaBackend.evaluate

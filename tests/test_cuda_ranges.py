@@ -362,7 +362,7 @@ def test_torch_autograd_with_ranges_runs_every_reduction_on_the_backend(monkeypa
 
     monkeypatch.setenv("POLYKEOPS_CACHE_DIR", str(tmp_path))
     install(monkeypatch)
-    backend = fake_backend(monkeypatch, registry._instance("cuda"))
+    backend = fake_backend(monkeypatch, registry.instance("cuda"))
     calls = []
     real = type(backend).evaluate
 

@@ -30,8 +30,11 @@ def _heavy(mods):
 
 
 def _backend_modules(mods):
-    # the registry and the contract are plain Python; nothing below them may be imported eagerly
-    light = {"polykeops.backends", "polykeops.backends.contract"}
+    # the registry, the contract, the request and the dispatch are plain Python; nothing below
+    # them (no backend) may be imported eagerly
+    light = {"polykeops.backends", "polykeops.backends.contract", "polykeops.backends.registry",
+             "polykeops.backends.request", "polykeops.backends.reduction_call",
+             "polykeops.backends.dispatch"}
     return sorted(m for m in mods if m.startswith("polykeops.backends") and m not in light)
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from polykeops.backends.codegen.states import STATES, state_class, state_words
 from polykeops.backends.cpu import compiler, generic
+from polykeops.backends.cpu.call import PkCall
 from polykeops.backends.cpu.kernel_source import KernelWriter
-from polykeops.backends.cpu.runtime import PkCall
 from polykeops.backends.cuda.states import slices
 from polykeops.formula.parser import parse_reduction_formula
 from polykeops.formula.reductions import (

@@ -245,11 +245,8 @@ def registered_broken():
         names[key] = factory().name
         registry.register_backend(names[key], factory, replace=True)
     yield names
-    with registry._lock:  # the registry has no public way to forget a backend
-        for name in names.values():
-            registry._factories.pop(name, None)
-            registry._instances.pop(name, None)
-            registry._failures.pop(name, None)
+    for name in names.values():
+        registry.unregister_backend(name)
 
 
 def test_planted_bugs_fire(registered_broken):
@@ -260,7 +257,7 @@ def test_planted_bugs_fire(registered_broken):
     """
     import torch
 
-    from polykeops.common.reduce import run_spec
+    from polykeops.common.call import run_spec
     from polykeops.formula import algebra as A
     from polykeops.formula.nodes import Const, Var
     from polykeops.formula.spec import ReductionSpec

@@ -50,8 +50,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ARRAY_KINDS = ("numpy", "torch")
-
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -63,7 +61,7 @@ class Capabilities:
     batch: bool = True
     reductions: frozenset | None = None  # None: every reduction of the formula layer
     sum_schemes: frozenset = frozenset({"block_sum", "kahan_scheme", "direct_sum"})
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())  # printed by ``python -m polykeops check``
     ranges: bool = False  # block-sparse reductions (the ``ranges`` argument of evaluate)
     ops: frozenset | None = None  # formula ops it can evaluate (None: every op of the op table)
     host_inputs: bool = False  # named explicitly, takes host arrays too (``for_host_inputs``)

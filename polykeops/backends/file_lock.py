@@ -1,4 +1,4 @@
-"""An exclusive inter-process lock on a file, for the on-disk caches of the CPU and CUDA backends."""
+"""An exclusive inter-process lock on a file, for the on-disk artifact store (:mod:`.artifact_cache`)."""
 
 from __future__ import annotations
 

@@ -320,7 +320,7 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
         return f"complex LazyTensor {self.formula_string()} of shape {self.shape}"
 
     def __repr__(self) -> str:
-        from ..backends import select_backend_name_for_display
+        from ..backends.dispatch import describe_choice
 
         kind = self._tools.array_kind.capitalize() if self._tools else ""
         dtype = _COMPLEX_DTYPES.get(self.dtype_name, "unset (from the arrays at reduction time)")
@@ -331,7 +331,7 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
                 f"    shape: {self.shape}",
                 f"    dtype: {dtype}",
                 f"    device: {self.device or 'cpu'}",
-                f"    backend: {select_backend_name_for_display(self)}",
+                f"    backend: {describe_choice(self)}",
             ]
         )
 

@@ -26,7 +26,9 @@ def front_end(lazy_cls) -> tuple:
 
     ``ComplexLazyTensor``, ``Genred`` and ``KernelSolve`` are subclasses of the
     array-neutral classes bound to ``lazy_cls._tools``, defined in ``lazy_cls``'s
-    module; ``lazy_cls._complex_class`` is set to the new ``ComplexLazyTensor``.
+    module; ``lazy_cls._complex_class`` is set to the new ``ComplexLazyTensor``, and
+    ``lazy_cls.Genred`` / ``lazy_cls.KernelSolve`` (pykeops' ``get_tools()`` attributes) to
+    the new ``Genred`` / ``KernelSolve``.
     """
     module, tools = lazy_cls.__module__, lazy_cls._tools
     array = "tensor" if tools.array_kind == "torch" else "array"
@@ -57,6 +59,7 @@ def front_end(lazy_cls) -> tuple:
         _tools=tools,
         _genred=genred_cls,
     )
+    lazy_cls.Genred, lazy_cls.KernelSolve = genred_cls, solve_cls  # pykeops' get_tools() attributes
 
     def from_dense(array, max_row_size: int = FROM_DENSE_MAX_ROW):
         return lazy_cls.from_dense(array, max_row_size)

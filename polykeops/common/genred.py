@@ -9,11 +9,12 @@ order): ``(M, D)`` for ``Vi`` variables, ``(N, D)`` for ``Vj``, ``(D,)`` for
 
 from __future__ import annotations
 
-from ..backends import device_request
+from ..backends.request import BackendRequest
 from ..errors import FormulaError
 from ..formula.parser import parse_alias, parse_formula, parse_reduction_formula
 from ..formula.spec import ReductionSpec
-from .reduce import _options, run_spec
+from .call import run_spec
+from .reduce import _options
 
 _K_REDUCTIONS = ("KMin", "ArgKMin", "KMin_ArgKMin")
 
@@ -74,8 +75,8 @@ class GenericGenred:
                 f"{[tools.dtype_name(a, '') for a in args]}; convert them to one dtype"
             )
         spec = self.spec.with_(dtype=dtypes.pop())
-        backend = device_request(backend, device_id)  # pykeops' GPU number: "cuda" -> "cuda:<id>"
-        return run_spec(tools, spec, list(args), backend=backend, out=out, ranges=ranges)
+        return run_spec(tools, spec, list(args), backend=backend, out=out, ranges=ranges,
+                        device_id=device_id)
 
     def __repr__(self) -> str:
         return (f"Genred({self.formula!r}, {self.aliases!r}, reduction_op={self.reduction_op!r}, "
@@ -143,7 +144,7 @@ class GenericKernelSolve:
                  ranges=None, warmup=None):
         from .solve import default_tolerance
 
-        backend = device_request(backend, device_id)  # pykeops' GPU number: "cuda" -> "cuda:<id>"
+        request = BackendRequest.parse(backend, device_id)  # once for every product of the solve
         tools = self._tools
         args = list(args)
         if len(args) != len(self.genred.spec.variables):
@@ -159,7 +160,7 @@ class GenericKernelSolve:
         def apply_k(v):
             call_args = list(args)
             call_args[self.position] = v
-            return self.genred(*call_args, backend=backend, ranges=ranges)
+            return self.genred(*call_args, backend=request, ranges=ranges)
 
         others = [a for i, a in enumerate(args) if i != self.position and tools.is_array(a)]
         return tools.solve_operator(apply_k, others, b, alpha, tol, iters)

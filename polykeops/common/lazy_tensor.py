@@ -145,7 +145,7 @@ class GenericLazyTensor(ReductionMixin):
         return f"LazyTensor {to_string(self.formula)} of shape {self.shape}"
 
     def __repr__(self) -> str:
-        from ..backends import select_backend_name_for_display
+        from ..backends.dispatch import describe_choice
 
         lines = [
             f"{self._tools.array_kind.capitalize() if self._tools else ''} polykeops LazyTensor",
@@ -153,7 +153,7 @@ class GenericLazyTensor(ReductionMixin):
             f"    shape: {self.shape}",
             f"    dtype: {self.dtype_name or 'unset (from the arrays at reduction time)'}",
             f"    device: {self.device or 'cpu'}",
-            f"    backend: {select_backend_name_for_display(self)}",
+            f"    backend: {describe_choice(self)}",
         ]
         return "\n".join(lines)
 
@@ -632,12 +632,7 @@ class GenericLazyTensor(ReductionMixin):
     def get_tools(self):
         """Set (and return) ``self.tools``, with ``self.Genred`` and ``self.KernelSolve`` of
         the array library of this class (pykeops' class API)."""
-        import importlib
-
-        module = importlib.import_module(type(self).__module__)
-        self.tools = self._tools
-        self.Genred = getattr(module, "Genred", None)
-        self.KernelSolve = getattr(module, "KernelSolve", None)
+        self.tools = self._tools  # Genred and KernelSolve: class attributes set by front_end()
         return self.tools
 
     def dim(self) -> int:

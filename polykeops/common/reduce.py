@@ -1,18 +1,18 @@
-"""Reductions of LazyTensors: from a formula to a ReductionSpec to arrays.
+"""Reductions of LazyTensors: from a formula to a ReductionSpec.
 
 :class:`ReductionMixin` gives :class:`~polykeops.common.lazy_tensor.GenericLazyTensor`
-its reduction methods; :func:`run_spec` evaluates a spec on user arrays (shape
-normalisation, backend call, output shapes) and is shared with ``Genred``.
+its reduction methods (pykeops' names and signatures); each builds a spec and
+hands it to :func:`polykeops.common.call.run_spec`, as ``Genred`` does.
 """
 
 from __future__ import annotations
 
-from ..backends import device_request
-from ..backends.host_ranges import ranges_error
+from ..backends.request import BackendRequest
 from ..errors import DTypeError, FormulaError, ShapeError
 from ..formula import algebra as A
-from ..formula.nodes import CAT_I, CAT_J, CAT_P, Node, Var, substitute, walk
+from ..formula.nodes import Node, Var, substitute, walk
 from ..formula.spec import SUM_SCHEMES, ReductionSpec
+from .call import describe_variable, run_spec
 
 _KNOWN_OPTIONS = {"backend", "dtype_acc", "sum_scheme", "use_double_acc", "device_id", "ranges",
                   "enable_chunks", "use_fast_math", "optional_flags", "out"}
@@ -24,9 +24,8 @@ def _options(kwargs: dict) -> dict:
         raise FormulaError(
             f"unknown reduction option(s) {sorted(unknown)}; known: {sorted(_KNOWN_OPTIONS)}"
         )
-    opts = {"backend": kwargs.get("backend"), "dtype_acc": kwargs.get("dtype_acc") or "auto"}
-    if kwargs.get("device_id") is not None:  # pykeops' GPU number: backend="cuda" -> "cuda:<id>"
-        opts["backend"] = device_request(opts["backend"], kwargs["device_id"])
+    opts = {"backend": kwargs.get("backend"), "device_id": kwargs.get("device_id"),
+            "dtype_acc": kwargs.get("dtype_acc") or "auto"}
     if kwargs.get("use_double_acc"):
         opts["dtype_acc"] = "float64"
     scheme = kwargs.get("sum_scheme") or "block_sum"
@@ -88,7 +87,7 @@ class ReductionMixin:
         arrays = [leaf.array for leaf in leaves]
         return run_spec(self._tools, spec, arrays, opts["backend"], leaves=leaves,
                         out=kwargs.get("out"), shape_hint=(lt.ni, lt.nj, lt.batch),
-                        ranges=opts["ranges"])
+                        ranges=opts["ranges"], device_id=opts["device_id"])
 
     # -- public reductions ----------------------------------------------
     def sum(self, dim=None, axis=None, **kwargs):
@@ -207,8 +206,15 @@ class ReductionMixin:
         from .solve import solve
 
         opts = _options(dict(kwargs, backend=backend))
-        backend = opts.pop("backend")  # with device_id folded in
-        return solve(self, other, alpha=alpha, eps=eps, max_iter=max_iter, backend=backend, **opts)
+        # parsed once for every reduction of the conjugate gradient
+        request = BackendRequest.parse(opts.pop("backend"), opts.pop("device_id"))
+        if isinstance(other, ReductionMixin):  # an i-variable LazyTensor: its array
+            leaves = list(other.leaves.values())
+            if other.formula.op != "Leaf" or len(leaves) != 1 or leaves[0].cat != 0:
+                raise FormulaError("solve: the right-hand side must be an i-variable LazyTensor or an array")
+            leaf = leaves[0]
+            other = self._tools.reshape(leaf.array, tuple(leaf.batch) + (leaf.n, leaf.dim))
+        return solve(self, other, alpha=alpha, eps=eps, max_iter=max_iter, backend=request, **opts)
 
     def matvec(self, v):
         """``K @ v`` (for scipy's LinearOperator)."""
@@ -279,14 +285,16 @@ class _PlaceholderReduction:
                     shown = f"an array of shape {tuple(tools.shape(a))} and dtype {a.dtype}"
                 else:
                     shown = type(a).__name__
+                name = describe_variable(v, complex_dim=True)
                 raise DTypeError(
-                    f"argument {k} is a complex placeholder ({_describe(v, complex_dim=True)}): pass a "
+                    f"argument {k} is a complex placeholder ({name}): pass a "
                     f"complex64 or complex128 {tools.array_kind} array, got {shown}"
                 )
             shape = tuple(tools.shape(a))
             if not shape or shape[-1] != v.dim // 2:
+                name = describe_variable(v, complex_dim=True)
                 raise ShapeError(
-                    f"argument {k} (the complex placeholder {_describe(v, complex_dim=True)}) has shape "
+                    f"argument {k} (the complex placeholder {name}) has shape "
                     f"{shape}: its last axis must be the complex dimension {v.dim // 2}"
                 )
             arrays[k] = tools.to_real_blocks(a)
@@ -296,185 +304,9 @@ class _PlaceholderReduction:
         spec = self.spec.with_(dtype=dtypes.pop()) if dtypes else self.spec
         all_arrays = list(arrays) + [leaf.array for leaf in self.leaves]
         res = run_spec(tools, spec, all_arrays, backend or self.opts["backend"], leaves=self.leaves,
-                       ranges=ranges if ranges is not None else self.opts["ranges"])
+                       ranges=ranges if ranges is not None else self.opts["ranges"],
+                       device_id=kwargs.get("device_id", self.opts["device_id"]))
         return res if self.post is None else self.post(res)
 
     def __repr__(self):
         return f"<polykeops reduction {self.spec}>"
-
-
-def signature_sizes(tools, spec: ReductionSpec, arrays, leaves=None):
-    """``[(variable, n, batch, array)]`` for ``arrays`` matching ``spec.variables``.
-
-    The last ``len(leaves)`` arrays belong to LazyTensor leaves (sizes known);
-    the others are in Genred layout: ``(*batch, n, dim)`` for i- and
-    j-variables, ``(*batch, dim)`` for parameters.
-    """
-    infos = []
-    first_leaf = len(spec.variables) - (len(leaves) if leaves is not None else 0)
-    for pos, (v, a) in enumerate(zip(spec.variables, arrays)):
-        if pos >= first_leaf:
-            leaf = leaves[pos - first_leaf]
-            infos.append((v, None if leaf.is_scalar else leaf.n, leaf.batch, a))
-            continue
-        if isinstance(a, float):
-            infos.append((v, None, (), a))
-            continue
-        if not tools.is_array(a):
-            raise ShapeError(
-                f"argument {pos} ({_describe(v)}) must be a {tools.array_kind} array, "
-                f"got {type(a).__name__}"
-            )
-        shape = tuple(tools.shape(a))
-        if 0 in shape:
-            raise ShapeError(f"argument {pos} ({_describe(v)}) is empty: shape {shape}")
-        if v.cat == CAT_P:
-            if len(shape) < 1:
-                raise ShapeError(f"argument {pos} ({_describe(v)}) must be at least 1-D, got a scalar")
-            n, batch, dim = None, shape[:-1], shape[-1]
-        else:
-            if len(shape) < 2:
-                raise ShapeError(
-                    f"argument {pos} ({_describe(v)}) must have shape (..., n, {v.dim}), got {shape}"
-                )
-            n, batch, dim = shape[-2], shape[:-2], shape[-1]
-        if dim != v.dim:
-            raise ShapeError(
-                f"argument {pos} ({_describe(v)}) has vector dimension {dim} (shape {shape}), "
-                f"expected {v.dim}"
-            )
-        infos.append((v, n, batch, a))
-    return infos
-
-
-def _describe(v: Node, complex_dim: bool = False) -> str:
-    dim = v.dim // 2 if complex_dim else v.dim
-    return f"{ {CAT_I: 'Vi', CAT_J: 'Vj', CAT_P: 'Pm'}[v.cat]}({v.index}, {dim})".replace(" ", "")
-
-
-def run_spec(tools, spec: ReductionSpec, arrays, backend=None, leaves=None, out=None, shape_hint=None,
-             ranges=None):
-    """Evaluate ``spec`` (any axis) on user arrays; returns arrays shaped as pykeops does.
-
-    ``ranges`` is pykeops' block-sparse 6-tuple
-    ``(ranges_i, slices_i, redranges_j, ranges_j, slices_j, redranges_i)``.
-
-    ``shape_hint`` = ``(M, N, batch)`` of the LazyTensor, used where simplification
-    removed every variable of an axis (``x_i * 0 + y_j`` still has M rows).
-    """
-    infos = signature_sizes(tools, spec, arrays, leaves)
-    hint_i, hint_j, hint_batch = shape_hint if shape_hint is not None else (None, None, ())
-    sizes = {CAT_I: None, CAT_J: None}
-    for v, n, _, _ in infos:
-        if v.cat in sizes and n is not None:
-            if sizes[v.cat] is not None and sizes[v.cat] != n:
-                axis_name = "M (i)" if v.cat == CAT_I else "N (j)"
-                raise ShapeError(
-                    f"variables indexed by {axis_name[-2]} have different sizes {sizes[v.cat]} and {n} "
-                    f"(argument {v.index}, {_describe(v)})"
-                )
-            sizes[v.cat] = n
-    ni = sizes[CAT_I] if sizes[CAT_I] is not None else (hint_i or 1)
-    nj = sizes[CAT_J] if sizes[CAT_J] is not None else (hint_j or 1)
-    nbatch = max([len(b) for _, _, b, _ in infos] + [len(hint_batch)])
-    batch = [1] * (nbatch - len(hint_batch)) + list(hint_batch)
-    for v, _, b, _ in infos:
-        padded = (1,) * (nbatch - len(b)) + tuple(b)
-        for pos, (x, y) in enumerate(zip(batch, padded)):
-            if x != y and 1 not in (x, y):
-                raise ShapeError(
-                    f"batch dimensions do not broadcast: argument {v.index} ({_describe(v)}) "
-                    f"has batch shape {tuple(b)}, others {tuple(batch)}"
-                )
-            batch[pos] = max(x, y)
-    batch = tuple(batch)
-    red_n = nj if spec.axis == 1 else ni
-    if spec.k is not None and spec.k > red_n:
-        raise ShapeError(
-            f"{spec.reduction}: K = {spec.k} is larger than the number of reduced elements {red_n}"
-        )
-    normalised = []
-    for v, n, b, a in infos:
-        padded = (1,) * (nbatch - len(b)) + tuple(b)
-        if isinstance(a, float):
-            normalised.append(tools.scalar_array(a, spec.dtype, like=_first_array(tools, arrays),
-                                                 shape=padded + (1,)))
-        elif v.cat == CAT_P:
-            normalised.append(tools.as_arg(a, padded + (v.dim,), spec.dtype))
-        else:
-            normalised.append(tools.as_arg(a, padded + (n, v.dim), spec.dtype))
-    cspec = spec.canonical()
-    nx, ny = (ni, nj) if spec.axis == 1 else (nj, ni)
-    if ranges is not None:
-        ranges = check_ranges(tools, ranges, ni, nj, batch)
-        if spec.axis == 0:  # the canonical spec reduces over the user's i
-            ranges = swap_ranges(ranges)
-    outputs = tools.run(cspec, normalised, nx=nx, ny=ny, batch_shape=batch, backend=backend,
-                        ranges=ranges)
-    return finish_outputs(tools, spec, outputs, out)
-
-
-def _first_array(tools, arrays):
-    for a in arrays:
-        if tools.is_array(a):
-            return a
-    return None
-
-
-def finish_outputs(tools, spec: ReductionSpec, outputs, out=None):
-    """Reshape backend outputs as pykeops returns them (K-reductions get a K axis)."""
-    res = []
-    for o in outputs:
-        if spec.k is not None:
-            shape = tools.shape(o)
-            d = shape[-1] // spec.k
-            new = shape[:-1] + ((spec.k,) if d == 1 else (spec.k, d))
-            o = tools.reshape(o, new)
-        res.append(o)
-    if out is not None:
-        if len(res) != 1:
-            raise FormulaError("out= is only supported for reductions with one output")
-        tools.copy_into(out, res[0])
-        return out
-    return res[0] if len(res) == 1 else tuple(res)
-
-
-def swap_ranges(ranges: tuple) -> tuple:
-    """The block-sparse 6-tuple seen from the other axis."""
-    return tuple(ranges[3:]) + tuple(ranges[:3])
-
-
-def check_ranges(tools, ranges, ni: int, nj: int, batch: tuple) -> tuple:
-    """Validate pykeops' block-sparse 6-tuple; returns it with int64 arrays."""
-    names = ("ranges_i", "slices_i", "redranges_j", "ranges_j", "slices_j", "redranges_i")
-    if not isinstance(ranges, (tuple, list)) or len(ranges) != 6:
-        raise ShapeError(
-            "ranges must be the 6-tuple (ranges_i, slices_i, redranges_j, ranges_j, slices_j, "
-            "redranges_i), as built by polykeops.torch.cluster.from_matrix"
-        )
-    out = []
-    for name, r in zip(names, ranges):
-        if not tools.is_array(r):
-            raise ShapeError(
-                f"ranges: {name} must be a {tools.array_kind} integer array, got {type(r).__name__}"
-            )
-        out.append(tools.as_int64(r, name))
-    nb = len(batch)
-    for k, (name, r) in enumerate(zip(names, out)):
-        shape = tools.shape(r)
-        core = 1 if k in (1, 4) else 2
-        if len(shape) not in (core, core + nb) or (core == 2 and shape[-1] != 2):
-            raise ShapeError(
-                f"ranges: {name} has shape {shape}; expected {'(C,)' if core == 1 else '(C, 2)'}"
-                f"{' with optional leading batch dimensions ' + str(batch) if nb else ''}"
-            )
-    for rx, sx, label in ((out[0], out[1], "i"), (out[3], out[4], "j")):
-        if tools.shape(rx)[-2] != tools.shape(sx)[-1]:
-            raise ShapeError(f"ranges: ranges_{label} and slices_{label} have different lengths")
-    # the values, read once on the host from the user's arrays (under torch.func transforms the
-    # results of torch ops on them are wrapped tensors without storage)
-    problem = ranges_error(ranges, ni, nj)
-    if problem is not None:
-        raise ShapeError(f"ranges: {problem}")
-    return tuple(out)
-

@@ -9,6 +9,7 @@ second system with the same operator (see :mod:`polykeops.torch.solve`).
 
 from __future__ import annotations
 
+from ..backends.arrays import adapter_for
 from ..errors import FormulaError, ShapeError
 
 
@@ -21,7 +22,7 @@ def conjugate_gradient(apply_a, b, *, tol: float, max_iter: int, sqrt):
 
     def dot(u, v):
         w = u * v
-        return w.sum(-2, keepdim=True) if _is_torch(w) else w.sum(-2, keepdims=True)
+        return adapter_for(w).sum(w, -2, keepdims=True)
 
     x = b * 0
     r = b + 0
@@ -41,10 +42,6 @@ def conjugate_gradient(apply_a, b, *, tol: float, max_iter: int, sqrt):
         p = r + (rs_new / (rs + (rs == 0))) * p
         rs = rs_new
     return x
-
-
-def _is_torch(u) -> bool:
-    return type(u).__module__.startswith("torch")
 
 
 def kernel_operator(lazy, alpha, backend=None, **options):
@@ -71,17 +68,10 @@ def check_system(lazy, b_shape) -> None:
 
 
 def solve(lazy, other, *, alpha=0, eps=None, max_iter=None, backend=None, **options):
-    """Shared implementation of ``LazyTensor.solve``; returns an array of the shape of ``b``."""
-    from .lazy_tensor import GenericLazyTensor
-
+    """Shared implementation of ``LazyTensor.solve`` (``other``: an array); returns an array of
+    the shape of ``other``."""
     tools = lazy._tools
-    if isinstance(other, GenericLazyTensor):
-        leaves = list(other.leaves.values())
-        if other.formula.op != "Leaf" or len(leaves) != 1 or leaves[0].cat != 0:
-            raise FormulaError("solve: the right-hand side must be an i-variable LazyTensor or an array")
-        leaf = leaves[0]
-        b = tools.reshape(leaf.array, tuple(leaf.batch) + (leaf.n, leaf.dim))
-    elif tools.is_array(other):
+    if tools.is_array(other):
         b = other
     else:
         raise FormulaError(f"solve: the right-hand side must be an array, got {type(other).__name__}")

@@ -15,7 +15,3 @@ def check_float_dtype(name: str, what: str, shape) -> str:
             f"{', '.join(FLOAT_DTYPES)} arrays: convert it with .astype/.to first"
         )
     return name
-
-
-def unknown_backend_display(lazy) -> str:
-    return "auto"

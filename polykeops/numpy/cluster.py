@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends.arrays.base import ClusterOps
+from ..backends.arrays.numpy import NumpyLibrary
 from ..common import cluster as _c
-from ..common.adapters import ClusterOps
-from .xp import NumpyLibrary
 
 
 class _Ops(NumpyLibrary, ClusterOps):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends import select_backend
+from ..backends.arrays.numpy import NumpyLibrary
+from ..backends.dispatch import dispatch
 from ..common.adapters import ArrayTools
 from ..common.tools import check_float_dtype
 from ..errors import DTypeError
-from .xp import NumpyLibrary
 
 
 class NumpyTools(NumpyLibrary, ArrayTools):
@@ -45,11 +45,15 @@ class NumpyTools(NumpyLibrary, ArrayTools):
     def copy_into(out, res):
         out[...] = res
 
+    evaluate = staticmethod(dispatch)  # NumPy arrays: no autograd, the call goes straight to the backend
+
     @staticmethod
-    def run(spec, args, *, nx, ny, batch_shape, backend=None, ranges=None):
-        chosen = select_backend(backend, spec, "numpy", "cpu", bool(batch_shape), ranges is not None)
-        extra = {} if ranges is None else {"ranges": tuple(ranges[:3])}
-        return tuple(chosen.evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch_shape, **extra))
+    def to_numpy(a):
+        return a
+
+    @staticmethod
+    def from_numpy(a):
+        return a
 
     @staticmethod
     def as_int64(r, name):
@@ -66,7 +70,7 @@ class NumpyTools(NumpyLibrary, ArrayTools):
 
     @staticmethod
     def namespace(dtype, like=None):
-        from .xp import NumpyNamespace
+        from ..backends.arrays.numpy import NumpyNamespace
 
         return NumpyNamespace(dtype)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..backends import select_backend
+from ..backends.dispatch import dispatch
 from ..formula.nodes import CAT_I, CAT_J, CAT_P, Var, substitute
 from ..formula.reduction_grads import (
     lse_spec,
@@ -41,18 +41,9 @@ _WITH_INDICES = {
 }
 
 
-def _device_kind(args) -> str:
-    for a in args:
-        return a.device.type
-    return "cpu"
-
-
-def _evaluate(spec, args, nx, ny, batch_shape, backend, ranges=None):
-    chosen = select_backend(backend, spec, "torch", _device_kind(args), bool(batch_shape),
-                            ranges is not None)
-    extra = {} if ranges is None else {"ranges": tuple(ranges[:3])}
+def _evaluate(call, args):
     with torch.no_grad():
-        return tuple(chosen.evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch_shape, **extra))
+        return dispatch(call, args)
 
 
 def _tracks_indices(spec) -> bool:
@@ -62,29 +53,26 @@ def _tracks_indices(spec) -> bool:
 
 
 class GenredFunction(torch.autograd.Function):
-    """One reduction: ``apply(config, *args)``, ``config = (spec, nx, ny, batch_shape, backend, ranges)``.
-
-    ``ranges`` is None or the block-sparse 6-tuple oriented for the canonical
-    spec (its first three arrays describe the output axis).
+    """One reduction: ``apply(call, *args)`` for a
+    :class:`~polykeops.backends.reduction_call.ReductionCall` ``call``.
 
     Outputs: the spec's outputs, plus the selected indices for Min/Max/KMin
     (use :func:`apply`, which hides them).
     """
 
     @staticmethod
-    def forward(config, *args):
-        spec, nx, ny, batch_shape, backend, ranges = config
-        red = spec.red
+    def forward(call, *args):
+        red = call.spec.red
         if red.is_selection and red.differentiable:
-            full = spec.with_(reduction=_WITH_INDICES[spec.reduction])
-            return _evaluate(full, args, nx, ny, batch_shape, backend, ranges)
-        return _evaluate(spec, args, nx, ny, batch_shape, backend, ranges)
+            return _evaluate(call.with_spec(call.spec.with_(reduction=_WITH_INDICES[call.spec.reduction])),
+                             args)
+        return _evaluate(call, args)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        config, *args = inputs
-        spec = config[0]
-        ctx.config = config
+        call, *args = inputs
+        spec = call.spec
+        ctx.call = call
         ctx.n_args = len(args)
         indices = [o for o in output if not o.is_floating_point()]
         values = [o for o in output if o.is_floating_point()]
@@ -96,7 +84,8 @@ class GenredFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *gouts):
-        spec, nx, ny, batch_shape, backend, ranges = ctx.config
+        call = ctx.call
+        spec = call.spec
         args, float_outs, indices = _unpack(ctx)
         g = gouts[0]
         grads = [None]
@@ -105,44 +94,44 @@ class GenredFunction(torch.autograd.Function):
                 grads.append(None)
                 continue
             if spec.red.is_selection:
-                r = _selection_grad(spec, p, args, g, indices, nx, ny, batch_shape, backend)
+                r = _selection_grad(call, p, args, g, indices)
             else:
-                r = _sum_like_grad(spec, p, args, g, float_outs, nx, ny, batch_shape, backend, ranges)
+                r = _sum_like_grad(call, p, args, g, float_outs)
             grads.append(_unbroadcast(r, a.shape))
         return tuple(grads)
 
     @staticmethod
     def jvp(ctx, *tangents):
-        spec, nx, ny, batch_shape, backend, ranges = ctx.config
+        call = ctx.call
+        spec = call.spec
         args, float_outs, indices = _unpack(ctx)
         tangents = tangents[1:]
         positions = [p for p, t in enumerate(tangents) if t is not None]
         outs_meta = spec.outputs()
         if not positions:
-            res = [_zeros_out(o, args, nx, batch_shape) for o in outs_meta]
+            res = [_zeros_out(o, args, call.nx, call.batch_shape) for o in outs_meta]
         elif spec.red.is_selection:
-            res = [_selection_jvp(spec, positions, args, tangents, indices, nx, batch_shape, backend)]
+            res = [_selection_jvp(call, positions, args, tangents, indices)]
             if spec.red.want_index:
                 res.append(None)
         else:
-            res = [_sum_like_jvp(spec, positions, args, tangents, float_outs, nx, ny, batch_shape,
-                                 backend, ranges)]
+            res = [_sum_like_jvp(call, positions, args, tangents, float_outs)]
         if _tracks_indices(spec):
             res.append(None)
         return tuple(res) if len(res) > 1 else res[0]
 
     @staticmethod
-    def vmap(info, in_dims, config, *args):
-        spec, nx, ny, batch_shape, backend, ranges = config
+    def vmap(info, in_dims, call, *args):
         size = info.batch_size
+        ranges = call.ranges
         moved = []
         for a, d in zip(args, in_dims[1:]):
             moved.append(a.unsqueeze(0) if d is None else a.movedim(d, 0))
         if ranges is not None:  # batched ranges get a broadcast dimension for the new batch axis
             ranges = tuple(r.unsqueeze(0) if r.dim() > (1 if k in (1, 4) else 2) else r
                            for k, r in enumerate(ranges))
-        new_config = (spec, nx, ny, (size,) + tuple(batch_shape), backend, ranges)
-        outs = GenredFunction.apply(new_config, *[m.contiguous() for m in moved])
+        new_call = call.with_batch((size,) + call.batch_shape, ranges)
+        outs = GenredFunction.apply(new_call, *[m.contiguous() for m in moved])
         outs = outs if isinstance(outs, tuple) else (outs,)
         dims = tuple(0 for _ in outs)
         return (outs, dims) if len(outs) > 1 else (outs[0], 0)
@@ -164,18 +153,18 @@ def _zeros_out(meta, args, nx, batch_shape):
     return torch.zeros((*batch_shape, nx, meta.dim), dtype=ref.dtype, device=ref.device)
 
 
-def apply(spec, args, nx, ny, batch_shape, backend, ranges=None):
-    """Evaluate a canonical spec through :class:`GenredFunction`; returns the spec's outputs as a tuple."""
-    out = GenredFunction.apply((spec, nx, ny, tuple(batch_shape), backend, ranges), *args)
+def apply(call, args):
+    """Evaluate ``call`` through :class:`GenredFunction`; returns the spec's outputs as a tuple."""
+    out = GenredFunction.apply(call, *args)
     out = out if isinstance(out, tuple) else (out,)
-    return out[:-1] if _tracks_indices(spec) else out
+    return out[:-1] if _tracks_indices(call.spec) else out
 
 
-def reduce(spec, args, *, nx, ny, batch_shape, backend=None, ranges=None):
-    """Entry point of the torch front end (canonical spec, normalised arguments)."""
+def reduce(call, args):
+    """Entry point of the torch front end (a canonical call, normalised arguments)."""
     if torch.is_grad_enabled() and any(a.requires_grad for a in args) or _is_functorch(args):
-        return apply(spec, args, nx, ny, batch_shape, backend, ranges)
-    return _evaluate(spec, args, nx, ny, batch_shape, backend, ranges)
+        return apply(call, args)
+    return _evaluate(call, args)
 
 
 def _is_functorch(args) -> bool:
@@ -192,7 +181,7 @@ def _is_functorch(args) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def _extras(names, spec, args, g, outs, nx, ny, batch_shape, backend, ranges):
+def _extras(names, call, args, g, outs):
     extras = []
     for name in names:
         if name == "G":
@@ -200,19 +189,14 @@ def _extras(names, spec, args, g, outs, nx, ny, batch_shape, backend, ranges):
         elif name == "OUT":
             extras.append(outs[0])
         else:  # "LSE"
-            extras.append(apply(lse_spec(spec), args, nx, ny, batch_shape, backend, ranges)[0])
+            extras.append(apply(call.with_spec(lse_spec(call.spec)), args)[0])
     return extras
 
 
-def _sum_like_grad(spec, p, args, g, outs, nx, ny, batch_shape, backend, ranges):
-    plan = sum_like_gradient(spec, p)
-    extras = _extras(plan.extras, spec, args, g, outs, nx, ny, batch_shape, backend, ranges)
-    gspec = plan.spec
-    if gspec.axis == 0:
-        swapped = None if ranges is None else tuple(ranges[3:]) + tuple(ranges[:3])
-        res = apply(gspec.canonical(), args + extras, ny, nx, batch_shape, backend, swapped)[0]
-    else:
-        res = apply(gspec, args + extras, nx, ny, batch_shape, backend, ranges)[0]
+def _sum_like_grad(call, p, args, g, outs):
+    plan = sum_like_gradient(call.spec, p)
+    extras = _extras(plan.extras, call, args, g, outs)
+    res = apply(call.gradient(plan.spec), args + extras)[0]
     if plan.sum_rows:
         res = res.sum(-2)
     return res
@@ -236,8 +220,9 @@ def _gather_rows(spec, args, flat_idx, q):
     return new_args, mapping
 
 
-def _selection_grad(spec, p, args, g, indices, nx, ny, batch_shape, backend):
+def _selection_grad(call, p, args, g, indices):
     """Gradient of Min/Max/KMin values: the symbolic gradient at the selected pairs only."""
+    spec, nx, ny = call.spec, call.nx, call.ny
     h, e = selection_gradient(spec, p)
     v = spec.variables[p]
     d = spec.formulas[0].dim
@@ -257,7 +242,7 @@ def _selection_grad(spec, p, args, g, indices, nx, ny, batch_shape, backend):
     h = substitute(h, mapping)
     variables = tuple(mapping.get(var, var) for var in spec.variables) + (e,)
     gspec = spec.with_(reduction="Sum", formulas=(h,), variables=variables, k=None)
-    per_row = apply(gspec, new_args, rows, 1, batch_shape, backend)[0]  # (*b, rows, dv)
+    per_row = apply(call.gradient(gspec, nx=rows, ny=1, ranges=None), new_args)[0]  # (*b, rows, dv)
     per_row = torch.where(missing.unsqueeze(-1), per_row.new_zeros(()), per_row)
     if v.cat == CAT_I:
         return per_row.reshape(*per_row.shape[:-2], nx, q, v.dim).sum(-2)
@@ -275,14 +260,15 @@ def _selection_grad(spec, p, args, g, indices, nx, ny, batch_shape, backend):
 # ---------------------------------------------------------------------------
 
 
-def _sum_like_jvp(spec, positions, args, tangents, outs, nx, ny, batch_shape, backend, ranges):
-    plan = sum_like_jvp(spec, positions)
-    extras = _extras(plan.extras, spec, args, None, outs, nx, ny, batch_shape, backend, ranges)
+def _sum_like_jvp(call, positions, args, tangents, outs):
+    plan = sum_like_jvp(call.spec, positions)
+    extras = _extras(plan.extras, call, args, None, outs)
     targs = [tangents[p].contiguous() for p in positions]
-    return apply(plan.spec, args + targs + extras, nx, ny, batch_shape, backend, ranges)[0]
+    return apply(call.gradient(plan.spec), args + targs + extras)[0]
 
 
-def _selection_jvp(spec, positions, args, tangents, indices, nx, batch_shape, backend):
+def _selection_jvp(call, positions, args, tangents, indices):
+    spec, nx = call.spec, call.nx
     df, tvars = selection_jvp(spec, positions)
     d = spec.formulas[0].dim
     q = indices.shape[-1]
@@ -294,7 +280,7 @@ def _selection_jvp(spec, positions, args, tangents, indices, nx, batch_shape, ba
     h = substitute(df, mapping)
     variables = tuple(mapping.get(var, var) for var in ext.variables)
     jspec = spec.with_(reduction="Sum", formulas=(h,), variables=variables, k=None)
-    per_row = apply(jspec, new_args, rows, 1, batch_shape, backend)[0]  # (*b, rows, d)
+    per_row = apply(call.gradient(jspec, nx=rows, ny=1, ranges=None), new_args)[0]  # (*b, rows, d)
     comp = torch.arange(q, device=per_row.device) % d
     onehot = torch.nn.functional.one_hot(comp, d).to(per_row.dtype)
     return (per_row.reshape(*per_row.shape[:-2], nx, q, d) * onehot).sum(-1)
@@ -311,4 +297,4 @@ def _unbroadcast(r, shape):
     return r.reshape(shape)
 
 
-__all__ = ["GenredFunction", "apply", "reduce", "CAT_P"]
+__all__ = ["GenredFunction", "apply", "reduce"]

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
+from ..backends.arrays.base import ClusterOps
+from ..backends.arrays.torch import TorchLibrary
 from ..common import cluster as _c
-from ..common.adapters import ClusterOps
-from .xp import TorchLibrary
 
 
 class _Ops(TorchLibrary, ClusterOps):

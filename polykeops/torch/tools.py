@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from ..backends.arrays.torch import TorchLibrary
 from ..common.adapters import ArrayTools
 from ..common.tools import check_float_dtype
-from ..errors import DeviceError, DTypeError
-from .xp import TorchLibrary
+from ..errors import DTypeError
 
 _NAMES = {torch.float16: "float16", torch.float32: "float32", torch.float64: "float64"}
 _DTYPES = {v: k for k, v in _NAMES.items()}
@@ -57,28 +57,18 @@ class TorchTools(TorchLibrary, ArrayTools):
         return r.to(torch.int64).contiguous()
 
     @staticmethod
-    def run(spec, args, *, nx, ny, batch_shape, backend=None, ranges=None):
+    def evaluate(call, args):
         from .autograd import reduce
 
-        devices = {str(a.device) for a in args}
-        if len(devices) > 1:
-            raise DeviceError(f"the arguments of {spec} are on different devices: {sorted(devices)}")
-        if not args:  # the formula simplified to a constant: no tensor says where to compute
-            from ..numpy.tools import NumpyTools
+        return reduce(call, list(args))
 
-            outs = NumpyTools.run(
-                spec,
-                [],
-                nx=nx,
-                ny=ny,
-                batch_shape=batch_shape,
-                backend=backend,
-                ranges=None if ranges is None else [r.cpu().numpy() for r in ranges],
-            )
-            return tuple(torch.from_numpy(o) for o in outs)
-        return reduce(
-            spec, list(args), nx=nx, ny=ny, batch_shape=tuple(batch_shape), backend=backend, ranges=ranges
-        )
+    @staticmethod
+    def to_numpy(a):
+        return a.detach().cpu().numpy()
+
+    @staticmethod
+    def from_numpy(a):
+        return torch.from_numpy(a)
 
     @staticmethod
     def solve(lazy, b, *, alpha, tol, max_iter, backend, options):
@@ -88,7 +78,7 @@ class TorchTools(TorchLibrary, ArrayTools):
 
     @staticmethod
     def namespace(dtype, like=None):
-        from .xp import TorchNamespace
+        from ..backends.arrays.torch import TorchNamespace
 
         return TorchNamespace(dtype, device=like.device if like is not None else "cpu")
 

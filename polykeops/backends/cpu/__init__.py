@@ -1,6 +1,6 @@
 """The CPU engine: blocked, SIMD-vectorised, multi-threaded map-reduce in C.
 
-Two engines share one calling convention (:class:`~.runtime.PkCall`):
+Two engines share one calling convention (:class:`~.call.PkCall`):
 
 * the **generic engine** (``_generic``, a C extension compiled when the
   package is built): interprets a compact op program of the formula over
@@ -20,10 +20,17 @@ Two engines share one calling convention (:class:`~.runtime.PkCall`):
   with the generated source path and the compiler log);
 * ``off``: never compile; the generic engine answers everything.
 
+Without the generic engine, ``auto`` compiles a spec's kernel before its first call
+(as ``sync`` does); with neither engine usable (no generic engine and no compiler,
+or no generic engine and ``POLYKEOPS_JIT=off``) the backend reports itself
+unavailable, so that automatic selection uses another backend and a request for
+``backend="cpu"`` fails with the reason.
+
 Float16 inputs are computed in float32 (accumulating in ``dtype_acc``) and the
 results rounded back to float16.  Formulas with an op that neither engine knows
 (a third-party op) are declared unsupported in :attr:`CpuBackend.capabilities`,
-so automatic selection uses the reference backend for them.
+so automatic selection uses the reference backend for them.  The backend never
+calls another backend itself.
 """
 
 from __future__ import annotations
@@ -31,9 +38,11 @@ from __future__ import annotations
 import warnings
 
 from ... import config
+from ...errors import BackendError
+from ..arrays import adapter_for
 from ..codegen import CRenderer
 from ..contract import Backend, Capabilities
-from . import compiler, runtime
+from . import call, compiler, kernels
 
 #: pairs (i, j) evaluated by one spec, in total, before ``auto`` builds its kernel
 JIT_WORK_THRESHOLD = 2e7
@@ -79,67 +88,66 @@ class CpuBackend(Backend):
             return True, f"generic engine + specialised kernels (JIT {mode}; {cc_why.split(' ', 1)[-1]})"
         if gen_ok:
             return True, f"generic engine only; specialised kernels are off: {cc_why}"
+        if cc_ok and mode == "off":
+            return False, (
+                f"POLYKEOPS_JIT=off and the generic engine is not built ({gen_why}): "
+                "run `pip install -e .` to build it, or allow compiled kernels"
+            )
         if cc_ok:
             return True, (
-                f"specialised kernels only (JIT {mode}); the generic engine is not built "
-                f"({gen_why}): run `pip install -e .` to build it"
+                f"specialised kernels only (JIT {mode}, compiled before a formula's first call); "
+                f"the generic engine is not built ({gen_why}): run `pip install -e .` to build it"
             )
         return False, f"no generic engine ({gen_why}) and no C compiler ({cc_why})"
 
     # -- evaluation -------------------------------------------------------
     def evaluate(self, spec, args, *, nx, ny, batch_shape, ranges=None):
         batch_shape = tuple(batch_shape)
-        original = list(args)
         work_spec = spec
         half = spec.dtype == "float16"
+        ad = adapter_for(args[0]) if args else None
         if half:
             acc = spec.dtype_acc if spec.dtype_acc in ("float32", "float64") else "float32"
             work_spec = spec.with_(dtype="float32", dtype_acc=acc)
-            args = [runtime.to_dtype(a, "float32") for a in args]
-        args = [runtime.contiguous(a) for a in args]
+            args = [ad.astype(a, "float32") for a in args]
+        args = [ad.contiguous(a) for a in args]
         pairs = float(nx) * float(ny) * float(max(1, _prod(batch_shape)))
         engine, build_later = self._engine(work_spec, pairs)
-        if engine is None:
-            from ..reference import ReferenceBackend
-
-            return ReferenceBackend().evaluate(
-                spec, original, nx=nx, ny=ny, batch_shape=batch_shape, ranges=ranges
-            )
         rows = getattr(engine, "range_rows", engine.block_rows) if ranges is not None else engine.block_rows
-        prepared = runtime.prepare(
-            work_spec, args, nx, ny, batch_shape, runtime.default_threads(), ranges=ranges, block_rows=rows
+        prepared = call.prepare(
+            work_spec, args, nx, ny, batch_shape, call.default_threads(), ranges=ranges, block_rows=rows
         )
         engine.run(prepared)
         if build_later:  # after the call: the compiler must not slow down the answer
-            runtime.TABLE.build_in_background(work_spec)
+            kernels.TABLE.build_in_background(work_spec)
         outs = prepared.outputs
         if half:
             outs = tuple(
-                runtime.to_dtype(r, "float16") if o.kind == "float" else r
+                adapter_for(r).astype(r, "float16") if o.kind == "float" else r
                 for o, r in zip(spec.outputs(), outs)
             )
         return outs
 
     def _engine(self, spec, pairs: float):
-        """``(engine, build_later)``: what runs ``spec`` now (None: the reference backend), and
-        whether to queue a background build of its kernel once this call is answered."""
+        """``(engine, build_later)``: what runs ``spec`` now, and whether to queue a background
+        build of its kernel once this call is answered."""
         mode = config.jit_mode()
-        table = runtime.TABLE
+        table = kernels.TABLE
         gen = self.generic.engine_for(spec)
         if mode == "off":
-            return gen, False
+            return _usable(gen, mode), False
         if mode == "sync":
             try:
                 return table.build(spec), False
             except compiler.CompilerNotFound:
                 self._warn_once("nocc", "no C compiler: POLYKEOPS_JIT=sync falls back to the generic engine")
-                return gen, False
+                return _usable(gen, mode), False
         # auto
         kernel = table.get_loaded(spec)
         if kernel is not None:
             return kernel, False
         if not self.compiler_status()[0]:  # (cache keys name the compiler: none, no key)
-            return gen, False
+            return _usable(gen, mode), False
         kernel = table.load_cached(spec)
         if kernel is not None:
             return kernel, False
@@ -149,22 +157,40 @@ class CpuBackend(Backend):
                 ("fail", spec),
                 f"polykeops: specialised CPU kernel unavailable, using the generic engine: {failure}",
             )
-            return gen, False
+            return _usable(gen, mode), False
         hot = table.add_work(spec, pairs) >= JIT_WORK_THRESHOLD
         if gen is not None:
             return gen, hot
-        if hot:
-            return table.build(spec), False
-        return None, False
+        return table.build(spec), False  # no generic engine: compile now
 
     def _warn_once(self, key, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, RuntimeWarning, stacklevel=4)
 
+    def clean_cache(self) -> list[str]:
+        """Delete the compiled kernels on disk (:mod:`.cache`) and forget those loaded in this
+        process (they stay mapped for callers holding them; new ones are rebuilt on demand);
+        returns the removed folders."""
+        from . import cache
+
+        removed = cache.clean()
+        kernels.forget_loaded()
+        return removed
+
     def wait_for_builds(self, timeout: float = 120.0) -> bool:
         """Block until background builds are done (for benchmarks and tests)."""
-        return runtime.TABLE.wait_idle(timeout)
+        return kernels.TABLE.wait_idle(timeout)
+
+
+def _usable(engine, mode: str):
+    """``engine``, which must exist: the backend declared itself unavailable otherwise."""
+    if engine is None:
+        raise BackendError(
+            f"the CPU backend has no engine for this call (POLYKEOPS_JIT={mode}, no generic engine, "
+            "no compiled kernel); see polykeops.check_health()"
+        )
+    return engine
 
 
 def _prod(shape) -> int:

@@ -8,7 +8,7 @@ only are computed once per row block or once per tile and shared (phases of
 :mod:`polykeops.backends.codegen.plan`); the reduction is given by its family and
 state layout (:mod:`polykeops.formula.reductions`).  The
 interpreter lives in the C extension ``_generic`` built by ``setup.py``; it is
-called through ctypes with the same :class:`~.runtime.PkCall` as specialised
+called through ctypes with the same :class:`~.call.PkCall` as specialised
 kernels.
 """
 
@@ -25,7 +25,7 @@ from ...formula.reductions import ACCUMULATOR, FAMILIES, VALUE
 from ..codegen import plan
 from ..codegen.states import layout
 from ..codegen.states import state_words as _state_words
-from .runtime import PkCall, PreparedCall
+from .call import PkCall, PreparedCall
 
 # slot kinds (pk_generic.h)
 S_CONST, S_PARAM, S_IVAR, S_JVAR, S_UNIFORM, S_ROW, S_TILE, S_LANE = range(8)

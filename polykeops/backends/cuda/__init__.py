@@ -16,7 +16,7 @@ Block-sparse ``ranges`` run the block-sparse variant of the 1D kernels: one CUDA
 block per group of rows of one i-range, looping over that range's j intervals
 only (:mod:`.ranges`); rows that no interval reaches hold the reduction of
 nothing.  Named explicitly (``backend="cuda"``), the backend also takes NumPy
-arrays and CPU tensors: :meth:`CudaBackend.for_host_inputs` (:mod:`.host`)
+arrays and CPU tensors: :meth:`CudaBackend.for_host_inputs` (:mod:`.host_inputs`)
 copies them to the GPU given by ``device_id`` and the results back.
 
 Nothing is imported or initialised before the backend is used: ``import
@@ -74,10 +74,17 @@ class CudaBackend(Backend):
 
     def for_host_inputs(self, array_kind: str, device_id: int | None = None):
         """This backend for NumPy arrays and CPU tensors, copied to GPU ``device_id`` (None:
-        torch's current device) and back (see :mod:`.host`)."""
-        from .host import HostInputs
+        torch's current device) and back (see :mod:`.host_inputs`)."""
+        from .host_inputs import HostInputs
 
         return HostInputs(self, array_kind, device_id)
+
+    def clean_cache(self) -> list[str]:
+        """Delete the compiled binaries on disk (:mod:`.cache`); returns the removed folders.
+        Modules already loaded on a GPU stay loaded."""
+        from . import cache
+
+        return cache.clean()
 
     # ------------------------------------------------------------------
     def evaluate(self, spec, args, *, nx, ny, batch_shape, ranges=None):

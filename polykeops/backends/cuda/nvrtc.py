@@ -75,16 +75,6 @@ def supported_archs() -> list[int]:
     return [int(a) for a in _check(nvrtc, nvrtc.nvrtcGetSupportedArchs(), "arch query")]
 
 
-def library_path() -> str | None:
-    """Where the loaded NVRTC library lives (for diagnostics), if cuda.pathfinder knows."""
-    try:
-        from cuda.pathfinder import load_nvidia_dynamic_lib
-
-        return load_nvidia_dynamic_lib("nvrtc").abs_path
-    except Exception:
-        return None
-
-
 @dataclass(frozen=True)
 class Compiled:
     """The output of one NVRTC compilation."""

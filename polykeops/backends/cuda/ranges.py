@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import BackendError, ShapeError
-from ..host_ranges import to_host
+from ..ranges import to_host
 from .kernel_source import ITEM_WIDTH
 from .launch import MAX_GRID_X, MAX_GRID_YZ, LaunchPlan
 

@@ -14,8 +14,9 @@ import math
 
 from ...formula.evaluate import evaluate
 from ...formula.nodes import CAT_I, CAT_J, walk
+from ..arrays import adapter, adapter_for
 from ..contract import Backend, Capabilities
-from ..host_ranges import to_host
+from ..ranges import to_host
 
 #: elements (batch x i x j x dim) of one intermediate array of a tile
 TILE_ELEMENTS = 1 << 20
@@ -149,18 +150,9 @@ def _tile_sizes(nx: int, ny: int, per_pair: int, budget: int) -> tuple[int, int]
 
 
 def _namespace(spec, args):
-    acc = spec.accumulation_dtype
-    if spec.dtype == "float16":
-        work_dtype = "float32"
-    else:
-        work_dtype = spec.dtype
+    """The reference namespace of the inputs' array kind (NumPy without inputs)."""
+    work_dtype = "float32" if spec.dtype == "float16" else spec.dtype
     kahan = spec.sum_scheme == "kahan_scheme"
-    is_torch = any(type(a).__module__.startswith("torch") for a in args)
-    if is_torch:
-        from ...torch.xp import TorchNamespace
-
-        device = args[0].device if args else "cpu"
-        return TorchNamespace(work_dtype, acc, spec.dtype, k=spec.k, kahan=kahan, device=device)
-    from ...numpy.xp import NumpyNamespace
-
-    return NumpyNamespace(work_dtype, acc, spec.dtype, k=spec.k, kahan=kahan)
+    like = args[0] if args else None
+    ad = adapter_for(like) if args else adapter("numpy")
+    return ad.namespace(work_dtype, spec.accumulation_dtype, spec.dtype, k=spec.k, kahan=kahan, like=like)

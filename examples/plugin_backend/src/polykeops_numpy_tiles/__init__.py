@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from polykeops.backends.arrays.numpy import NumpyNamespace
 from polykeops.backends.contract import Backend, Capabilities
 from polykeops.formula.evaluate import evaluate
 from polykeops.formula.nodes import CAT_I, CAT_J
-from polykeops.numpy.xp import NumpyNamespace
 
 __all__ = ["NumpyTilesBackend", "make_backend"]
 __version__ = "0.1.0"

@@ -26,6 +26,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ...errors import DeviceError
+from ..arrays import adapter, adapter_for
 
 __all__ = ["HostInputs", "Placement", "Transfers", "placement"]
 
@@ -34,7 +35,7 @@ __all__ = ["HostInputs", "Placement", "Transfers", "placement"]
 class Placement:
     """Where a reduction's inputs live and where it runs."""
 
-    origin: str  # "numpy", "cpu" (CPU torch tensors) or "cuda" (CUDA tensors: no copy)
+    origin: str  # "cpu" (CPU torch tensors), another host kind ("numpy") or "cuda" (CUDA tensors: no copy)
     device_id: int | None  # the GPU to run on (None: torch's current device)
 
     @property
@@ -50,13 +51,16 @@ def placement(args, array_kind: str, device_id: int | None) -> Placement:
     """
     kinds = set()
     for pos, a in enumerate(args):
-        device = getattr(a, "device", None)  # torch tensors (NumPy arrays have no device object)
-        if device is None or isinstance(device, str):
-            kinds.add(("numpy", None))
-        elif device.type in ("cpu", "cuda"):
-            kinds.add((device.type, device.index))
+        ad = adapter_for(a)
+        device, _, index = ad.device(a).partition(":")
+        if device == "cpu":  # host memory: CPU torch tensors, or arrays of another kind
+            kinds.add(("cpu" if ad.kind == "torch" else ad.kind, None))
+        elif device == "cuda":
+            kinds.add(("cuda", int(index) if index else None))
         else:
-            raise DeviceError(f"argument {pos} is on {device}: the CUDA backend takes CPU or CUDA tensors")
+            raise DeviceError(
+                f"argument {pos} is on {ad.device(a)}: the CUDA backend takes CPU or CUDA tensors"
+            )
     if not kinds:
         kinds = {("numpy", None) if array_kind == "numpy" else ("cpu", None)}
     if len(kinds) > 1:
@@ -98,16 +102,16 @@ class Transfers:
 
     @staticmethod
     def to_device(a, device):
-        import torch
-
-        if not isinstance(a, torch.Tensor):
-            a = torch.from_numpy(a if a.flags.writeable else a.copy())  # torch wants writeable memory
+        ad = adapter_for(a)
+        if ad.kind != "torch":
+            a = adapter("torch").from_host(ad.to_host(a))
         return a.to(device)
 
     @staticmethod
     def to_origin(t, origin: str):
+        """The output ``t`` (a CUDA tensor) where the inputs came from (see :class:`Placement`)."""
         t = t.cpu()
-        return t.numpy() if origin == "numpy" else t
+        return t if origin == "cpu" else adapter(origin).from_host(adapter_for(t).to_host(t))
 
 
 class HostInputs:

@@ -1,18 +1,17 @@
-"""Block-sparse ``ranges`` on the host: every backend plans its blocks from NumPy int64 arrays."""
+"""Block-sparse ``ranges``, shared by the backends: their validation, and their copy on the host
+(every backend plans its blocks from NumPy int64 arrays)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from .arrays import find
+
 
 def to_host(r) -> np.ndarray:
-    """A ranges array as a NumPy int64 array (torch tensors, on any device, are copied)."""
-    if hasattr(r, "detach"):
-        try:
-            r = r.detach().cpu().numpy()
-        except RuntimeError:  # under torch.func transforms, tensors cannot be viewed by NumPy
-            r = r.tolist()
-    return np.asarray(r, dtype=np.int64)
+    """A ranges array as a NumPy int64 array (arrays on a device are copied)."""
+    ad = find(r)
+    return np.asarray(r if ad is None else ad.to_host(r), dtype=np.int64)
 
 
 def overlapping(ranges: np.ndarray) -> tuple[int, int] | None:

@@ -1,14 +1,14 @@
-"""The array namespace (see :mod:`polykeops.formula.arrays`) for NumPy arrays."""
+"""NumPy arrays: the library's spelling, its adapter and its reference namespace."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..common.adapters import ArrayLibrary, ReferenceNamespace
+from .base import Adapter, ArrayLibrary, ReferenceNamespace
 
 
 class NumpyLibrary(ArrayLibrary):
-    """NumPy's spelling of the operations shared with torch (see :mod:`polykeops.common.adapters`)."""
+    """NumPy's spelling of the operations shared with torch (see :mod:`polykeops.backends.arrays.base`)."""
 
     lib = np
     renamed = {"asin": "arcsin", "acos": "arccos", "atan": "arctan", "atan2": "arctan2"}
@@ -63,3 +63,49 @@ class NumpyNamespace(NumpyLibrary, ReferenceNamespace):
 
     def cast(self, mask, like):
         return np.asarray(mask).astype(np.result_type(like) if not np.isscalar(like) else self.dtype)
+
+
+class NumpyAdapter(NumpyLibrary, Adapter):
+    """NumPy arrays (always on the host)."""
+
+    kind = "numpy"
+    array_type = np.ndarray
+
+    @staticmethod
+    def device(a) -> str:
+        return "cpu"
+
+    @staticmethod
+    def dtype_name(a) -> str:
+        return str(a.dtype)
+
+    @staticmethod
+    def dtype(dtype_name: str):
+        return np.dtype(dtype_name)
+
+    @staticmethod
+    def data_ptr(a) -> int:
+        return a.ctypes.data
+
+    @staticmethod
+    def contiguous(a):
+        return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+    @staticmethod
+    def empty(shape, dtype_name: str, like=None):
+        return np.empty(tuple(shape), dtype=dtype_name)
+
+    @staticmethod
+    def to_host(a):
+        return np.asarray(a)
+
+    @staticmethod
+    def from_host(host, like=None):
+        return np.asarray(host)
+
+    @staticmethod
+    def namespace(dtype, acc_dtype=None, out_dtype=None, k=None, kahan=False, like=None):
+        return NumpyNamespace(dtype, acc_dtype, out_dtype, k=k, kahan=kahan)
+
+
+ADAPTER = NumpyAdapter()

@@ -1,0 +1,223 @@
+"""Specialised CPU kernels in this process: loading, background builds, fork handling.
+
+Specialised kernels are shared libraries from :mod:`.cache`, loaded with ctypes
+(which releases the GIL during the call).  :data:`TABLE` maps each spec to its
+loaded kernel (guarded by a lock); background builds run on one daemon thread.
+After ``fork`` the child forgets pending builds and recreates its locks (see
+:meth:`KernelTable.after_fork`).  :func:`forget_loaded` empties the table (after the
+disk cache is cleaned).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import threading
+import time
+
+from ... import config
+from . import cache
+from .call import PkCall, PreparedCall
+from .kernel_source import KernelSource
+
+
+class CompiledKernel:
+    """A loaded specialised kernel (a shared library with ``pk_run``)."""
+
+    def __init__(self, path, key: str, source_path=None):
+        self.path = str(path)
+        self.key = key
+        self.source_path = source_path
+        self.lib = ctypes.CDLL(self.path)
+        self._run = self.lib.pk_run
+        self._run.argtypes = [ctypes.POINTER(PkCall)]
+        self._run.restype = ctypes.c_int
+        self.lib.pk_block_rows.restype = ctypes.c_int64
+        self.block_rows = int(self.lib.pk_block_rows())
+        self.range_rows = self.block_rows  # rows of a block-sparse work item
+        if hasattr(self.lib, "pk_range_rows"):
+            self.lib.pk_range_rows.restype = ctypes.c_int64
+            self.range_rows = int(self.lib.pk_range_rows())
+
+    def run(self, prepared: PreparedCall) -> None:
+        err = self._run(ctypes.byref(prepared.call))
+        if err:
+            raise MemoryError("polykeops CPU kernel: out of memory for its work buffers")
+
+    def __repr__(self) -> str:
+        return f"<polykeops CPU kernel {self.key[:12]} at {self.path}>"
+
+
+class KernelTable:
+    """In-process spec -> kernel dict, with blocking and background builds (thread-safe)."""
+
+    def __init__(self):
+        self._init_state()
+
+    def _init_state(self):
+        self.lock = threading.Lock()
+        self.sources: dict = {}  # spec -> (source, key), memoised
+        self.work: dict = {}  # spec -> pairs evaluated so far (auto mode's build trigger)
+        self.misses: dict = {}  # key -> time of the last disk lookup that found nothing
+        self.kernels: dict = {}
+        self.key_locks: dict = {}
+        self.pending: set = set()
+        self.failures: dict = {}
+        self.queue: queue.Queue | None = None
+        self.worker: threading.Thread | None = None
+
+    # -- sources and keys ------------------------------------------------
+    def source_and_key(self, spec) -> tuple[str, str]:
+        memo = (spec, os.environ.get("CC", ""))  # the key names the compiler
+        found = self.sources.get(memo)
+        if found is not None:
+            return found
+        src = KernelSource(spec).source()
+        found = (src, cache.key_for(src))
+        with self.lock:
+            if len(self.sources) > 1024:
+                self.sources.clear()
+            self.sources[memo] = found
+        return found
+
+    def add_work(self, spec, pairs: float) -> float:
+        """Count ``pairs`` evaluated for ``spec``; returns the total so far."""
+        with self.lock:
+            total = self.work.get(spec, 0.0) + pairs
+            self.work[spec] = total
+            return total
+
+    def get_loaded(self, spec):
+        return self.kernels.get(spec)
+
+    def failure(self, spec):
+        return self.failures.get(spec)
+
+    def _key_lock(self, spec) -> threading.Lock:
+        with self.lock:
+            lk = self.key_locks.get(spec)
+            if lk is None:
+                lk = self.key_locks[spec] = threading.Lock()
+            return lk
+
+    def load_cached(self, spec):
+        """The kernel if it is in memory or valid on disk (no compilation), else None.
+
+        A miss is remembered for a second (then the disk is looked at again: another
+        process may have built the kernel meanwhile).
+        """
+        k = self.kernels.get(spec)
+        if k is not None:
+            return k
+        src, key = self.source_and_key(spec)
+        now = time.monotonic()
+        if self.misses.get(key, -1e9) > now - 1.0:
+            return None
+        path = cache.lookup(key)
+        if path is None:
+            with self.lock:
+                if len(self.misses) > 4096:
+                    self.misses.clear()
+                self.misses[key] = now
+            return None
+        with self._key_lock(spec):
+            k = self.kernels.get(spec)
+            if k is None:
+                k = CompiledKernel(path, key, cache.paths(key)["src"])
+                with self.lock:
+                    self.kernels[spec] = k
+        return k
+
+    def build(self, spec, background: bool = False):
+        """The kernel of ``spec``, compiled now if needed (raises CompileError / CompilerNotFound)."""
+        k = self.kernels.get(spec)
+        if k is not None:
+            return k
+        with self._key_lock(spec):
+            k = self.kernels.get(spec)
+            if k is not None:
+                return k
+            src, key = self.source_and_key(spec)
+            t0 = time.perf_counter()
+            path = cache.build(key, src, {"spec": str(spec)}, background=background)
+            if config.verbose():
+                print(
+                    f"[polykeops] CPU kernel for {spec} ready in {time.perf_counter() - t0:.2f} s "
+                    f"({'background' if background else 'sync'}): {path}",
+                    flush=True,
+                )
+            k = CompiledKernel(path, key, cache.paths(key)["src"])
+            with self.lock:
+                self.kernels[spec] = k
+                self.failures.pop(spec, None)
+            return k
+
+    def build_in_background(self, spec) -> None:
+        """Queue a build of ``spec`` on the background thread (once)."""
+        with self.lock:
+            if spec in self.kernels or spec in self.pending or spec in self.failures:
+                return
+            self.pending.add(spec)
+            if self.worker is None or not self.worker.is_alive():
+                self.queue = queue.Queue()
+                self.worker = threading.Thread(
+                    target=self._work, args=(self.queue,), name="polykeops-cpu-jit", daemon=True
+                )
+                self.worker.start()
+            self.queue.put(spec)
+
+    def _work(self, q: queue.Queue) -> None:
+        while True:
+            spec = q.get()
+            try:
+                self.build(spec, background=True)
+            except Exception as exc:  # recorded; the generic engine keeps answering
+                with self.lock:
+                    self.failures[spec] = exc
+                if config.verbose():
+                    print(f"[polykeops] background build failed for {spec}: {exc}")
+            finally:
+                with self.lock:
+                    self.pending.discard(spec)
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until no background build is pending (tests and benchmarks)."""
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self.lock:
+                if not self.pending:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    def forget(self) -> None:
+        with self.lock:
+            self.kernels.clear()
+            self.failures.clear()
+
+    def after_fork(self) -> None:
+        """In a forked child: locks may be held by threads that do not exist here, and the
+        background worker is gone (its pending builds are forgotten; they are queued again)."""
+        kernels, sources, work = self.kernels, self.sources, self.work
+        self._init_state()
+        self.kernels.update(kernels)
+        self.sources.update(sources)
+        self.work.update(work)
+
+
+TABLE = KernelTable()
+
+
+def forget_loaded() -> None:
+    """Forget the in-process kernels (after clean_cache); loaded libraries stay mapped."""
+    TABLE.forget()
+
+
+def _after_fork() -> None:
+    TABLE.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
