@@ -9,7 +9,7 @@ import pytest
 
 from polykeops.backends.codegen import CRenderer
 from polykeops.backends.cpu import CpuBackend, generic
-from polykeops.backends.cpu.kernel_source import KernelSource
+from polykeops.backends.cpu.kernel_source import KernelWriter
 from polykeops.backends.reference import ReferenceBackend
 from polykeops.formula import ReductionSpec, Var
 from polykeops.formula import algebra as A
@@ -293,4 +293,4 @@ def test_vectorised_log_is_accurate_and_ieee(dtype, engine):
 def test_specialised_source_is_deterministic():
     """The same spec gives the same source (and cache key) in every process."""
     spec, _ = all_ops_spec("float32")
-    assert KernelSource(spec).source() == KernelSource(spec).source()
+    assert KernelWriter(spec).source() == KernelWriter(spec).source()

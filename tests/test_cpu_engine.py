@@ -15,7 +15,7 @@ import torch
 
 from polykeops.backends import get_backend
 from polykeops.backends.cpu import CpuBackend, call, generic
-from polykeops.backends.cpu.kernel_source import KernelSource
+from polykeops.backends.cpu.kernel_source import KernelWriter
 from polykeops.backends.reference import ReferenceBackend
 from polykeops.formula import ReductionSpec, Var
 from polykeops.formula import algebra as A
@@ -484,7 +484,7 @@ def test_kernel_matrix_times_wide_b(width, dtype, dtype_acc, jit_sync):
     k = A.node("Exp", A.neg(A.vsum(A.square(A.sub(x, y)))))
     for form in (A.mul(k, b), A.mul(b, k)):
         spec = ReductionSpec("Sum", (form,), (x, y, b), dtype=dtype, dtype_acc=dtype_acc)
-        src = KernelSource(spec).source()
+        src = KernelWriter(spec).source()
         assert "lb0_all" in src  # the register-blocked reduction is used
         for nx, ny, batch in [(70, 2100, ()), (3, 700, ()), (37, 130, (2,))]:
             check(spec, nx, ny, batch)

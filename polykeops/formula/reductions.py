@@ -26,6 +26,17 @@ Conventions users can rely on (every backend must follow them):
 * LogSumExp of an all ``-inf`` row is ``-inf``; with a ``+inf`` value it is
   ``+inf``.
 * Index outputs are int64 (no limit on N).
+
+Each reduction also declares, as plain data, what its partial state *is*, so
+that compiled backends (and a layer combining partial results computed on
+different devices) need no list of reduction names:
+
+* ``family`` -- one of :data:`FAMILIES`: reductions of one family share their
+  state layout and their rules up to a few attributes (``selection_kind``,
+  ``want_value``/``want_index``, ``log``, ``weighted``);
+* :meth:`Reduction.state_layout` -- the fields of a state (name, kind, size from
+  the formula dimensions and K) in storage order;
+* :data:`COMBINE_RULES` -- the combine rule of each field, in words.
 """
 
 from __future__ import annotations
@@ -37,11 +48,46 @@ from ..errors import FormulaError
 
 FLOAT, INDEX = "float", "index"
 
+#: reduction families (see :attr:`Reduction.family`)
+SUM, LSE, SOFTMAX, SELECT, KMIN = "sum", "lse", "softmax", "select", "kmin"
+FAMILIES = (SUM, LSE, SOFTMAX, SELECT, KMIN)
+
+#: kinds of state fields: an entry of the formula's dtype, of the accumulation dtype, an int64 index
+VALUE, ACCUMULATOR = "value", "accumulator"
+
+#: how one field of two partial states ``a`` (smaller j) and ``b`` is combined
+COMBINE_RULES = {
+    "add": "a + b",
+    "compensation": "Neumaier: the rounding error of the addition of the sums, plus a.c + b.c",
+    "max": "max(a.m, b.m), NaN wins; the shift used is 0 where that max is infinite or NaN",
+    "add_rescaled": "a.s * exp(a.m - m) + b.s * exp(b.m - m), m the combined max (shifts as for max)",
+    "select": "(value, index) of b if b is strictly better (or NaN while a is not), else of a",
+    "merge_k": "the K first (value, index) of the stable merge of the two sorted lists (NaN first)",
+}
+
 
 @dataclass(frozen=True)
 class Output:
     dim: int
     kind: str  # FLOAT or INDEX
+
+
+@dataclass(frozen=True)
+class StateField:
+    """One field of a partial state: ``size`` entries of one ``kind``.
+
+    ``kind`` is VALUE (the formula's dtype), ACCUMULATOR (the accumulation dtype)
+    or INDEX (int64).  ``sliced``: the field holds a fixed number of entries per
+    component of the formula :attr:`Reduction.component_formula` (a backend
+    computing components ``[c0, c0 + w)`` only holds those entries).  ``combine``
+    names the rule of :data:`COMBINE_RULES`.
+    """
+
+    name: str
+    kind: str
+    size: int
+    combine: str
+    sliced: bool = True
 
 
 class Reduction:
@@ -55,6 +101,13 @@ class Reduction:
     is_selection = False  # Min/Max/KMin family (gradient through the selected index)
     selection_kind = ""  # "min" or "max"
     differentiable = True
+    family = ""  # one of FAMILIES
+    component_formula: int | None = 0  # the formula whose components index the state (None: scalar)
+
+    def state_layout(self, fdims: tuple[int, ...], k: int | None = None, *,
+                     compensated: bool = False) -> tuple[StateField, ...]:
+        """The fields of a partial state, in storage order (``compensated``: Kahan summation)."""
+        raise NotImplementedError
 
     def validate(self, fdims: tuple[int, ...], k: int | None) -> None:
         if len(fdims) != self.n_formulas:
@@ -102,6 +155,13 @@ class Sum(Reduction):
 
     name = "Sum"
     is_sum_like = True
+    family = SUM
+
+    def state_layout(self, fdims, k=None, *, compensated=False):
+        fields = (StateField("s", ACCUMULATOR, fdims[0], "add"),)
+        if compensated:
+            fields += (StateField("c", ACCUMULATOR, fdims[0], "compensation"),)
+        return fields
 
     def outputs(self, fdims, k):
         return (Output(fdims[0], FLOAT),)
@@ -144,6 +204,7 @@ class MaxSumShiftExp(Reduction):
 
     scalar_formula = True
     is_sum_like = True
+    family = LSE
 
     def __init__(self, name: str, weighted: bool, log: bool):
         self.name = name
@@ -151,6 +212,13 @@ class MaxSumShiftExp(Reduction):
         self.weighted = weighted
         self.log = log
         self.differentiable = log
+        self.component_formula = 1 if weighted else None
+
+    def state_layout(self, fdims, k=None, *, compensated=False):
+        """``m`` the running max, ``s[d] = sum_j exp(F - m) G_d`` (G = 1 unweighted)."""
+        dg = fdims[1] if self.weighted else 1
+        return (StateField("m", ACCUMULATOR, 1, "max", sliced=False),
+                StateField("s", ACCUMULATOR, dg, "add_rescaled", sliced=self.weighted))
 
     def outputs(self, fdims, k):
         dg = fdims[1] if self.weighted else 1
@@ -189,6 +257,15 @@ class SumSoftMaxWeight(Reduction):
     n_formulas = 2
     scalar_formula = True
     is_sum_like = True
+    family = SOFTMAX
+    component_formula = 1
+
+    def state_layout(self, fdims, k=None, *, compensated=False):
+        """``m`` the running max, ``z = sum_j exp(F - m)``, ``t[d] = sum_j exp(F - m) G_d``
+        (in one array ``s = (z, t)`` where a backend keeps the sums together)."""
+        return (StateField("m", ACCUMULATOR, 1, "max", sliced=False),
+                StateField("z", ACCUMULATOR, 1, "add_rescaled", sliced=False),
+                StateField("t", ACCUMULATOR, fdims[1], "add_rescaled"))
 
     def outputs(self, fdims, k):
         return (Output(fdims[1], FLOAT),)
@@ -239,6 +316,10 @@ class Select(_ValueAndIndex, Reduction):
     """
 
     is_selection = True
+    family = SELECT
+
+    def state_layout(self, fdims, k=None, *, compensated=False):
+        return (StateField("v", VALUE, fdims[0], "select"), StateField("i", INDEX, fdims[0], "select"))
 
     def __init__(self, name: str, kind: str, want_value: bool, want_index: bool):
         self.name = name
@@ -279,6 +360,12 @@ class KMin(_ValueAndIndex, Reduction):
     uses_k = True
     is_selection = True
     selection_kind = "min"
+    family = KMIN
+
+    def state_layout(self, fdims, k=None, *, compensated=False):
+        """Entry ``q * D + d``: the q-th candidate of component d (sorted, NaN first)."""
+        return (StateField("v", VALUE, k * fdims[0], "merge_k"),
+                StateField("i", INDEX, k * fdims[0], "merge_k"))
 
     def __init__(self, name: str, want_value: bool, want_index: bool):
         self.name = name

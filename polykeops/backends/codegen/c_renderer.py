@@ -35,6 +35,7 @@ from fractions import Fraction
 
 from ...errors import BackendError
 from ...formula.nodes import Node
+from .plan import postorder as _postorder
 
 
 class UnsupportedOpError(BackendError):
@@ -592,25 +593,6 @@ def _builtin_rules() -> dict:
         "Round": lambda r, a, decimals: r._round(a, decimals),
         "Pow": lambda r, a, n: r._pow_int(a, n),
     }
-
-
-def _postorder(roots, stop) -> list[Node]:
-    """Distinct nodes reachable from ``roots`` without crossing ``stop`` nodes, children first."""
-    order: list[Node] = []
-    seen: set[Node] = set()
-    for root in roots:
-        stack = [(root, False)]
-        while stack:
-            n, expanded = stack.pop()
-            if expanded:
-                order.append(n)
-                continue
-            if n in seen or stop(n):
-                continue
-            seen.add(n)
-            stack.append((n, True))
-            stack.extend((a, False) for a in reversed(n.args) if a not in seen)
-    return order
 
 
 def _paren_div(x, off, m) -> str:

@@ -4,7 +4,9 @@
 interpreter of ``include/pk_generic_impl.h`` runs (see ``include/pk_generic.h``
 for the format): one slot per distinct node, instructions grouped by phase
 (uniform, row, tile, lane) so that sub-formulas depending on i only or on j
-only are computed once per row block or once per tile and shared.  The
+only are computed once per row block or once per tile and shared (phases of
+:mod:`polykeops.backends.codegen.plan`); the reduction is given by its family and
+state layout (:mod:`polykeops.formula.reductions`).  The
 interpreter lives in the C extension ``_generic`` built by ``setup.py``; it is
 called through ctypes with the same :class:`~.call.PkCall` as specialised
 kernels.
@@ -19,13 +21,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...formula.nodes import CAT_I, CAT_J, CAT_P, Node
-from ..codegen import generic_ops
+from ...formula.reductions import ACCUMULATOR, FAMILIES, VALUE
+from ..codegen import generic_ops, plan
+from ..codegen.states import layout
+from ..codegen.states import state_words as _state_words
 from .call import PkCall, PreparedCall
-from .kernel_source import FAMILIES, dependencies
 
-# slot kinds and families (pk_generic.h)
+# slot kinds (pk_generic.h)
 S_CONST, S_PARAM, S_IVAR, S_JVAR, S_UNIFORM, S_ROW, S_TILE, S_LANE = range(8)
-FAMILY_CODES = {"sum": 0, "lse": 1, "softmax": 2, "select": 3, "kmin": 4}
+#: slot kind of a computed node, by phase
+PHASE_SLOTS = {plan.UNIFORM: S_UNIFORM, plan.ROW: S_ROW, plan.TILE: S_TILE, plan.LANE: S_LANE}
+#: reduction family -> its code in the C program (pk_generic.h's PKF_* follow the order of FAMILIES)
+FAMILY_CODES = {family: code for code, family in enumerate(FAMILIES)}
 
 #: op name -> C op code (pk_generic.h), from the C renderer's rules; checked against the extension
 OPCODES = generic_ops.OPCODES
@@ -42,7 +49,7 @@ class PkProgram(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int32) for name in (
         "nslots", "ninstr", "n_uniform", "n_row", "n_tile", "n_lane", "family", "kind", "log", "kahan",
         "want_value", "want_index", "K", "fslot", "gslot", "fdim", "gdim", "BI", "TJ", "nvars",
-        "dot_adim", "dot_bdim")] + [
+        "dot_adim", "dot_bdim", "nacc", "nval")] + [
         ("slots", ctypes.c_void_p), ("code", ctypes.c_void_p), ("consts", ctypes.c_void_p)]
 
 
@@ -72,21 +79,14 @@ def _tile_sizes(spec, lane_dims: int, tile_dims: int, state_words: int) -> tuple
 
 def compile_program(spec) -> Program:
     """The op program of a canonical float32/float64 spec."""
-    deps = dependencies(spec.formulas)
+    phase = plan.phases(spec.formulas)
     slots: list[tuple[int, int, int]] = []
     slot_of: dict = {}
     consts: list[float] = []
     phases: dict[int, list] = {S_UNIFORM: [], S_ROW: [], S_TILE: [], S_LANE: []}
 
     def phase_of(n: Node) -> int:
-        d = deps[n]
-        if CAT_I in d and CAT_J in d:
-            return S_LANE
-        if CAT_J in d:
-            return S_TILE
-        if CAT_I in d:
-            return S_ROW
-        return S_UNIFORM
+        return PHASE_SLOTS[phase[n]]
 
     def new_slot(kind, dim, index=0) -> int:
         slots.append((kind, dim, index))
@@ -164,13 +164,13 @@ def compile_program(spec) -> Program:
     if dot:
         roots = [dot[0], dot[1]]
     red = spec.red
-    family = FAMILIES[spec.reduction]
+    family = red.family
     fdim = spec.formulas[0].dim
     gdim = spec.formulas[1].dim if len(spec.formulas) > 1 else 0
     lane_dims = sum(d for (k, d, _) in slots if k == S_LANE)
     tile_dims = sum(d for (k, d, _) in slots if k in (S_TILE, S_JVAR))
-    state_words = {"sum": 2 * fdim, "lse": gdim + 2, "softmax": gdim + 3,
-                   "select": 2 * fdim, "kmin": 2 * fdim * (spec.k or 1)}[family]
+    state_words = _state_words(spec, compensated=True)  # the worst case of the sums' schemes
+    fields = layout(spec)
     bi, tj = _tile_sizes(spec, lane_dims, tile_dims, state_words)
     acc = spec.accumulation_dtype
     st = PkProgram(
@@ -186,6 +186,8 @@ def compile_program(spec) -> Program:
         K=spec.k or 0, fslot=roots[0], gslot=roots[1] if len(roots) > 1 else -1,
         fdim=fdim, gdim=gdim, BI=bi, TJ=tj, nvars=len(spec.variables),
         dot_adim=dot[2] if dot else 0, dot_bdim=dot[3] if dot else 0,
+        nacc=sum(f.size for f in fields if f.kind == ACCUMULATOR),
+        nval=sum(f.size for f in fields if f.kind == VALUE),
         slots=slot_arr.ctypes.data, code=code.ctypes.data, consts=const_arr.ctypes.data,
     )
     return Program(st, slot_arr, code, const_arr, int(spec.dtype == "float64"), int(acc == "float64"))

@@ -15,50 +15,28 @@ The kernel is a blocked map-reduce (see ``docs/cpu_engine.md``):
 * short and wide problems (few rows, large N) also split j across threads; the
   partial states are then merged in j order with the reduction's combine rule.
 
-The formula itself is rendered by :class:`~polykeops.backends.codegen.CRenderer`.
+This module lays out the tile function ``pk_process`` of one spec (which
+sub-formula runs in which loop, the lane stages of :mod:`.lanes`).
+The rest comes from shared pieces: the formula's C from
+:class:`~polykeops.backends.codegen.CRenderer`, the i/j phases from
+:mod:`~polykeops.backends.codegen.plan`, the reduction state (``pk_state`` and
+its functions) from :mod:`~polykeops.backends.codegen.states`, the ``K @ b``
+micro-kernel from :mod:`.gemm`; the call struct and the work decomposition are
+C headers (``include/pk_call.h``, ``include/pk_driver.h``) that the kernel includes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...formula.nodes import CAT_I, CAT_J, CAT_P, Node, walk
+from ...formula.nodes import CAT_I, CAT_J, CAT_P, walk
 from ..codegen import CRenderer
+from ..codegen.plan import LANE, TILE, dependencies, frontier, phase
+from ..codegen.states import SIZEOF, state_class
+from .gemm import gemm_code
+from .lanes import lane_code
 
 C_TYPES = {"float32": "float", "float64": "double"}
-SIZEOF = {"float32": 4, "float64": 8, "float16": 2}
-
-#: reduction name -> family
-FAMILIES = {
-    "Sum": "sum",
-    "LogSumExp": "lse",
-    "LogSumExpWeight": "lse",
-    "Max_SumShiftExp": "lse",
-    "Max_SumShiftExpWeight": "lse",
-    "SumSoftMaxWeight": "softmax",
-    "Min": "select",
-    "Max": "select",
-    "ArgMin": "select",
-    "ArgMax": "select",
-    "Min_ArgMin": "select",
-    "Max_ArgMax": "select",
-    "KMin": "kmin",
-    "ArgKMin": "kmin",
-    "KMin_ArgKMin": "kmin",
-}
-
-#: the C interface of every kernel (also mirrored by runtime.PkCall)
-CALL_STRUCT = """typedef struct {
-    int64_t nx, ny, nbatch, nthreads;
-    const void *const *args;   /* one base pointer per variable */
-    const int64_t *boff;       /* [nbatch][nvars] element offsets of each argument's batch slice */
-    void *const *outs;         /* one base pointer per output */
-    int64_t nitems;            /* block-sparse (items != NULL): [nitems][4] (b, i0, i1, block) */
-    const int64_t *items;
-    const int64_t *ivoff;      /* [nblocks + 1]: the j intervals of each block in ivals */
-    const int64_t *ivals;      /* [n][2] j intervals */
-} pk_call;
-"""
 
 
 @dataclass(frozen=True)
@@ -67,22 +45,6 @@ class KernelLayout:
 
     bi: int  # rows per work item
     tj: int  # columns per tile
-
-
-def dependencies(formulas) -> dict[Node, frozenset]:
-    """node -> the categories of the variables it depends on."""
-    deps: dict[Node, frozenset] = {}
-    for f in formulas:
-        for n in walk(f):
-            if n in deps:
-                continue
-            if n.op == "Var":
-                deps[n] = frozenset({n.cat})
-            elif not n.args:
-                deps[n] = frozenset()
-            else:
-                deps[n] = frozenset().union(*(deps[a] for a in n.args))
-    return deps
 
 
 def choose_layout(spec, state_bytes: int, fbuf_dims: int) -> KernelLayout:
@@ -95,8 +57,9 @@ def choose_layout(spec, state_bytes: int, fbuf_dims: int) -> KernelLayout:
     return KernelLayout(bi=bi, tj=tj)
 
 
-class KernelSource:
-    """Builds the C text of the kernel of one canonical spec (float32 or float64)."""
+class KernelWriter:
+    """Writes the C text of the kernel of one canonical spec (float32 or float64):
+    ``KernelWriter(spec).source()``."""
 
     fused_sum_limit = 16  # Sum of a formula of dimension <= this: per-lane accumulators
 
@@ -110,45 +73,12 @@ class KernelSource:
         acc = spec.accumulation_dtype
         self.ACC = C_TYPES.get(acc, "float")  # float16 accumulation is done in float32
         self.renderer = renderer_cls(spec.dtype)
-        self.family = FAMILIES[spec.reduction]
-        self.red = spec.red
+        self.state = state_class(spec)(spec)
         self.fdims = [f.dim for f in spec.formulas]
-        self.k = spec.k
-        self.kahan = spec.sum_scheme == "kahan_scheme"
-        self.fused = self.family == "sum" and not self.kahan and self.fdims[0] <= self.fused_sum_limit
-        self.outputs = spec.outputs()
-        self.gemm = None  # set by _lane_code: (scalar buffer, b buffer, dim) for Sum_j s_ij b_j
+        self.fused = self.state.plain_sum and self.fdims[0] <= self.fused_sum_limit
+        self.gemm = None  # set by source(): (scalar buffer, b buffer, dim) for Sum_j s_ij b_j
 
     # ------------------------------------------------------------------
-    def state_fields(self) -> list[str]:
-        T, ACC, fam = self.T, self.ACC, self.family
-        D = self.fdims[0]
-        if fam == "sum":
-            fields = [f"{ACC} s[{D}];"]
-            if self.kahan:
-                fields.append(f"{ACC} c[{D}];")
-            return fields
-        if fam in ("lse", "softmax"):
-            dg = self.fdims[1] if len(self.fdims) > 1 else 1
-            length = dg + 1 if fam == "softmax" else dg
-            return [f"{ACC} m;", f"{ACC} s[{length}];"]
-        if fam == "select":
-            return [f"{T} v[{D}];", f"int64_t i[{D}];"]
-        return [f"{T} v[{self.k * D}];", f"int64_t i[{self.k * D}];"]
-
-    def state_bytes(self) -> int:
-        size, acc = SIZEOF[self.spec.dtype], SIZEOF[self.spec.accumulation_dtype]
-        acc = max(acc, 4)
-        D = self.fdims[0]
-        fam = self.family
-        if fam == "sum":
-            return D * acc * (2 if self.kahan else 1)
-        if fam in ("lse", "softmax"):
-            dg = self.fdims[1] if len(self.fdims) > 1 else 1
-            return acc * (dg + 2)
-        n = D if fam == "select" else self.k * D
-        return n * (size + 8)
-
     def fbuf_dims(self) -> int:
         if self.fused:
             return 0
@@ -163,23 +93,18 @@ class KernelSource:
         deps = dependencies(formulas)
         roots = list(formulas)
 
-        # -- classify nodes ------------------------------------------------
+        # -- classify nodes: lane (i and j), tile (j only), row (i only, or neither) ---------
         def is_lane(n):
-            return CAT_I in deps[n] and CAT_J in deps[n]
+            return phase(deps[n]) == LANE
 
         def is_tile(n):
-            return n.op != "Var" and bool(n.args) and CAT_J in deps[n] and CAT_I not in deps[n]
+            return n.op != "Var" and bool(n.args) and phase(deps[n]) == TILE
 
         def is_row(n):
             return n.op != "Var" and bool(n.args) and CAT_J not in deps[n]
 
-        consumers_lane: set[Node] = set()
-        for f in formulas:
-            for n in walk(f):
-                if is_lane(n):
-                    consumers_lane.update(n.args)
-        tile_front = [n for n in _ordered(formulas) if is_tile(n) and (n in consumers_lane or n in roots)]
-        row_front = [n for n in _ordered(formulas) if is_row(n) and (n in consumers_lane or n in roots)]
+        tile_front = frontier(formulas, is_lane, is_tile)
+        row_front = frontier(formulas, is_lane, is_row)
 
         used = {v for f in formulas for v in walk(f) if v.op == "Var"}
         jvars = [v for v in variables if v.cat == CAT_J and v in used]
@@ -219,8 +144,9 @@ class KernelSource:
                 row_known[n] = lambda k, n=n, rr=rr: rr.value(n, k)
 
         known = {**tile_known, **row_known}
-        lane_lines, lane_bufs = self._lane_code(roots, known, leaf_lane, counter)
-        layout = choose_layout(spec, self.state_bytes(), sum(d for _, _, d in lane_bufs))
+        lane_lines, lane_bufs, self.gemm = lane_code(roots, known, leaf_lane, counter, renderer=R, T=T,
+                                                     ACC=ACC, state=self.state, fused=self.fused)
+        layout = choose_layout(spec, self.state.record_bytes(), sum(d for _, _, d in lane_bufs))
         self.layout = layout
         BI, TJ = layout.bi, layout.tj
 
@@ -242,13 +168,14 @@ class KernelSource:
         w(f"#define BI {BI}")
         # block-sparse items: up to BIR rows share each tile (clusters of ~100 points: one item);
         # the state area holds BIR states (the K @ b row buffer holds BI rows: BIR = BI there)
-        bir = BI if self.gemm is not None else max(BI, min(128, (128 * 1024) // max(self.state_bytes(), 1)))
+        state_bytes = self.state.record_bytes()
+        bir = BI if self.gemm is not None else max(BI, min(128, (128 * 1024) // max(state_bytes, 1)))
         w(f"#define BIR {bir}")
         w(f"#define TJ {TJ}")
         w(f"#define PK_VL {64 // SIZEOF[spec.dtype]} /* lanes of a 64-byte vector; TJ is a multiple */")
-        w(CALL_STRUCT)
+        w('#include "pk_call.h"')
         w("typedef struct {")
-        for fld in self.state_fields():
+        for fld in self.state.record_fields(T, ACC):
             w("    " + fld)
         w("} pk_state;")
         w("")
@@ -268,19 +195,17 @@ class KernelSource:
             offs.append(f"#define OFF_{name} PK_ALIGN64({prev})")
             offs.append(f"#define END_{name} (OFF_{name} + (size_t){dim} * TJ * sizeof({ty}))")
             prev = f"END_{name}"
-        if self.family == "kmin":
-            offs.append(f"#define OFF_kt PK_ALIGN64({prev})")
-            offs.append(f"#define END_kt (OFF_kt + (size_t){self.k} * (sizeof(T) + sizeof(int64_t)))")
-            prev = "END_kt"
+        extra, prev = self.state.record_scratch(prev)
+        offs.extend(extra)
         offs.append(f"#define SCRATCH_BYTES ({prev} + 64)")
         out.extend(offs)
         w("")
-        out.extend(self._state_functions())
+        out.extend(self.state.record_functions())
         w("")
         # the block routine
-        # sum and LogSumExp families do not need the column index of a lane: a tile may gather
+        # states that do not need the column index of a lane (sums): a tile may gather
         # the columns of several j intervals (block-sparse ranges: many short intervals)
-        gather = 1 if self.family in ("sum", "lse", "softmax") else 0
+        gather = 0 if self.state.uses_index else 1
         w(f"#define PK_GATHER {gather}")
         w(
             "static void pk_process(const pk_call *c, int64_t b, int64_t i0, int64_t i1, const int64_t *iv,"
@@ -295,10 +220,7 @@ class KernelSource:
             w(f"    for (int k = 0; k < {v.dim}; ++k) pr{v.index}[k] = a{v.index}[k];")
         for name, ty, _dim in bufs:
             w(f"    {ty} *__restrict__ {name} = ({ty} *)(scratch + OFF_{name});")
-        if self.family == "kmin":
-            w("    T *kt_v = (T *)(scratch + OFF_kt);")
-            w(f"    int64_t *kt_i = (int64_t *)(kt_v + {self.k});")
-            w("    (void)kt_v; (void)kt_i;")
+        out.extend(self.state.record_prologue())
         # tiles of at most TJ columns, taken from the j intervals iv[2q], iv[2q + 1] (clipped to
         # [0, ny]) in order; with PK_GATHER == 0 a tile holds columns of one interval only, the
         # columns jt .. jt + n - 1
@@ -369,461 +291,14 @@ class KernelSource:
         out.extend("            " + line for line in lane_lines)
         w("        }")
         if self.gemm is not None:
-            out.extend("        " + line for line in self._gemm_code())
+            out.extend("        " + line for line in gemm_code(*self.gemm, R.simd_pragma))
         w("    }")
         w("}")
         w("")
-        out.append(DRIVER)
+        w('#include "pk_driver.h"')
         return "\n".join(out) + "\n"
 
     # ------------------------------------------------------------------
-    def _lane_code(self, roots, known, leaf, counter) -> tuple[list[str], list]:
-        """Code run for one row and one tile (lanes = the tile's columns j), and its buffers.
-
-        The sub-formulas that depend on i and j are computed in *stages*: fused
-        ``omp simd`` loops over j for values of small dimension (one scalar or a
-        small array per lane), and, for large elementwise vectors (dimension above
-        the renderer's unroll limit, e.g. ``x_i - y_j`` in 64-D), loops over the
-        components with an ``omp simd`` loop over j inside, where each component
-        is a scalar and a ``Sum`` of the vector is accumulated in place.  Values
-        crossing stages go through [dim][TJ] tile buffers.  The last stage feeds
-        the reduction: per-lane accumulators (Sum of a small formula), or formula
-        buffers reduced by the helpers of pk_reduce.h.
-        """
-        R = self.renderer
-        T = self.T
-        fam = self.family
-        lane_nodes = _lane_nodes(roots, known)
-        lane_set = set(lane_nodes)
-        pos = {n: q for q, n in enumerate(lane_nodes)}
-        big = {n for n in lane_nodes if n.dim > R.unroll_limit and R.is_elementwise(n)}
-        region = _regions(big, lane_nodes)
-        absorbed = {n: region[n.args[0]] for n in lane_nodes if n.op == "Sum" and n.args[0] in big}
-        unit_of = {}
-        for n in lane_nodes:
-            if n in big:
-                unit_of[n] = ("R", region[n])
-            elif n in absorbed:
-                unit_of[n] = ("R", absorbed[n])
-            else:
-                unit_of[n] = ("S", pos[n])
-        sink = ("S", len(lane_nodes))
-        deps = {u: set() for u in set(unit_of.values()) | {sink}}
-        for n in lane_nodes:
-            for a in n.args:
-                if a in lane_set and unit_of[a] != unit_of[n]:
-                    deps[unit_of[n]].add(unit_of[a])
-        for r in roots:
-            if r in lane_set:
-                deps[sink].add(unit_of[r])
-        first = {}
-        for n in lane_nodes:
-            first.setdefault(unit_of[n], pos[n])
-        first[sink] = len(lane_nodes)
-        remaining = sorted(deps, key=lambda u: first[u])
-        stages, done = [], set()
-        while remaining:
-            group = []
-            grew = True
-            while grew:
-                grew = False
-                for u in remaining:
-                    if u[0] == "S" and u not in group and deps[u] <= done | set(group):
-                        group.append(u)
-                        grew = True
-            if group:
-                stages.append(("fused", group))
-            else:
-                group = [next(u for u in remaining if u[0] == "R" and deps[u] <= done)]
-                stages.append(("region", group))
-            done |= set(group)
-            remaining = [u for u in remaining if u not in done]
-        stage_of = {u: q for q, (_, units) in enumerate(stages) for u in units}
-
-        # which values cross stages (-> tile buffers)
-        crossing = set()
-        for n in lane_nodes:
-            for a in n.args:
-                if a in lane_set and stage_of[unit_of[a]] != stage_of[unit_of[n]]:
-                    crossing.add(a)
-        for r in roots:
-            if r in lane_set and stage_of[unit_of[r]] != stage_of[sink]:
-                crossing.add(r)
-        root0 = roots[0]
-        # Sum of a large vector computed in a component loop: reduce it there, per component
-        region_reduce = fam == "sum" and not self.kahan and root0 in big and len(roots) == 1
-        if region_reduce:
-            crossing.discard(root0)
-
-        bufs = []
-        buf_known = {}  # filled stage after stage: values of earlier stages, read from their buffers
-        names = {}
-        for n in lane_nodes:
-            if n in crossing:
-                name = f"lb{len(names)}"
-                names[n] = name
-                dim = 1 if n in absorbed else n.dim
-                bufs.append((name, T, dim))
-        buffered = not self.fused and not region_reduce
-        if buffered:
-            bufs.append(("fb", T, self.fdims[0]))
-            if len(self.fdims) > 1:
-                bufs.append(("gb", T, self.fdims[1]))
-            if fam in ("lse", "softmax"):
-                bufs.append(("eb", self.ACC, 1))
-
-        lines: list[str] = []
-        D = self.fdims[0]
-        for kind, units in stages:
-            nodes = [n for n in lane_nodes if unit_of[n] in units]
-            scope = {**known, **buf_known}
-            for n in nodes:
-                if n in names:
-                    buf_known[n] = lambda k, name=names[n]: f"{name}[({k}) * TJ + j]"
-            if kind == "fused":
-                rf = R.render(nodes, leaf, known=scope, prefix="v", counter=counter)
-                body = list(rf.lines)
-                for n in nodes:
-                    if n in names:
-                        body.extend(f"{names[n]}[{k} * TJ + j] = {rf.value(n, k)};" for k in range(n.dim))
-                pragma = R.simd_pragma
-                if sink in units:
-                    if self.fused:
-                        accs = [f"acc{d}" for d in range(D)]
-                        lines.append("ACC " + ", ".join(f"{a} = 0" for a in accs) + ";")
-                        pragma += f" reduction(+ : {', '.join(accs)})"
-                        body.extend(f"acc{d} += (ACC)({rf.value(root0, d)});" for d in range(D))
-                    elif buffered:
-                        for buf, f in zip(("fb", "gb"), roots):
-                            body.extend(f"{buf}[{d} * TJ + j] = {rf.value(f, d)};" for d in range(f.dim))
-                if body and sink in units and self.fused:
-                    # whole vectors, then one masked vector for the last columns (short tiles of
-                    # block-sparse ranges: no scalar remainder loop)
-                    lines.append(pragma)
-                    lines.append("for (int j = 0; j < nfull; ++j) {")
-                    lines.extend("    " + x for x in body)
-                    lines.append("}")
-                    lines.append("if (nfull < n) {")
-                    lines.append("    " + pragma)
-                    lines.append("    for (int l = 0; l < PK_VL; ++l) {")
-                    masked = ["const int j = nfull + l;"] + body[: len(body) - D]  # (no accumulation)
-                    masked.extend(
-                        f"acc{d} += j < n ? (ACC)({rf.value(root0, d)}) : (ACC)0;" for d in range(D)
-                    )
-                    lines.extend("        " + x for x in masked)
-                    lines.append("    }")
-                    lines.append("}")
-                elif body:
-                    # values of the columns n .. npad - 1 (zero padding) are computed and never used
-                    lines.append(pragma)
-                    lines.append("for (int j = 0; j < npad; ++j) {")
-                    lines.extend("    " + x for x in body)
-                    lines.append("}")
-                if sink in units and self.fused:
-                    lines.extend(f"s->s[{d}] += acc{d};" for d in range(D))
-                continue
-            # a component loop
-            vec = [n for n in nodes if n in big]
-            sums = [n for n in nodes if n in absorbed]
-            dim = vec[0].dim
-            clines, cnames = R.render_component(vec, "k", dim, leaf, known=scope, prefix="c", counter=counter)
-            reduce_here = region_reduce and root0 in vec
-            gemm = self._gemm_operands(root0, vec, names) if reduce_here and not sums else None
-            if gemm is not None:
-                # Sum_j s_ij b_j (K @ b): the scalars s_ij of every row of the item are kept (a
-                # [BI][TJ] buffer) and reduced after the row loop, several rows and components at
-                # a time (pk_process), so that each load of b_j serves several rows
-                self.gemm = gemm
-                continue
-            if sums and not reduce_here:
-                # register blocking: JB columns at a time, the Sums of the components stay in
-                # registers across the loop over components (tile buffers hold TJ >= n columns,
-                # a multiple of JB, so the last block may compute a few unused columns)
-                jb = 32 if T == "float" else 16
-                lines.append(f"for (int j0 = 0; j0 < n; j0 += {jb}) {{")
-                for sm in sums:
-                    lines.append(f"    {T} sa_{names[sm]}[{jb}];")
-                    lines.append(f"    for (int l = 0; l < {jb}; ++l) sa_{names[sm]}[l] = 0;")
-                lines.append(f"    for (int k = 0; k < {dim}; ++k) {{")
-                lines.append(f"        {R.simd_pragma}")
-                lines.append(f"        for (int l = 0; l < {jb}; ++l) {{")
-                body = ["const int j = j0 + l;"] + list(clines)
-                for n in vec:
-                    if n in names:
-                        body.append(f"{names[n]}[k * TJ + j] = {cnames[n]};")
-                for sm in sums:
-                    body.append(f"sa_{names[sm]}[l] += {cnames[sm.args[0]]};")
-                lines.extend("            " + x for x in body)
-                lines.append("        }")
-                lines.append("    }")
-                for sm in sums:
-                    nm = names[sm]
-                    lines.append(f"    for (int l = 0; l < {jb}; ++l) {nm}[j0 + l] = sa_{nm}[l];")
-                lines.append("}")
-                continue
-            for sm in sums:
-                lines.append(R.simd_pragma)
-                lines.append(f"for (int j = 0; j < n; ++j) {names[sm]}[j] = 0;")
-            if reduce_here and dim >= 8:
-                # reduced per component: 4 components per pass over j, so that the values shared
-                # by the components (the scalar factor of K_ij * b_j) are loaded once for 4 sums
-                u = 4
-                top = dim - dim % u
-                ks = [f"kq + {q}" for q in range(u)]
-                body = []
-                for q in range(u):
-                    cl, cn = R.render_component(
-                        vec, ks[q], dim, leaf, known=scope, prefix=f"u{q}_", counter=counter
-                    )
-                    body.extend(cl)
-                    body.append(f"acc{q} += (ACC)({cn[root0]});")
-                    for n in vec:
-                        if n in names:
-                            body.append(f"{names[n]}[({ks[q]}) * TJ + j] = {cn[n]};")
-                lines.append(f"for (int kq = 0; kq < {top}; kq += {u}) {{")
-                lines.append("    " + " ".join(f"ACC acc{q} = 0;" for q in range(u)))
-                accs = ", ".join(f"acc{q}" for q in range(u))
-                lines.append(f"    {R.simd_pragma} reduction(+ : {accs})")
-                lines.append("    for (int j = 0; j < n; ++j) {")
-                lines.extend("        " + x for x in body)
-                lines.append("    }")
-                lines.extend(f"    s->s[kq + {q}] += acc{q};" for q in range(u))
-                lines.append("}")
-                if top == dim:
-                    continue
-                lines.append(f"for (int k = {top}; k < {dim}; ++k) {{")
-            else:
-                lines.append(f"for (int k = 0; k < {dim}; ++k) {{")
-            if reduce_here:
-                lines.append("    ACC acc = 0;")
-                lines.append(f"    {R.simd_pragma} reduction(+ : acc)")
-            else:
-                lines.append(f"    {R.simd_pragma}")
-            lines.append("    for (int j = 0; j < n; ++j) {")
-            body = list(clines)
-            for n in vec:
-                if n in names:
-                    body.append(f"{names[n]}[k * TJ + j] = {cnames[n]};")
-            for sm in sums:
-                body.append(f"{names[sm]}[j] += {cnames[sm.args[0]]};")
-            if reduce_here:
-                body.append(f"acc += (ACC)({cnames[root0]});")
-            lines.extend("        " + x for x in body)
-            lines.append("    }")
-            if reduce_here:
-                lines.append("    s->s[k] += acc;")
-            lines.append("}")
-        if buffered:
-            lines.extend(self._buffer_reduction())
-        return lines, bufs
-
-    @staticmethod
-    def _gemm_operands(root, vec, names):
-        """``(scalar buffer, j variable)`` when the reduced formula is ``s_ij * b_j`` with ``s_ij`` a
-        scalar computed in an earlier stage and ``b_j`` a j variable, else None."""
-        if vec != [root] or root.op != "Mult" or len(root.args) != 2:
-            return None
-        a, b = root.args
-        if a.dim != 1:
-            a, b = b, a
-        if a.dim != 1 or a not in names or b.op != "Var" or b.cat != CAT_J or b.dim != root.dim:
-            return None
-        return names[a], f"yt{b.index}", root.dim
-
-    def _gemm_code(self) -> list[str]:
-        """S[r][k] += sum_j s[r][j] b[k][j] for the rows of the item: blocks of RB rows x CB
-        components, RB * CB accumulators per SIMD lane (fewer with 16 vector registers)."""
-        sname, bname, dim = self.gemm
-        L = []
-
-        def block(rb, cb, r0, kq):
-            accs = [f"a{r}_{c}" for r in range(rb) for c in range(cb)]
-            out = ["{", "    " + " ".join(f"ACC {a} = 0;" for a in accs)]
-            for r in range(rb):
-                out.append(f"    const T *__restrict__ k{r} = {sname}_all + (size_t)({r0} + {r}) * TJ;")
-            for c in range(cb):
-                out.append(f"    const T *__restrict__ b{c} = {bname} + (size_t)({kq} + {c}) * TJ;")
-            out.append(f"    {self.renderer.simd_pragma} reduction(+ : {', '.join(accs)})")
-            out.append("    for (int j = 0; j < n; ++j) {")
-            for r in range(rb):
-                for c in range(cb):
-                    out.append(f"        a{r}_{c} += (ACC)(k{r}[j] * b{c}[j]);")
-            out.append("    }")
-            for r in range(rb):
-                for c in range(cb):
-                    out.append(f"    st[{r0} + {r}].s[{kq} + {c}] += a{r}_{c};")
-            out.append("}")
-            return out
-
-        def variant(rb, cb):
-            V = []
-            top = dim - dim % cb
-            V.append("int r0 = 0;")
-            V.append(f"for (; r0 + {rb} <= nrows; r0 += {rb}) {{")
-            V.append(f"    for (int kq = 0; kq < {top}; kq += {cb})")
-            V.extend("        " + x for x in block(rb, cb, "r0", "kq"))
-            if top < dim:
-                V.append(f"    for (int kq = {top}; kq < {dim}; ++kq)")
-                V.extend("        " + x for x in block(rb, 1, "r0", "kq"))
-            V.append("}")
-            V.append("for (; r0 < nrows; ++r0) {")
-            V.append(f"    for (int kq = 0; kq < {top}; kq += {cb})")
-            V.extend("        " + x for x in block(1, cb, "r0", "kq"))
-            if top < dim:
-                V.append(f"    for (int kq = {top}; kq < {dim}; ++kq)")
-                V.extend("        " + x for x in block(1, 1, "r0", "kq"))
-            V.append("}")
-            return V
-
-        L.append("{")
-        L.append("    const int nrows = (int)(i1 - i0);")
-        L.append("#if defined(__AVX512F__) || defined(__aarch64__) /* 32 vector registers */")
-        L.extend("    " + x for x in variant(4, 4))
-        L.append("#else")
-        L.extend("    " + x for x in variant(4, 2))
-        L.append("#endif")
-        L.append("}")
-        return L
-
-    def _buffer_reduction(self) -> list[str]:
-        """Reduce the formula buffers fb (and gb) of one row and one tile into the state ``s``."""
-        fam = self.family
-        D = self.fdims[0]
-        f = self.spec.formulas
-        lines = []
-        if fam == "sum":
-            for d in range(D):
-                if self.kahan:
-                    lines.append(f"pk_kahan_tile(fb + {d} * TJ, n, &s->s[{d}], &s->c[{d}]);")
-                else:
-                    lines.append(f"s->s[{d}] += pk_sum_tile(fb + {d} * TJ, n);")
-        elif fam in ("lse", "softmax"):
-            dg = self.fdims[1] if len(f) > 1 else 1
-            g = "gb" if len(f) > 1 else "0"
-            soft = 1 if fam == "softmax" else 0
-            lines.append(f"{{ ACC tmp[{dg + 1}];")
-            lines.append(f"  pk_lse_tile(fb, {g}, n, TJ, {dg}, {soft}, &s->m, s->s, eb, tmp); }}")
-        elif fam == "select":
-            kind = 0 if self.red.selection_kind == "min" else 1
-            for d in range(D):
-                lines.append(f"pk_select_tile(fb + {d} * TJ, n, jt, {kind}, &s->v[{d}], &s->i[{d}]);")
-        else:
-            for d in range(D):
-                lines.append(f"pk_kmin_tile(fb + {d} * TJ, n, jt, {self.k}, {D}, s->v + {d}, s->i + {d});")
-        return lines
-
-    def _state_functions(self) -> list[str]:
-        fam = self.family
-        D = self.fdims[0]
-        L = []
-        w = L.append
-        # init
-        w("static inline void pk_state_init(pk_state *s)")
-        w("{")
-        if fam == "sum":
-            w(f"    for (int d = 0; d < {D}; ++d) s->s[d] = 0;")
-            if self.kahan:
-                w(f"    for (int d = 0; d < {D}; ++d) s->c[d] = 0;")
-        elif fam in ("lse", "softmax"):
-            w("    s->m = -(ACC)INFINITY;")
-            w("    for (size_t d = 0; d < sizeof(s->s) / sizeof(ACC); ++d) s->s[d] = 0;")
-        else:
-            kind = self.red.selection_kind
-            n = D if fam == "select" else self.k * D
-            init = "(T)INFINITY" if kind == "min" else "-(T)INFINITY"
-            w(f"    for (int q = 0; q < {n}; ++q) {{ s->v[q] = {init}; s->i[q] = -1; }}")
-        w("}")
-        # combine (a covers smaller j than b)
-        w("static inline void pk_state_combine(pk_state *a, const pk_state *b, char *scratch)")
-        w("{")
-        w("    (void)scratch;")
-        if fam == "sum":
-            if self.kahan:
-                w(f"    for (int d = 0; d < {D}; ++d) pk_neumaier_add(&a->s[d], &a->c[d], b->s[d], b->c[d]);")
-            else:
-                w(f"    for (int d = 0; d < {D}; ++d) a->s[d] += b->s[d];")
-        elif fam in ("lse", "softmax"):
-            w("    pk_lse_combine(&a->m, a->s, b->m, b->s, (int)(sizeof(a->s) / sizeof(ACC)));")
-        elif fam == "select":
-            kind = 0 if self.red.selection_kind == "min" else 1
-            w(f"    for (int d = 0; d < {D}; ++d)")
-            w(f"        pk_select_combine(&a->v[d], &a->i[d], b->v[d], b->i[d], {kind});")
-        else:
-            w("    T *tv = (T *)(scratch + OFF_kt);")
-            w(f"    int64_t *ti = (int64_t *)(tv + {self.k});")
-            w(f"    for (int d = 0; d < {D}; ++d)")
-            w(f"        pk_kmin_merge(a->v + d, a->i + d, b->v + d, b->i + d, {self.k}, {D}, tv, ti);")
-        w("}")
-        # finalize: write the outputs of row (b, i)
-        w("static inline void pk_state_finalize(const pk_call *c, const pk_state *s, int64_t row)")
-        w("{")
-        outs = self.outputs
-        for pos, o in enumerate(outs):
-            ty = "int64_t" if o.kind == "index" else "T"
-            w(f"    {ty} *o{pos} = ({ty} *)c->outs[{pos}] + row * {o.dim};")
-        if fam == "sum":
-            if self.kahan:
-                w(f"    for (int d = 0; d < {D}; ++d)")
-                w("        o0[d] = (T)(isfinite(s->s[d]) ? s->s[d] + s->c[d] : s->s[d]);")
-            else:
-                w(f"    for (int d = 0; d < {D}; ++d) o0[d] = (T)s->s[d];")
-        elif fam == "softmax":
-            dg = self.fdims[1]
-            w(f"    for (int d = 0; d < {dg}; ++d) o0[d] = (T)(s->s[1 + d] / s->s[0]);")
-        elif fam == "lse":
-            dg = self.fdims[1] if len(self.fdims) > 1 else 1
-            if self.red.log:
-                w("    const ACC ms = isfinite(s->m) ? s->m : 0;")
-                w(f"    for (int d = 0; d < {dg}; ++d) o0[d] = (T)(ms + PK_LOGACC(s->s[d]));")
-            else:
-                w("    o0[0] = (T)s->m;")
-                w(f"    for (int d = 0; d < {dg}; ++d) o0[1 + d] = (T)s->s[d];")
-        else:
-            n = D if fam == "select" else self.k * D
-            pos = 0
-            if self.red.want_value:
-                w(f"    for (int q = 0; q < {n}; ++q) o{pos}[q] = s->v[q];")
-                pos += 1
-            if self.red.want_index:
-                w(f"    for (int q = 0; q < {n}; ++q) o{pos}[q] = s->i[q];")
-        w("}")
-        return L
-
-
-def _lane_nodes(roots, known) -> list:
-    """The computed nodes reachable from ``roots`` without crossing known nodes, children first."""
-    from ..codegen.c_renderer import _postorder
-
-    return _postorder(roots, stop=lambda n: n in known or n.is_leaf)
-
-
-def _regions(big: set, order: list) -> dict:
-    """Group large elementwise nodes that feed each other (same dimension) into component loops."""
-    parent = {n: n for n in big}
-
-    def find(n):
-        while parent[n] is not n:
-            parent[n] = parent[parent[n]]
-            n = parent[n]
-        return n
-
-    for n in big:
-        for a in n.args:
-            if a in big and a.dim == n.dim:
-                parent[find(a)] = find(n)
-    reps: dict = {}
-    return {n: reps.setdefault(find(n), len(reps)) for n in order if n in big}
-
-
-def _ordered(formulas):
-    seen = set()
-    order = []
-    for f in formulas:
-        for n in walk(f):
-            if n not in seen:
-                seen.add(n)
-                order.append(n)
-    return order
 
 
 def _id(node, seq) -> int:
@@ -832,107 +307,3 @@ def _id(node, seq) -> int:
 
 def _comment(text: str) -> str:
     return text.replace("*/", "* /")
-
-
-#: the work decomposition and entry point, shared by every kernel
-DRIVER = r"""
-typedef struct {
-    const pk_call *c;
-    int64_t nbi, nch, chunk;
-    pk_state *partial; /* [nbatch][nx][nch] when j is split */
-} pk_ctx;
-
-static void pk_item(void *vctx, int64_t item, void *scratch)
-{
-    const pk_ctx *ctx = (const pk_ctx *)vctx;
-    const pk_call *c = ctx->c;
-    int64_t ch = item % ctx->nch, rest = item / ctx->nch;
-    int64_t ib = rest % ctx->nbi, b = rest / ctx->nbi;
-    int64_t i0 = ib * BI, i1 = i0 + BI < c->nx ? i0 + BI : c->nx;
-    int64_t ja = ch * ctx->chunk, jb = ja + ctx->chunk < c->ny ? ja + ctx->chunk : c->ny;
-    pk_state *st = (pk_state *)((char *)scratch + OFF_STATE);
-    for (int64_t i = i0; i < i1; ++i)
-        pk_state_init(st + (i - i0));
-    const int64_t iv[2] = {ja, jb};
-    pk_process(c, b, i0, i1, iv, 1, st, (char *)scratch);
-    for (int64_t i = i0; i < i1; ++i) {
-        if (ctx->nch == 1)
-            pk_state_finalize(c, st + (i - i0), b * c->nx + i);
-        else
-            ctx->partial[(b * c->nx + i) * ctx->nch + ch] = st[i - i0];
-    }
-}
-
-static void pk_item_ranges(void *vctx, int64_t item, void *scratch)
-{
-    const pk_ctx *ctx = (const pk_ctx *)vctx;
-    const pk_call *c = ctx->c;
-    const int64_t *it = c->items + 4 * item;
-    const int64_t b = it[0], i0 = it[1], i1 = it[2], blk = it[3];
-    pk_state *st = (pk_state *)((char *)scratch + OFF_STATE);
-    for (int64_t i = i0; i < i1; ++i)
-        pk_state_init(st + (i - i0));
-    pk_process(c, b, i0, i1, c->ivals + 2 * c->ivoff[blk], c->ivoff[blk + 1] - c->ivoff[blk], st,
-               (char *)scratch);
-    for (int64_t i = i0; i < i1; ++i)
-        pk_state_finalize(c, st + (i - i0), b * c->nx + i);
-}
-
-static void pk_merge(void *vctx, int64_t item, void *scratch)
-{
-    const pk_ctx *ctx = (const pk_ctx *)vctx;
-    const pk_call *c = ctx->c;
-    int64_t ib = item % ctx->nbi, b = item / ctx->nbi;
-    int64_t i0 = ib * BI, i1 = i0 + BI < c->nx ? i0 + BI : c->nx;
-    for (int64_t i = i0; i < i1; ++i) {
-        pk_state *p = ctx->partial + (b * c->nx + i) * ctx->nch;
-        for (int64_t ch = 1; ch < ctx->nch; ++ch)
-            pk_state_combine(p, p + ch, (char *)scratch);
-        pk_state_finalize(c, p, b * c->nx + i);
-    }
-}
-
-PK_EXPORT int64_t pk_scratch_bytes(void) { return (int64_t)SCRATCH_BYTES; }
-PK_EXPORT int64_t pk_block_rows(void) { return (int64_t)BI; }
-PK_EXPORT int64_t pk_range_rows(void) { return (int64_t)BIR; }
-PK_EXPORT int64_t pk_state_bytes(void) { return (int64_t)sizeof(pk_state); }
-
-/* 0: done; 1: out of memory */
-PK_EXPORT int pk_run(const pk_call *c)
-{
-    pk_ctx ctx;
-    int nthreads = (int)c->nthreads;
-    ctx.c = c;
-    ctx.nbi = (c->nx + BI - 1) / BI;
-    ctx.nch = 1;
-    ctx.chunk = c->ny > 0 ? c->ny : 1;
-    ctx.partial = NULL;
-    if ((double)c->nbatch * (double)c->nx * (double)c->ny < 65536.0)
-        nthreads = 1;
-    if (nthreads < 1)
-        nthreads = 1;
-    if (c->items) /* block-sparse: one item per block of at most BIR rows, no split of j */
-        return pk_parallel_for(nthreads, c->nitems, SCRATCH_BYTES, pk_item_ranges, &ctx) ? 1 : 0;
-    int64_t items = c->nbatch * ctx.nbi;
-    if (nthreads > 1 && items < 4 * (int64_t)nthreads) {
-        int64_t want = (4 * (int64_t)nthreads + items - 1) / items;
-        int64_t most = c->ny / (2 * TJ);
-        ctx.nch = want < most ? want : most;
-        if (ctx.nch < 1)
-            ctx.nch = 1;
-        /* chunks are whole tiles */
-        ctx.chunk = ((c->ny + ctx.nch - 1) / ctx.nch + TJ - 1) / TJ * TJ;
-        ctx.nch = (c->ny + ctx.chunk - 1) / ctx.chunk;
-    }
-    if (ctx.nch > 1) {
-        ctx.partial = (pk_state *)malloc((size_t)(c->nbatch * c->nx * ctx.nch) * sizeof(pk_state));
-        if (!ctx.partial)
-            return 1;
-    }
-    int err = pk_parallel_for(nthreads, items * ctx.nch, SCRATCH_BYTES, pk_item, &ctx);
-    if (!err && ctx.nch > 1)
-        err = pk_parallel_for(nthreads, items, SCRATCH_BYTES, pk_merge, &ctx);
-    free(ctx.partial);
-    return err ? 1 : 0;
-}
-"""

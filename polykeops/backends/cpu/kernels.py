@@ -19,7 +19,7 @@ import time
 from ... import config
 from . import cache
 from .call import PkCall, PreparedCall
-from .kernel_source import KernelSource
+from .kernel_source import KernelWriter
 
 
 class CompiledKernel:
@@ -73,7 +73,7 @@ class KernelTable:
         found = self.sources.get(memo)
         if found is not None:
             return found
-        src = KernelSource(spec).source()
+        src = KernelWriter(spec).source()
         found = (src, cache.key_for(src))
         with self.lock:
             if len(self.sources) > 1024:

@@ -2,7 +2,7 @@
 
 Pipeline (one reduction):
 
-1. :mod:`.codegen` renders CUDA C for the canonical spec with the shared C
+1. :mod:`.kernel_source` renders CUDA C for the canonical spec with the shared C
    renderer (:class:`.render.CudaRenderer`): a map-reduce kernel per output
    slice (1D scheme, or 2D with a combine kernel) -- see that module;
 2. :mod:`.build` compiles it with NVRTC (``cuda.bindings.nvrtc``, the library

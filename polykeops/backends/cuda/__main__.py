@@ -43,7 +43,7 @@ def _spec(args):
 def compile_command(args) -> int:
     from ...errors import PolyKeopsError
     from . import build, nvrtc
-    from .codegen import generate
+    from .kernel_source import generate
 
     try:
         spec = _spec(args)

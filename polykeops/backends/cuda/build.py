@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 from ...errors import BackendError
 from . import cache, nvrtc
-from .codegen import KernelSource, generate
 from .cubin import KernelResources, kernel_resources
+from .kernel_source import TranslationUnit, generate
 
 
 @functools.lru_cache(maxsize=512)
 def kernel_source(spec, n_batch_dims: int = 0, idx64: bool = False,
-                  ranges: bool = False) -> KernelSource:
+                  ranges: bool = False) -> TranslationUnit:
     """The generated kernels of a canonical spec (memoised: specs are hashable values);
     ``ranges``: the block-sparse variant."""
     return generate(spec, n_batch_dims=n_batch_dims, idx64=idx64, ranges=ranges)
@@ -83,11 +83,11 @@ def compile_specs(specs, arch: str = "sm_90", *, n_batch_dims: int = 0, idx64: b
                   use_cache: bool = False, ranges: bool = False) -> tuple[Built, dict]:
     """Compile the kernels of several canonical specs in ONE translation unit (no GPU needed).
 
-    Returns the build and ``{spec: KernelSource}``; raises :class:`.nvrtc.CompileError`
+    Returns the build and ``{spec: TranslationUnit}``; raises :class:`.nvrtc.CompileError`
     with the NVRTC log if any kernel fails.  This is how the test suites check code
     generation in CI: one NVRTC run for many specs is much cheaper than one per spec.
     """
-    from .codegen import PRELUDE
+    from .kernel_source import PRELUDE
 
     sources = {}
     for spec in specs:

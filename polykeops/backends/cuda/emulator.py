@@ -1,7 +1,7 @@
 """Run generated CUDA kernels on the CPU: the same source, compiled as host C++ (tests only).
 
 No GPU is needed to check that the *generated code* computes the right thing:
-the kernel text of :mod:`.codegen` is compiled by the host C++ compiler with a
+the kernel text of :mod:`.kernel_source` is compiled by the host C++ compiler with a
 small prelude that defines the few CUDA built-ins it uses (``threadIdx``,
 ``blockIdx``, ``__syncthreads``, ``__shared__``, half conversions), and a
 launcher per kernel runs the grid block by block, with the threads of a block
@@ -26,7 +26,7 @@ import threading
 import numpy as np
 
 from ...errors import BackendError
-from .codegen import generate
+from .kernel_source import generate
 from .launch import plan_launch, run_reduction
 from .ranges import block_map, empty_outputs
 
@@ -84,7 +84,7 @@ static inline unsigned short pk_f2h(float f) {  // round to nearest even
 
 _lock = threading.Lock()
 _modules: dict[str, object] = {}  # library key -> ctypes.CDLL
-_by_source: dict[str, object] = {}  # KernelSource digest -> the library holding its kernels
+_by_source: dict[str, object] = {}  # TranslationUnit digest -> the library holding its kernels
 
 
 def compiler() -> str | None:
@@ -124,14 +124,14 @@ extern "C" void pk_launch_{name}(unsigned gx, unsigned gy, unsigned gz, unsigned
 
 
 def build(*sources):
-    """Compile the kernels of one or several :class:`.codegen.KernelSource` into one host library.
+    """Compile the kernels of one or several :class:`.kernel_source.TranslationUnit` into one host library.
 
     Building many specs at once costs one compiler run (the C++ headers dominate).
     """
     cxx = compiler()
     if cxx is None:
         raise BackendError("the CUDA emulator needs a C++20 compiler (g++ or clang++)")
-    from .codegen import PRELUDE
+    from .kernel_source import PRELUDE
 
     text = HOST_PRELUDE + PRELUDE
     for ks in sources:

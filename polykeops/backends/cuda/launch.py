@@ -84,7 +84,7 @@ def batch_params(arg_shapes, batch_shape) -> tuple[list[int], list[int]]:
 
 def run_reduction(ks, executor, arg_ptrs, arg_shapes, out_ptrs, *, nx, ny, batch_shape,
                   plan: LaunchPlan, block_map=None) -> None:
-    """Launch the kernels of ``ks`` (a :class:`.codegen.KernelSource`) through ``executor``.
+    """Launch the kernels of ``ks`` (a :class:`.kernel_source.TranslationUnit`) through ``executor``.
 
     ``executor`` provides ``workspace(n_float64, n_int64) -> (ptr_f, ptr_i)``,
     ``upload(int64 NumPy array) -> ptr`` (device copy kept alive by the executor) and

@@ -33,7 +33,7 @@ import numpy as np
 
 from ...errors import BackendError, ShapeError
 from ..ranges import to_host
-from .codegen import ITEM_WIDTH
+from .kernel_source import ITEM_WIDTH
 from .launch import MAX_GRID_X, MAX_GRID_YZ, LaunchPlan
 
 #: most j intervals in one block map (they are numbered with 32-bit ints in the kernels)

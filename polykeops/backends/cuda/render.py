@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from ...formula.nodes import CAT_J, Const, Node, Var, Zero, walk
 from ..codegen import CRenderer
+from ..codegen.plan import dependencies, frontier, postorder
 
 #: element-wise ops: component k of the result needs component k of each argument
 #: (component 0 of an argument of dimension 1): the ops with a C rule (a live view of the registry)
@@ -153,11 +154,7 @@ class FormulaCode:
 def render_formulas(renderer: CRenderer, formulas, leaf) -> FormulaCode:
     """Lay out the code computing ``formulas`` (see the module docstring)."""
     counter = [0]
-    jdep: dict[Node, bool] = {}
-    for f in formulas:
-        for n in walk(f):
-            if n not in jdep:
-                jdep[n] = (n.cat == CAT_J) if n.op == "Var" else any(jdep[a] for a in n.args)
+    jdep = {n: CAT_J in d for n, d in dependencies(formulas).items()}
 
     chunk_interior: set[Node] = set()
     for f in formulas:
@@ -174,7 +171,7 @@ def render_formulas(renderer: CRenderer, formulas, leaf) -> FormulaCode:
         """Lines computing ``roots`` (chunked sums as loops) and the updated known map."""
         known = dict(known)
         lines: list[str] = []
-        for s in _postorder_nodes(roots, known):
+        for s in postorder(roots, stop=lambda n: n in known):
             if not is_chunked_sum(s):
                 continue
             scalars: dict = {}
@@ -203,21 +200,9 @@ def render_formulas(renderer: CRenderer, formulas, leaf) -> FormulaCode:
         return lines, known, rendered
 
     # hoisted: maximal j-independent sub-formulas (outside the element-wise interior of chunks)
-    parents_dep: set[Node] = set()
-    for f in formulas:
-        for n in walk(f):
-            if jdep[n]:
-                parents_dep.update(n.args)
-    hoist = []
-    seen = set()
-    for f in formulas:
-        for n in walk(f):
-            if n in seen:
-                continue
-            seen.add(n)
-            if (not jdep[n] and n.args and n.dim <= HOIST_MAX_DIM and n not in chunk_interior
-                    and (n in parents_dep or n in formulas)):
-                hoist.append(n)
+    hoist = frontier(formulas, inner=lambda n: jdep[n],
+                     keep=lambda n: (not jdep[n] and bool(n.args) and n.dim <= HOIST_MAX_DIM
+                                     and n not in chunk_interior))
     pre_lines, known, pre_r = render_block(hoist, {})
     for n in hoist:
         if n not in known:
@@ -236,20 +221,3 @@ def render_formulas(renderer: CRenderer, formulas, leaf) -> FormulaCode:
 
     values = [[value(f, k) for k in range(f.dim)] for f in formulas]
     return FormulaCode(pre_lines, body_lines, values)
-
-
-def _postorder_nodes(roots, known):
-    order, seen = [], set()
-    for r in roots:
-        stack = [(r, False)]
-        while stack:
-            n, done = stack.pop()
-            if done:
-                order.append(n)
-                continue
-            if n in seen or n in known:
-                continue
-            seen.add(n)
-            stack.append((n, True))
-            stack.extend((a, False) for a in reversed(n.args))
-    return order

@@ -17,6 +17,7 @@
  */
 #ifndef PK_GENERIC_H
 #define PK_GENERIC_H
+#include "pk_call.h" /* the call ABI, shared with the specialised kernels */
 
 #include <stdint.h>
 
@@ -35,7 +36,7 @@ enum { PK_GENERIC_OPS(PK_ENUM_ITEM) PKOP_END_ };
 enum { PKS_CONST = 0, PKS_PARAM = 1, PKS_IVAR = 2, PKS_JVAR = 3, PKS_UNIFORM = 4, PKS_ROW = 5, PKS_TILE = 6,
        PKS_LANE = 7 };
 
-/* reduction families */
+/* reduction families: the order of FAMILIES in polykeops/formula/reductions.py */
 enum { PKF_SUM = 0, PKF_LSE = 1, PKF_SOFTMAX = 2, PKF_SELECT = 3, PKF_KMIN = 4 };
 
 typedef struct {
@@ -56,23 +57,10 @@ typedef struct {
     int32_t fslot, gslot, fdim, gdim;
     int32_t BI, TJ, nvars;
     int32_t dot_adim, dot_bdim; /* Sum of F * G fused into the reduction (gslot >= 0): operand dims */
+    int32_t nacc, nval; /* state entries: sums (accumulation type); values (and as many indices) */
     const pk_gslot *slots;
     const pk_ginstr *code;
     const double *consts;
 } pk_gprogram;
-
-typedef struct {
-    int64_t nx, ny, nbatch, nthreads;
-    const void *const *args;
-    const int64_t *boff;
-    void *const *outs;
-    /* block-sparse reductions (items == NULL: dense): item q reduces rows items[4q+1] to
-     * items[4q+2] (at most BI rows) of batch items[4q] over the j intervals
-     * ivals[2s], ivals[2s+1] for ivoff[blk] <= s < ivoff[blk + 1], blk = items[4q+3] */
-    int64_t nitems;
-    const int64_t *items;
-    const int64_t *ivoff;
-    const int64_t *ivals;
-} pk_call;
 
 #endif

@@ -735,24 +735,10 @@ static int PK_FN(pk_grun)(const pk_call *c, const pk_gprogram *p)
     memset(&ctx, 0, sizeof(ctx));
     ctx.c = c;
     ctx.p = p;
-    const int BI = p->BI, TJ = p->TJ, ns = p->nslots, D = p->fdim;
+    const int BI = p->BI, TJ = p->TJ, ns = p->nslots;
     const int dg = p->gslot >= 0 ? p->gdim : 1;
-    switch (p->family) {
-    case PKF_SUM:
-        ctx.nacc = p->kahan ? 2 * D : D;
-        break;
-    case PKF_LSE:
-        ctx.nacc = 1 + dg;
-        break;
-    case PKF_SOFTMAX:
-        ctx.nacc = 2 + dg;
-        break;
-    case PKF_SELECT:
-        ctx.nval = ctx.nidx = D;
-        break;
-    default:
-        ctx.nval = ctx.nidx = p->K * D;
-    }
+    ctx.nacc = p->nacc; /* the state layout of the reduction (polykeops/formula/reductions.py) */
+    ctx.nval = ctx.nidx = p->nval;
     ctx.nconsts = 0;
     size_t *soff = (size_t *)malloc(sizeof(size_t) * (ns > 0 ? ns : 1));
     if (!soff)
