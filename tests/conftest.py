@@ -22,20 +22,12 @@ class TinyTileBackend(ReferenceBackend):
         super().__init__(tile_elements=2048)
 
 
-def unregister_backend(name: str) -> None:
-    """Remove a backend registered by a test (the registry has no public way to do this)."""
-    with registry._lock:
-        registry._factories.pop(name, None)
-        registry._instances.pop(name, None)
-        registry._failures.pop(name, None)
-
-
 @pytest.fixture(scope="session")
 def tiny_tiles():
     """The name of the tiny-tile reference backend (registered for the session)."""
     registry.register_backend(TINY, TinyTileBackend, replace=True)
     yield TINY
-    unregister_backend(TINY)
+    registry.unregister_backend(TINY)
 
 
 @pytest.fixture(autouse=True)

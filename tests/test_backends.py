@@ -14,14 +14,6 @@ from polykeops.backends.contract import Backend, Capabilities
 from polykeops.backends.reference import ReferenceBackend
 
 
-def unregister_backend(name: str) -> None:
-    """Remove a backend registered by a test (the registry has no public way to do this)."""
-    with registry._lock:
-        registry._factories.pop(name, None)
-        registry._instances.pop(name, None)
-        registry._failures.pop(name, None)
-
-
 class ToyBackend(Backend):
     """Wraps the reference backend and counts its calls."""
 
@@ -69,7 +61,7 @@ def registered(auto_backend):
 
     yield register
     for n in names:
-        unregister_backend(n)
+        registry.unregister_backend(n)
 
 
 def _problem():
@@ -183,3 +175,13 @@ def test_check_health(capsys):
     report = polykeops.check_health()
     out = capsys.readouterr().out
     assert "reference" in out
+
+
+def test_unregister_backend_forgets_a_registered_backend():
+    registry.register_backend("toy_unregistered", ToyBackend)
+    assert registry.get_backend("toy_unregistered").name == "toy"
+    registry.unregister_backend("toy_unregistered")
+    assert "toy_unregistered" not in registry.names()
+    registry.unregister_backend("toy_unregistered")  # unknown names are ignored
+    with pytest.raises(BackendError, match="built-in"):
+        registry.unregister_backend("reference")

@@ -245,11 +245,8 @@ def registered_broken():
         names[key] = factory().name
         registry.register_backend(names[key], factory, replace=True)
     yield names
-    with registry._lock:  # the registry has no public way to forget a backend
-        for name in names.values():
-            registry._factories.pop(name, None)
-            registry._instances.pop(name, None)
-            registry._failures.pop(name, None)
+    for name in names.values():
+        registry.unregister_backend(name)
 
 
 def test_planted_bugs_fire(registered_broken):

@@ -32,6 +32,7 @@ __all__ = [
     "get_backend",
     "register_backend",
     "select_backend",
+    "unregister_backend",
 ]
 
 #: built-in backends: name -> "module:factory"
@@ -58,6 +59,17 @@ def register_backend(name: str, factory: Callable[[], object], *, replace: bool 
         if not replace and (name in _factories or name in _BUILTIN):
             raise BackendError(f"a backend named {name!r} is already registered")
         _factories[name] = factory
+        _instances.pop(name, None)
+        _failures.pop(name, None)
+
+
+def unregister_backend(name: str) -> None:
+    """Forget a backend added by :func:`register_backend` (or an entry point): its factory and
+    any instance or failure recorded for it.  Unknown names are ignored; built-ins cannot be removed."""
+    if name in _BUILTIN:
+        raise BackendError(f"the built-in backend {name!r} cannot be unregistered")
+    with _lock:
+        _factories.pop(name, None)
         _instances.pop(name, None)
         _failures.pop(name, None)
 
@@ -251,12 +263,3 @@ def select_backend_name_for_display(lazy) -> str:
         return f"auto ({best.name})" if best else "auto (none available)"
     except Exception as exc:  # repr must not fail
         return f"unknown ({exc})"
-
-
-def _reset_for_tests() -> None:
-    """Forget loaded instances and failures (tests only)."""
-    global _entry_points_loaded
-    with _lock:
-        _instances.clear()
-        _failures.clear()
-        _entry_points_loaded = False
