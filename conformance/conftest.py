@@ -14,8 +14,8 @@ import warnings
 
 import pytest
 
-from conformance import session
-from conformance.session import OPTIONS
+from . import session
+from .session import OPTIONS
 
 
 def pytest_addoption(parser):

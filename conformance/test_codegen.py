@@ -1,6 +1,6 @@
 """Compile-only certification: the generated code of every drawn formula compiles.
 
-For backends with a compile hook (see :mod:`conformance.compile_hooks`): the
+For backends with a compile hook (see :mod:`.compile_hooks`): the
 built-in ``cuda`` backend is checked with NVRTC on machines without a GPU.
 """
 
@@ -9,10 +9,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import strategies as st
 
-from conformance.session import OPTIONS, property_test
-from conformance.strategies import cases
 from polykeops.formula.printing import to_string
 from polykeops.formula.reductions import REDUCTIONS
+
+from .session import OPTIONS, property_test
+from .strategies import cases
 
 TARGETS = OPTIONS.compile_targets or [None]
 REDS = sorted(REDUCTIONS)
@@ -38,7 +39,7 @@ def _compile(target, specs, batch_dims):
             "-" * 60,
             "from polykeops.formula.parser import parse_reduction_formula",
             "from polykeops.formula.spec import ReductionSpec",
-            "from conformance.compile_hooks import compile_target, instance_even_if_unavailable",
+            f"from {__package__}.compile_hooks import compile_target, instance_even_if_unavailable",
             f"target = compile_target({target.name!r}, instance_even_if_unavailable({target.name!r}))",
         ]
         for spec in specs:

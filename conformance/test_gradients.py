@@ -9,14 +9,15 @@ from __future__ import annotations
 import pytest
 from hypothesis import strategies as st
 
-from conformance.checks import check_gradients
-from conformance.session import AXES, OPTIONS, claims, property_test
-from conformance.strategies import case_from, draw_case
 from polykeops.formula import algebra as A
 from polykeops.formula.composite import sqdist
 from polykeops.formula.nodes import Const, Var
 from polykeops.formula.reductions import REDUCTIONS
 from polykeops.formula.spec import ReductionSpec
+
+from .checks import check_gradients
+from .session import AXES, OPTIONS, claims, property_test
+from .strategies import case_from, draw_case
 
 DIFFERENTIABLE = sorted(name for name, red in REDUCTIONS.items() if red.differentiable)
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import strategies as st
 
-from conformance.checks import check_forward, check_gradients
-from conformance.session import OPTIONS, property_test
-from conformance.strategies import _feasible, draw_case, formulas
 from polykeops.formula.ops import OPS, public_ops
+
+from .checks import check_forward, check_gradients
+from .session import OPTIONS, property_test
+from .strategies import _feasible, draw_case, formulas
 
 OP_NAMES = [o.name for o in public_ops()]
 

@@ -25,15 +25,16 @@ import pytest
 import torch
 from hypothesis import strategies as st
 
-from conformance.checks import check_forward, check_gradients
-from conformance.oracle import ranges_mask
-from conformance.session import AXES, OPTIONS, claims, property_test
-from conformance.strategies import block_sparse, blocks_from, case_from, draw_case
 from polykeops.formula import algebra as A
 from polykeops.formula.composite import sqdist
 from polykeops.formula.nodes import Const, Var
 from polykeops.formula.reductions import REDUCTIONS
 from polykeops.formula.spec import ReductionSpec
+
+from .checks import check_forward, check_gradients
+from .ranges_mask import ranges_mask
+from .session import AXES, OPTIONS, claims, property_test
+from .strategies import block_sparse, blocks_from, case_from, draw_case
 
 DTYPES = ("float16", "float32", "float64")
 DIFFERENTIABLE = sorted(name for name, red in REDUCTIONS.items() if red.differentiable)

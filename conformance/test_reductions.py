@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import strategies as st
 
-from conformance.checks import check_forward
-from conformance.session import AXES, claims, property_test
-from conformance.strategies import draw_case
 from polykeops.formula.reductions import REDUCTIONS
+
+from .checks import check_forward
+from .session import AXES, claims, property_test
+from .strategies import draw_case
 
 DTYPES = ("float16", "float32", "float64")
 

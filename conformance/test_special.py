@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from conformance.checks import check_forward
-from conformance.session import AXES, OPTIONS, claims, property_test
-from conformance.strategies import case_from, draw_case, formulas
 from polykeops.formula import algebra as A
 from polykeops.formula.composite import sqdist
 from polykeops.formula.nodes import Const, Var
 from polykeops.formula.ops import OPS
 from polykeops.formula.reductions import REDUCTIONS
 from polykeops.formula.spec import ReductionSpec
+
+from .checks import check_forward
+from .session import AXES, OPTIONS, claims, property_test
+from .strategies import case_from, draw_case, formulas
 
 SELECT_INDEX = sorted(n for n, r in REDUCTIONS.items() if r.is_selection and r.want_index)
 #: ops that are exact on small integers (so that ties are exact ties)
