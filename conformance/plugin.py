@@ -19,10 +19,10 @@ import warnings
 import pytest
 
 from . import session
-from .session import OPTIONS
 
 __all__ = [
     "device",
+    "options",
     "pytest_addoption",
     "pytest_collection_modifyitems",
     "pytest_configure",
@@ -78,34 +78,41 @@ def _opt(config, name, env_name, default=None):
 
 
 def pytest_configure(config):
+    options = session.Options()
     requested = _opt(config, "--backend", "BACKEND")
-    OPTIONS.user_selected = bool(requested)
-    OPTIONS.tier = _opt(config, "--tier", "TIER", "fast")
-    if OPTIONS.tier not in ("fast", "full"):
-        raise pytest.UsageError(f"--tier must be fast or full, got {OPTIONS.tier!r}")
+    options.user_selected = bool(requested)
+    options.tier = _opt(config, "--tier", "TIER", "fast")
+    if options.tier not in ("fast", "full"):
+        raise pytest.UsageError(f"--tier must be fast or full, got {options.tier!r}")
     n = _opt(config, "--max-examples", "MAX_EXAMPLES")
-    OPTIONS.max_examples = int(n) if n is not None else session.DEFAULT_MAX_EXAMPLES[OPTIONS.tier]
-    OPTIONS.shrink = not (
+    options.max_examples = int(n) if n is not None else session.DEFAULT_MAX_EXAMPLES[options.tier]
+    options.shrink = not (
         config.getoption("--no-shrink", default=False) or session.env("NO_SHRINK", "0") not in ("0", "")
     )
-    OPTIONS.device = _opt(config, "--conformance-device", "DEVICE")
+    options.device = _opt(config, "--conformance-device", "DEVICE")
     try:
-        OPTIONS.backends = session.resolve_backends(requested)
+        options.backends = session.resolve_backends(requested)
     except Exception as exc:
         raise pytest.UsageError(
             f"conformance: cannot load backend {requested!r}: {type(exc).__name__}: {exc}"
         ) from exc
-    OPTIONS.compile_targets = session.resolve_compile_targets(OPTIONS.backends, OPTIONS.user_selected)
-    OPTIONS.skips = session.read_id_file(_opt(config, "--skips-file", "SKIPS_FILE"))
-    OPTIONS.xfails = session.read_id_file(_opt(config, "--xfails-file", "XFAILS_FILE"))
+    options.compile_targets = session.resolve_compile_targets(options.backends, options.user_selected)
+    options.skips = session.read_id_file(_opt(config, "--skips-file", "SKIPS_FILE"))
+    options.xfails = session.read_id_file(_opt(config, "--xfails-file", "XFAILS_FILE"))
+    config.stash[session.OPTIONS_KEY] = options
+    config.addinivalue_line(
+        "markers",
+        "tier_parametrize(name, fast, full, ids=None): parametrize by the values of the session's tier",
+    )
 
 
 def pytest_report_header(config):
+    options = session.options_of(config)
     lines = [
-        f"polykeops conformance: tier={OPTIONS.tier}, max_examples={OPTIONS.max_examples}, "
-        f"shrink={OPTIONS.shrink}"
+        f"polykeops conformance: tier={options.tier}, max_examples={options.max_examples}, "
+        f"shrink={options.shrink}"
     ]
-    for bt in OPTIONS.backends:
+    for bt in options.backends:
         if bt.available:
             caps = bt.capabilities
             lines.append(
@@ -115,24 +122,39 @@ def pytest_report_header(config):
             )
         else:
             lines.append(f"  backend {bt.label}: UNAVAILABLE ({bt.reason}) -- its tests are skipped")
-    for ct in OPTIONS.compile_targets:
+    for ct in options.compile_targets:
         lines.append(f"  compile-only checks for {ct.label}: {'yes' if ct.available else 'no'} ({ct.reason})")
     return lines
 
 
 def pytest_generate_tests(metafunc):
+    """``backend``: every backend under test; ``target``: every compile-only target (or None);
+    ``@pytest.mark.tier_parametrize(name, fast, full)``: the values of the session's tier."""
+    options = session.options_of(metafunc.config)
     if "backend" in metafunc.fixturenames:
         metafunc.parametrize(
-            "backend", OPTIONS.backends, ids=[bt.label for bt in OPTIONS.backends], scope="session"
+            "backend", options.backends, ids=[bt.label for bt in options.backends], scope="session"
         )
+    if "target" in metafunc.fixturenames:
+        targets = options.compile_targets or [None]
+        metafunc.parametrize("target", targets, ids=[t.label if t else "none" for t in targets])
+    for mark in metafunc.definition.iter_markers("tier_parametrize"):
+        name, fast, full = mark.args
+        metafunc.parametrize(name, full if options.full else fast, ids=mark.kwargs.get("ids"))
 
 
 @pytest.fixture(scope="session")
-def device(backend):
+def options(request) -> session.Options:
+    """The options of this conformance session (:class:`.session.Options`)."""
+    return session.options_of(request.config)
+
+
+@pytest.fixture(scope="session")
+def device(backend, options):
     if not backend.available:
         pytest.skip(f"backend {backend.label} unavailable: {backend.reason}")
-    if OPTIONS.device:
-        return OPTIONS.device
+    if options.device:
+        return options.device
     devices = backend.capabilities.devices
     return "cpu" if "cpu" in devices else sorted(devices)[0]
 
@@ -161,10 +183,17 @@ _UNMATCHED: list[str] = []
 
 
 def pytest_collection_modifyitems(config, items):
+    options = session.options_of(config)
+    settled = {}  # property tests get this session's hypothesis settings (once per function)
+    for it in items:
+        if isinstance(it, pytest.Function) and hasattr(it.obj, "conformance_property"):
+            if it.obj not in settled:
+                settled[it.obj] = session.with_session_settings(it.obj, options)
+            it.obj = settled[it.obj]
     ours = [
         it for it in items if "conformance/" in it.nodeid.replace("\\", "/") or it.nodeid.startswith("test_")
     ]
-    for kind, entries in (("skips", OPTIONS.skips), ("xfails", OPTIONS.xfails)):
+    for kind, entries in (("skips", options.skips), ("xfails", options.xfails)):
         for entry, reason in entries:
             hit = False
             for it in ours:

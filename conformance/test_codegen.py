@@ -12,10 +12,9 @@ from hypothesis import strategies as st
 from polykeops.formula.printing import to_string
 from polykeops.formula.reductions import REDUCTIONS
 
-from .session import OPTIONS, property_test
+from .session import property_test
 from .strategies import cases
 
-TARGETS = OPTIONS.compile_targets or [None]
 REDS = sorted(REDUCTIONS)
 
 
@@ -54,21 +53,21 @@ def _compile(target, specs, batch_dims):
         raise AssertionError("\n".join(lines)) from exc
 
 
-@pytest.mark.parametrize("target", TARGETS, ids=[t.label if t else "none" for t in TARGETS])
-@property_test(0.2 if not OPTIONS.full else 0.5)
-def test_generated_code_compiles(target, data):
-    """Two random specs per reduction (random dtype, axis, sizes), compiled in one go per batch rank."""
+@property_test(0.2, full=0.5)
+def test_generated_code_compiles(target, options, data):
+    """Two random specs per reduction (random dtype, axis, sizes), compiled in one go per batch rank
+    (``target``: each compile-only target of the session, or None)."""
     if target is None:
         pytest.skip("no backend under test has a compile hook (see conformance/compile_hooks.py)")
     if not target.available:
         pytest.skip(f"cannot compile for {target.label} here: {target.reason}")
-    per = 2 if not OPTIONS.full else 4
+    per = 2 if not options.full else 4
     groups = {0: [], 1: []}
     for red in REDS:
         for _ in range(per):
             dtype = data.draw(st.sampled_from(_dtypes(target)), label="dtype")
             axis = data.draw(st.sampled_from([0, 1]), label="axis")
-            case = data.draw(cases(red, axis, dtype, tier=OPTIONS.tier, max_size=50), label=f"{red} case")
+            case = data.draw(cases(red, axis, dtype, tier=options.tier, max_size=50), label=f"{red} case")
             groups[min(1, len(case.batch))].append(case.spec.canonical())
     for batch_dims, specs in groups.items():
         if specs:

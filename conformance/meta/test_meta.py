@@ -29,8 +29,6 @@ from pathlib import Path
 
 import pytest
 
-from ..session import OPTIONS
-
 #: the suite's folder, and its package as imported now ("conformance" in a checkout, else
 #: "polykeops.conformance", installed): the subprocesses certify through the same files
 SUITE_DIR = Path(__file__).resolve().parents[1]
@@ -40,9 +38,12 @@ ROOT = SUITE_DIR.parent if SUITE == "conformance" else None
 CWD = ROOT or Path(tempfile.gettempdir())
 PLUGIN_SRC = (ROOT or SUITE_DIR) / "examples" / "plugin_backend" / "src"
 
-pytestmark = pytest.mark.skipif(
-    OPTIONS.user_selected, reason="meta-tests check the suite itself; run them without --backend"
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def _suite_only(options):
+    """The meta-tests check the suite itself: skipped when a backend is named (before any subprocess)."""
+    if options.user_selected:
+        pytest.skip("meta-tests check the suite itself; run them without --backend")
 
 #: broken backend -> (its label, the tests of the suite that must catch it: a -k expression)
 TARGETS = {
