@@ -15,10 +15,20 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
+from pathlib import Path
 
 import pytest
 
 from . import session
+
+#: the suite's folder: the plugin acts on the tests in it only (other tests may share the session)
+SUITE_DIR = Path(__file__).resolve().parent
+
+
+def in_suite(path) -> bool:
+    """Whether ``path`` (a test file) belongs to the suite."""
+    return SUITE_DIR in Path(path).resolve().parents
+
 
 __all__ = [
     "device",
@@ -130,6 +140,8 @@ def pytest_report_header(config):
 def pytest_generate_tests(metafunc):
     """``backend``: every backend under test; ``target``: every compile-only target (or None);
     ``@pytest.mark.tier_parametrize(name, fast, full)``: the values of the session's tier."""
+    if not in_suite(metafunc.definition.path):
+        return
     options = session.options_of(metafunc.config)
     if "backend" in metafunc.fixturenames:
         metafunc.parametrize(
@@ -161,6 +173,8 @@ def device(backend, options):
 
 @pytest.fixture(autouse=True)
 def skip_unavailable_backend(request):
+    if not in_suite(request.node.path):
+        return
     bt = request.node.callspec.params.get("backend") if hasattr(request.node, "callspec") else None
     if bt is not None and not bt.available:
         pytest.skip(f"backend {bt.label} unavailable: {bt.reason}")
@@ -184,15 +198,13 @@ _UNMATCHED: list[str] = []
 
 def pytest_collection_modifyitems(config, items):
     options = session.options_of(config)
+    ours = [it for it in items if in_suite(it.path)]
     settled = {}  # property tests get this session's hypothesis settings (once per function)
-    for it in items:
+    for it in ours:
         if isinstance(it, pytest.Function) and hasattr(it.obj, "conformance_property"):
             if it.obj not in settled:
                 settled[it.obj] = session.with_session_settings(it.obj, options)
             it.obj = settled[it.obj]
-    ours = [
-        it for it in items if "conformance/" in it.nodeid.replace("\\", "/") or it.nodeid.startswith("test_")
-    ]
     for kind, entries in (("skips", options.skips), ("xfails", options.xfails)):
         for entry, reason in entries:
             hit = False
