@@ -19,9 +19,10 @@ import torch
 from polykeops.formula.nodes import CAT_I, CAT_J
 from polykeops.formula.reductions import REDUCTIONS
 
-from .oracle import CaseOracle, Rejected, gradient_expectations
+from .gradients import gradient_expectations
 from .repro import snippet
 from .runner import cotangents_for, directions_for, run_forward, run_gradients, to_torch_cpu
+from .tolerances import CaseOracle, Rejected
 
 
 def _with_indices(red) -> str | None:
@@ -85,7 +86,7 @@ def describe_case(case, bt) -> str:
 
 def describe_ranges(case) -> str:
     """One line about a case's block-sparse ranges (what is kept, which rows reduce over nothing)."""
-    from .oracle import ranges_mask
+    from .ranges_mask import ranges_mask
 
     r = case.ranges
     mask = ranges_mask(r.arrays(), case.M, case.N)

@@ -1,169 +1,22 @@
-"""pytest glue of the conformance suite: options, the backends under test, skips and xfails.
+"""pytest entry of the suite's folder: registers the suite's plugin (:mod:`.plugin`).
 
-``pytest conformance --backend NAME`` (or ``pkg.module:factory``; several,
-comma-separated).  Without ``--backend`` (and without
-``POLYKEOPS_CONFORMANCE_BACKEND``) the suite runs on the reference backend and,
-when it is registered and available, on the ``cpu`` backend.
-See ``conformance/README.md`` and :mod:`conformance.session`.
+``python -m pytest conformance --backend NAME`` in a checkout, ``python -m
+polykeops.conformance --backend NAME`` where polykeops is installed (see the
+suite's README).  When the plugin is already registered (named with ``-p``, as in
+``python -m pytest -p polykeops.conformance.plugin --pyargs polykeops.conformance``,
+possibly under the other name of this folder in an editable install), it is not
+registered twice: its hooks must run once.
 """
 
-from __future__ import annotations
-
-import fnmatch
-import warnings
-
-import pytest
-
-from conformance import session
-from conformance.session import OPTIONS
+from pathlib import Path
 
 
-def pytest_addoption(parser):
-    group = parser.getgroup("polykeops-conformance", "polykeops conformance suite")
-    group.addoption(
-        "--backend",
-        default=None,
-        help="backend(s) to certify: a registered name or pkg.module:factory, comma-separated "
-        "(env POLYKEOPS_CONFORMANCE_BACKEND; default: reference and cpu if available)",
-    )
-    group.addoption(
-        "--tier",
-        default=None,
-        choices=["fast", "full"],
-        help="fast (default): sizes <= 300, few examples; full: sizes up to a few thousand",
-    )
-    group.addoption(
-        "--max-examples",
-        type=int,
-        default=None,
-        help="hypothesis examples per property test (default 5 fast / 60 full)",
-    )
-    group.addoption("--skips-file", default=None, help="file of test-id prefixes (or globs) to skip")
-    group.addoption(
-        "--xfails-file", default=None, help="file of test-id prefixes (or globs) expected to fail"
-    )
-    group.addoption(
-        "--conformance-device",
-        default=None,
-        help="device of the torch tensors (default: cpu if the backend claims it, else cuda)",
-    )
-    group.addoption(
-        "--no-shrink",
-        action="store_true",
-        default=False,
-        help="report the first failing example without shrinking it (faster)",
-    )
+def pytest_addoption(parser, pluginmanager):
+    from . import plugin
 
-
-def _opt(config, name, env_name, default=None):
-    value = config.getoption(name, default=None)
-    if value is None or value is False:
-        value = session.env(env_name, default)
-    return value
-
-
-def pytest_configure(config):
-    requested = _opt(config, "--backend", "BACKEND")
-    OPTIONS.user_selected = bool(requested)
-    OPTIONS.tier = _opt(config, "--tier", "TIER", "fast")
-    if OPTIONS.tier not in ("fast", "full"):
-        raise pytest.UsageError(f"--tier must be fast or full, got {OPTIONS.tier!r}")
-    n = _opt(config, "--max-examples", "MAX_EXAMPLES")
-    OPTIONS.max_examples = int(n) if n is not None else session.DEFAULT_MAX_EXAMPLES[OPTIONS.tier]
-    OPTIONS.shrink = not (
-        config.getoption("--no-shrink", default=False) or session.env("NO_SHRINK", "0") not in ("0", "")
-    )
-    OPTIONS.device = _opt(config, "--conformance-device", "DEVICE")
-    try:
-        OPTIONS.backends = session.resolve_backends(requested)
-    except Exception as exc:
-        raise pytest.UsageError(
-            f"conformance: cannot load backend {requested!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    OPTIONS.compile_targets = session.resolve_compile_targets(OPTIONS.backends, OPTIONS.user_selected)
-    OPTIONS.skips = session.read_id_file(_opt(config, "--skips-file", "SKIPS_FILE"))
-    OPTIONS.xfails = session.read_id_file(_opt(config, "--xfails-file", "XFAILS_FILE"))
-
-
-def pytest_report_header(config):
-    lines = [
-        f"polykeops conformance: tier={OPTIONS.tier}, max_examples={OPTIONS.max_examples}, "
-        f"shrink={OPTIONS.shrink}"
-    ]
-    for bt in OPTIONS.backends:
-        if bt.available:
-            caps = bt.capabilities
-            lines.append(
-                f"  backend {bt.label} ({bt.origin}): dtypes={sorted(caps.dtypes)}, "
-                f"arrays={sorted(caps.array_kinds)}, devices={sorted(caps.devices)}, batch={caps.batch}, "
-                f"reductions={'all' if caps.reductions is None else sorted(caps.reductions)}"
-            )
-        else:
-            lines.append(f"  backend {bt.label}: UNAVAILABLE ({bt.reason}) -- its tests are skipped")
-    for ct in OPTIONS.compile_targets:
-        lines.append(f"  compile-only checks for {ct.label}: {'yes' if ct.available else 'no'} ({ct.reason})")
-    return lines
-
-
-def pytest_generate_tests(metafunc):
-    if "backend" in metafunc.fixturenames:
-        metafunc.parametrize(
-            "backend", OPTIONS.backends, ids=[bt.label for bt in OPTIONS.backends], scope="session"
-        )
-
-
-@pytest.fixture(scope="session")
-def device(backend):
-    if not backend.available:
-        pytest.skip(f"backend {backend.label} unavailable: {backend.reason}")
-    if OPTIONS.device:
-        return OPTIONS.device
-    devices = backend.capabilities.devices
-    return "cpu" if "cpu" in devices else sorted(devices)[0]
-
-
-@pytest.fixture(autouse=True)
-def _available(request):
-    bt = request.node.callspec.params.get("backend") if hasattr(request.node, "callspec") else None
-    if bt is not None and not bt.available:
-        pytest.skip(f"backend {bt.label} unavailable: {bt.reason}")
-
-
-def _matches(entry: str, item) -> bool:
-    nodeid = item.nodeid
-    rel = nodeid.split("conformance/", 1)[-1]
-    if "*" in entry or "?" in entry:  # a glob ("[" is literal: test ids are full of brackets)
-        pattern = entry.replace("[", "[[]")
-        return fnmatch.fnmatchcase(nodeid, pattern) or fnmatch.fnmatchcase(rel, pattern)
-    return nodeid.startswith(entry) or rel.startswith(entry)
-
-
-_UNMATCHED: list[str] = []
-
-
-def pytest_collection_modifyitems(config, items):
-    ours = [
-        it for it in items if "conformance/" in it.nodeid.replace("\\", "/") or it.nodeid.startswith("test_")
-    ]
-    for kind, entries in (("skips", OPTIONS.skips), ("xfails", OPTIONS.xfails)):
-        for entry, reason in entries:
-            hit = False
-            for it in ours:
-                if _matches(entry, it):
-                    hit = True
-                    why = reason or f"listed in the {kind} file"
-                    if kind == "skips":
-                        it.add_marker(pytest.mark.skip(reason=why))
-                    else:
-                        it.add_marker(pytest.mark.xfail(reason=why, strict=False))
-            if not hit:
-                msg = f"conformance {kind} file: entry {entry!r} matches no collected test"
-                _UNMATCHED.append(msg)
-                warnings.warn(pytest.PytestWarning(msg), stacklevel=1)
-
-
-def pytest_terminal_summary(terminalreporter):
-    if _UNMATCHED:
-        terminalreporter.section("polykeops conformance: unmatched skip/xfail entries")
-        for msg in _UNMATCHED:
-            terminalreporter.write_line(msg)
+    here = Path(plugin.__file__).resolve()
+    for registered in pluginmanager.get_plugins():
+        path = getattr(registered, "__file__", None)
+        if path and Path(path).resolve() == here:
+            return
+    pluginmanager.register(plugin, plugin.__name__)

@@ -1,12 +1,12 @@
 """Minimal runnable snippets that reproduce a failing case.
 
 A snippet regenerates the case's data from its seed (the recipe of
-:class:`conformance.strategies.Case`), builds the reduction with ``Genred`` (the
+:class:`.strategies.Case`), builds the reduction with ``Genred`` (the
 formula printed in the KeOps formula language; when the text does not parse back
 to the same formula, the spec is built from nodes instead), with the case's
 block-sparse ``ranges`` 6-tuple written out when it has one, calls the backend
-and compares with the dense oracle (:mod:`conformance.oracle`).  Run it from the
-repository root.
+and compares with the dense oracle (:mod:`.dense_values`, :mod:`.gradients`).  Run it
+from the repository root (or anywhere, when polykeops is installed).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from polykeops.formula.nodes import CAT_I, CAT_J, walk
 from polykeops.formula.printing import to_string
 
 _CAT = {CAT_I: "Vi", CAT_J: "Vj"}
+#: the suite's package as imported now: ``conformance`` in a checkout, ``polykeops.conformance`` installed
+SUITE = __package__
 
 
 def _roundtrips(spec) -> bool:
@@ -155,7 +157,7 @@ def snippet(case, bt, *, mode: str = "forward", device: str = "cpu") -> str:
         lines.append(f"out = run_spec(Tools(), spec, args, backend={bt.name!r}{with_ranges})")
         spec_expr = "spec"
     if mode == "forward":
-        lines.append("from conformance.oracle import expected_outputs  # the dense float64 torch oracle")
+        lines.append(f"from {SUITE}.dense_values import expected_outputs  # the dense float64 torch oracle")
         lines.append(f"expected = expected_outputs({spec_expr}, args{with_ranges})")
         lines.append("outs = out if isinstance(out, tuple) else (out,)")
         lines.append("for o, e in zip(outs, expected):")
@@ -177,7 +179,7 @@ def snippet(case, bt, *, mode: str = "forward", device: str = "cpu") -> str:
         lines.append("dirs = [torch.from_numpy(rng.standard_normal(tuple(a.shape))).to(a) for a in args]")
         lines.append("loss = sum((g * d).sum() for g, d in zip(grads, dirs) if g is not None)")
         lines.append("grads = torch.autograd.grad(loss, args, allow_unused=True)")
-    lines.append("from conformance.oracle import dense_gradients  # torch.autograd on the dense computation")
+    lines.append(f"from {SUITE}.gradients import dense_gradients  # torch.autograd on the dense computation")
     lines.append("exact, _, _ = dense_gradients(")
     lines.append(f"    {spec_expr}, [a.detach().double() for a in args], {case.M}, {case.N},")
     lines.append("    [c.double() for c in cots],")

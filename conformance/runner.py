@@ -14,7 +14,7 @@ import torch
 
 from polykeops.common.call import run_spec
 
-from .oracle import TORCH_DTYPES
+from .dense_values import TORCH_DTYPES
 
 
 def tools_for(kind: str):

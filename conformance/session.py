@@ -1,8 +1,10 @@
 """Options of a conformance run and the backends under test.
 
-The values are set once per pytest session by ``conformance/conftest.py``
-(command-line options, falling back to environment variables) and read by the
-test modules when they are collected.  Every option has an environment
+The values are read once per pytest session by the suite's plugin
+(:mod:`.plugin`: command-line options, falling back to environment variables)
+into an :class:`Options` kept on pytest's config (:func:`options_of`); tests get
+it from the ``options`` fixture, and property tests get their hypothesis
+settings from it when they are collected (:func:`property_test`).  Every option has an environment
 variable, for runs where pytest cannot see the command-line option (for
 instance ``python -m pytest`` with no path, which collects ``conformance``
 through ``testpaths``):
@@ -73,8 +75,25 @@ class Options:
     def full(self) -> bool:
         return self.tier == "full"
 
+    def max_size(self, fast: int | None) -> int | None:
+        """The largest M or N a test draws: ``fast`` in the fast tier, the tier's own bound in full."""
+        return None if self.full else fast
 
-OPTIONS = Options()
+
+#: where the session's :class:`Options` live (``config.stash``)
+OPTIONS_KEY = pytest.StashKey[Options]()
+
+
+def options_of(config) -> Options:
+    """The :class:`Options` of the pytest session of ``config`` (set by the suite's plugin)."""
+    try:
+        return config.stash[OPTIONS_KEY]
+    except KeyError:
+        raise pytest.UsageError(
+            "the polykeops conformance plugin is not loaded: run the suite's folder "
+            "(python -m polykeops.conformance, or python -m pytest conformance in a checkout) "
+            "or pass -p polykeops.conformance.plugin"
+        ) from None
 
 
 def env(name: str, default=None):
@@ -178,15 +197,15 @@ def read_id_file(path: str | None) -> list[tuple[str, str]]:
     return entries
 
 
-def hypothesis_settings(factor: float = 1.0, **overrides):
+def hypothesis_settings(options: Options, factor: float = 1.0, **overrides):
     """Settings of one property test: ``factor`` x --max-examples examples, derandomised."""
     from hypothesis import HealthCheck, Phase, settings
 
     phases = [Phase.explicit, Phase.reuse, Phase.generate]
-    if OPTIONS.shrink:
+    if options.shrink:
         phases.append(Phase.shrink)
     kwargs = dict(
-        max_examples=max(1, round(OPTIONS.max_examples * factor)),
+        max_examples=max(1, round(options.max_examples * factor)),
         derandomize=True,
         database=None,
         deadline=None,
@@ -198,14 +217,36 @@ def hypothesis_settings(factor: float = 1.0, **overrides):
     return settings(**kwargs)
 
 
-def property_test(factor: float = 1.0, **overrides):
-    """Decorator of a property test that draws from a ``data`` argument: ``@given(data=st.data())``
-    under :func:`hypothesis_settings`."""
+def property_test(factor: float = 1.0, *, full: float | None = None, **overrides):
+    """Decorator of a property test that draws from a ``data`` argument: ``@given(data=st.data())``.
+
+    Its settings (:func:`hypothesis_settings`: ``factor`` x --max-examples examples, or
+    ``full`` x in the full tier when given) depend on the session's options: the plugin
+    gives each collected test its :func:`with_session_settings` version.
+    """
     from hypothesis import given
     from hypothesis import strategies as st
 
-    settings = hypothesis_settings(factor, **overrides)
-    return lambda test: settings(given(data=st.data())(test))
+    def decorate(test):
+        drawn = given(data=st.data())(test)
+        drawn.conformance_property = (test, factor, full, overrides)
+        return drawn
+
+    return decorate
+
+
+def with_session_settings(function, options: Options):
+    """A property test (see :func:`property_test`) under the settings of ``options``; other
+    functions unchanged."""
+    property_ = getattr(function, "conformance_property", None)
+    if property_ is None:
+        return function
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    test, factor, full, overrides = property_
+    factor = full if options.full and full is not None else factor
+    return hypothesis_settings(options, factor, **overrides)(given(data=st.data())(test))
 
 
 #: ``axis`` parameter of a test over both reduction axes

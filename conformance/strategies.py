@@ -47,8 +47,6 @@ from polykeops.formula.ops import OPS, public_ops
 from polykeops.formula.reductions import REDUCTIONS
 from polykeops.formula.spec import ReductionSpec
 
-from .session import OPTIONS
-
 #: leaf data lies in (-LEAF, LEAF) (standard normal draws, squashed by LEAF tanh(x / LEAF))
 LEAF = 3.0
 #: magnitude above which a node's arguments are squashed before it is built
@@ -579,12 +577,10 @@ def cases(
     )
 
 
-def draw_case(source, caps, reduction: str, axis: int, dtype: str, **kwargs) -> Case:
+def draw_case(source, caps, reduction: str, axis: int, dtype: str, *, tier: str, **kwargs) -> Case:
     """A :func:`cases` draw (labelled ``case``) from a test's ``st.data()`` object ``source``, at the
-    session's tier, with batch dimensions if the capabilities ``caps`` claim them."""
-    return source.draw(
-        cases(reduction, axis, dtype, tier=OPTIONS.tier, batch=caps.batch, **kwargs), label="case"
-    )
+    session's ``tier``, with batch dimensions if the capabilities ``caps`` claim them."""
+    return source.draw(cases(reduction, axis, dtype, tier=tier, batch=caps.batch, **kwargs), label="case")
 
 
 def case_from(

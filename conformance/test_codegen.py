@@ -1,6 +1,6 @@
 """Compile-only certification: the generated code of every drawn formula compiles.
 
-For backends with a compile hook (see :mod:`conformance.compile_hooks`): the
+For backends with a compile hook (see :mod:`.compile_hooks`): the
 built-in ``cuda`` backend is checked with NVRTC on machines without a GPU.
 """
 
@@ -9,12 +9,12 @@ from __future__ import annotations
 import pytest
 from hypothesis import strategies as st
 
-from conformance.session import OPTIONS, property_test
-from conformance.strategies import cases
 from polykeops.formula.printing import to_string
 from polykeops.formula.reductions import REDUCTIONS
 
-TARGETS = OPTIONS.compile_targets or [None]
+from .session import property_test
+from .strategies import cases
+
 REDS = sorted(REDUCTIONS)
 
 
@@ -38,7 +38,7 @@ def _compile(target, specs, batch_dims):
             "-" * 60,
             "from polykeops.formula.parser import parse_reduction_formula",
             "from polykeops.formula.spec import ReductionSpec",
-            "from conformance.compile_hooks import compile_target, instance_even_if_unavailable",
+            f"from {__package__}.compile_hooks import compile_target, instance_even_if_unavailable",
             f"target = compile_target({target.name!r}, instance_even_if_unavailable({target.name!r}))",
         ]
         for spec in specs:
@@ -53,21 +53,21 @@ def _compile(target, specs, batch_dims):
         raise AssertionError("\n".join(lines)) from exc
 
 
-@pytest.mark.parametrize("target", TARGETS, ids=[t.label if t else "none" for t in TARGETS])
-@property_test(0.2 if not OPTIONS.full else 0.5)
-def test_generated_code_compiles(target, data):
-    """Two random specs per reduction (random dtype, axis, sizes), compiled in one go per batch rank."""
+@property_test(0.2, full=0.5)
+def test_generated_code_compiles(target, options, data):
+    """Two random specs per reduction (random dtype, axis, sizes), compiled in one go per batch rank
+    (``target``: each compile-only target of the session, or None)."""
     if target is None:
         pytest.skip("no backend under test has a compile hook (see conformance/compile_hooks.py)")
     if not target.available:
         pytest.skip(f"cannot compile for {target.label} here: {target.reason}")
-    per = 2 if not OPTIONS.full else 4
+    per = 2 if not options.full else 4
     groups = {0: [], 1: []}
     for red in REDS:
         for _ in range(per):
             dtype = data.draw(st.sampled_from(_dtypes(target)), label="dtype")
             axis = data.draw(st.sampled_from([0, 1]), label="axis")
-            case = data.draw(cases(red, axis, dtype, tier=OPTIONS.tier, max_size=50), label=f"{red} case")
+            case = data.draw(cases(red, axis, dtype, tier=options.tier, max_size=50), label=f"{red} case")
             groups[min(1, len(case.batch))].append(case.spec.canonical())
     for batch_dims, specs in groups.items():
         if specs:

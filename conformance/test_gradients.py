@@ -9,20 +9,21 @@ from __future__ import annotations
 import pytest
 from hypothesis import strategies as st
 
-from conformance.checks import check_gradients
-from conformance.session import AXES, OPTIONS, claims, property_test
-from conformance.strategies import case_from, draw_case
 from polykeops.formula import algebra as A
 from polykeops.formula.composite import sqdist
 from polykeops.formula.nodes import Const, Var
 from polykeops.formula.reductions import REDUCTIONS
 from polykeops.formula.spec import ReductionSpec
 
+from .checks import check_gradients
+from .session import AXES, claims, property_test
+from .strategies import case_from, draw_case
+
 DIFFERENTIABLE = sorted(name for name, red in REDUCTIONS.items() if red.differentiable)
 
 
-def grad_dtypes(backend):
-    wanted = ("float32", "float64", "float16") if OPTIONS.full else ("float32", "float64")
+def grad_dtypes(backend, options):
+    wanted = ("float32", "float64", "float16") if options.full else ("float32", "float64")
     return [d for d in wanted if d in backend.capabilities.dtypes]
 
 
@@ -35,13 +36,13 @@ def needs_torch(backend, reduction=None):
 @AXES
 @pytest.mark.parametrize("reduction", DIFFERENTIABLE)
 @property_test(1.0)
-def test_gradient(backend, device, reduction, axis, data):
+def test_gradient(backend, device, options, reduction, axis, data):
     """d(reduction)/d(every argument) for a random formula, random cotangents."""
     caps = needs_torch(backend, reduction)
-    dtype = data.draw(st.sampled_from(grad_dtypes(backend)), label="dtype")
+    dtype = data.draw(st.sampled_from(grad_dtypes(backend, options)), label="dtype")
     depth = 2 if dtype == "float16" else 3
     case = draw_case(
-        data, caps, reduction, axis, dtype, max_depth=depth, max_size=None if OPTIONS.full else 120
+        data, caps, reduction, axis, dtype, tier=options.tier, max_depth=depth, max_size=options.max_size(120)
     )
     check_gradients(backend, case, device=device)
 
@@ -49,11 +50,14 @@ def test_gradient(backend, device, reduction, axis, data):
 @AXES
 @pytest.mark.parametrize("reduction", ["Sum", "LogSumExp"])
 @property_test(1.0)
-def test_second_order(backend, device, reduction, axis, data):
+def test_second_order(backend, device, options, reduction, axis, data):
     """Second derivatives (gradient of <gradient, V>) through the backend's gradient reductions."""
     caps = needs_torch(backend, reduction)
-    dtype = data.draw(st.sampled_from([d for d in grad_dtypes(backend) if d != "float16"]), label="dtype")
-    case = draw_case(data, caps, reduction, axis, dtype, max_depth=2, max_size=None if OPTIONS.full else 60)
+    wanted = [d for d in grad_dtypes(backend, options) if d != "float16"]
+    dtype = data.draw(st.sampled_from(wanted), label="dtype")
+    case = draw_case(
+        data, caps, reduction, axis, dtype, tier=options.tier, max_depth=2, max_size=options.max_size(60)
+    )
     check_gradients(backend, case, order=2, device=device)
 
 

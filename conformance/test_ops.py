@@ -9,17 +9,18 @@ from __future__ import annotations
 import pytest
 from hypothesis import strategies as st
 
-from conformance.checks import check_forward, check_gradients
-from conformance.session import OPTIONS, property_test
-from conformance.strategies import _feasible, draw_case, formulas
 from polykeops.formula.ops import OPS, public_ops
+
+from .checks import check_forward, check_gradients
+from .session import property_test
+from .strategies import _feasible, draw_case, formulas
 
 OP_NAMES = [o.name for o in public_ops()]
 
 
 @pytest.mark.parametrize("op", OP_NAMES)
 @property_test(0.5)
-def test_op(backend, device, op, data):
+def test_op(backend, device, options, op, data):
     """``op`` applied to variables (arguments kept in its domain), Sum-reduced; gradient if smooth."""
     caps = backend.capabilities
     dtype = "float64" if "float64" in caps.dtypes else sorted(caps.dtypes)[-1]
@@ -31,7 +32,8 @@ def test_op(backend, device, op, data):
     axis = data.draw(st.sampled_from([0, 1]), label="axis")
     kinds = tuple(backend.array_kinds())
     case = draw_case(
-        data, caps, "Sum", axis, dtype, forms=forms, array_kinds=kinds, max_size=None if OPTIONS.full else 100
+        data, caps, "Sum", axis, dtype, tier=options.tier, forms=forms, array_kinds=kinds,
+        max_size=options.max_size(100),
     )
     check_forward(backend, case, device=device)
     if opdef.smooth and opdef.vjp is not None and "torch" in caps.array_kinds:

@@ -25,15 +25,16 @@ import pytest
 import torch
 from hypothesis import strategies as st
 
-from conformance.checks import check_forward, check_gradients
-from conformance.oracle import ranges_mask
-from conformance.session import AXES, OPTIONS, claims, property_test
-from conformance.strategies import block_sparse, blocks_from, case_from, draw_case
 from polykeops.formula import algebra as A
 from polykeops.formula.composite import sqdist
 from polykeops.formula.nodes import Const, Var
 from polykeops.formula.reductions import REDUCTIONS
 from polykeops.formula.spec import ReductionSpec
+
+from .checks import check_forward, check_gradients
+from .ranges_mask import ranges_mask
+from .session import AXES, claims, property_test
+from .strategies import block_sparse, blocks_from, case_from, draw_case
 
 DTYPES = ("float16", "float32", "float64")
 DIFFERENTIABLE = sorted(name for name, red in REDUCTIONS.items() if red.differentiable)
@@ -55,7 +56,7 @@ def _dtype(caps, wanted=DTYPES):
 @AXES
 @pytest.mark.parametrize("reduction", sorted(REDUCTIONS))
 @property_test(0.6)
-def test_ranges_forward(backend, device, reduction, axis, data):
+def test_ranges_forward(backend, device, options, reduction, axis, data):
     """A random formula reduced over a random block-sparse structure matches the masked oracle."""
     caps = claims(backend, reduction, ranges=True)
     dtype = data.draw(st.sampled_from(_dtype(caps)), label="dtype")
@@ -65,6 +66,7 @@ def test_ranges_forward(backend, device, reduction, axis, data):
         reduction,
         axis,
         dtype,
+        tier=options.tier,
         array_kinds=tuple(backend.array_kinds()),
         sum_schemes=tuple(caps.sum_schemes),
     )
@@ -82,7 +84,7 @@ def needs_torch(backend, reduction):
 @AXES
 @pytest.mark.parametrize("reduction", DIFFERENTIABLE)
 @property_test(0.6)
-def test_ranges_gradient(backend, device, reduction, axis, data):
+def test_ranges_gradient(backend, device, options, reduction, axis, data):
     """Gradients w.r.t. every argument through a block-sparse reduction (the gradient reductions
     get the same ranges, swapped when they reduce over the other axis) vs the masked oracle.
 
@@ -90,7 +92,9 @@ def test_ranges_gradient(backend, device, reduction, axis, data):
     """
     caps = needs_torch(backend, reduction)
     dtype = data.draw(st.sampled_from(_dtype(caps, ("float32", "float64"))), label="dtype")
-    case = draw_case(data, caps, reduction, axis, dtype, max_depth=3, max_size=None if OPTIONS.full else 120)
+    case = draw_case(
+        data, caps, reduction, axis, dtype, tier=options.tier, max_depth=3, max_size=options.max_size(120)
+    )
     ranges = data.draw(block_sparse(case.M, case.N, case.batch), label="ranges")
     check_gradients(backend, with_ranges(case, ranges), device=device)
 

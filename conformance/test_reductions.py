@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import strategies as st
 
-from conformance.checks import check_forward
-from conformance.session import AXES, claims, property_test
-from conformance.strategies import draw_case
 from polykeops.formula.reductions import REDUCTIONS
+
+from .checks import check_forward
+from .session import AXES, claims, property_test
+from .strategies import draw_case
 
 DTYPES = ("float16", "float32", "float64")
 
@@ -17,12 +18,13 @@ DTYPES = ("float16", "float32", "float64")
 @pytest.mark.parametrize("reduction", sorted(REDUCTIONS))
 @pytest.mark.parametrize("dtype", DTYPES)
 @property_test(1.0)
-def test_reduction(backend, device, dtype, reduction, axis, data):
+def test_reduction(backend, device, options, dtype, reduction, axis, data):
     """A random formula tree (depth <= 4) reduced with ``reduction`` matches the oracle."""
     caps = claims(backend, reduction, dtype)
     kinds = tuple(backend.array_kinds())
     case = draw_case(
-        data, caps, reduction, axis, dtype, array_kinds=kinds, sum_schemes=tuple(caps.sum_schemes)
+        data, caps, reduction, axis, dtype, tier=options.tier, array_kinds=kinds,
+        sum_schemes=tuple(caps.sum_schemes),
     )
     check_forward(backend, case, device=device)
 
@@ -30,7 +32,7 @@ def test_reduction(backend, device, dtype, reduction, axis, data):
 @pytest.mark.parametrize("large_dim", [64, 200])
 @pytest.mark.parametrize("reduction", ["Sum", "LogSumExp", "Min_ArgMin", "ArgKMin", "SumSoftMaxWeight"])
 @property_test(0.5)
-def test_large_dimensions(backend, device, reduction, large_dim, data):
+def test_large_dimensions(backend, device, options, reduction, large_dim, data):
     """Vector dimensions 64 and 200 (chunked code paths), float32 and float64."""
     dtype = data.draw(
         st.sampled_from([d for d in ("float32", "float64") if d in backend.capabilities.dtypes]),
@@ -39,5 +41,8 @@ def test_large_dimensions(backend, device, reduction, large_dim, data):
     caps = claims(backend, reduction, dtype)
     axis = data.draw(st.sampled_from([0, 1]), label="axis")
     kinds = ("torch",) if "torch" in backend.array_kinds() else tuple(backend.array_kinds())
-    case = draw_case(data, caps, reduction, axis, dtype, array_kinds=kinds, max_depth=2, large_dim=large_dim)
+    case = draw_case(
+        data, caps, reduction, axis, dtype, tier=options.tier, array_kinds=kinds, max_depth=2,
+        large_dim=large_dim,
+    )
     check_forward(backend, case, device=device)

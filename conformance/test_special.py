@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from conformance.checks import check_forward
-from conformance.session import AXES, OPTIONS, claims, property_test
-from conformance.strategies import case_from, draw_case, formulas
 from polykeops.formula import algebra as A
 from polykeops.formula.composite import sqdist
 from polykeops.formula.nodes import Const, Var
 from polykeops.formula.ops import OPS
 from polykeops.formula.reductions import REDUCTIONS
 from polykeops.formula.spec import ReductionSpec
+
+from .checks import check_forward
+from .session import AXES, claims, property_test
+from .strategies import case_from, draw_case, formulas
 
 SELECT_INDEX = sorted(n for n, r in REDUCTIONS.items() if r.is_selection and r.want_index)
 #: ops that are exact on small integers (so that ties are exact ties)
@@ -54,7 +55,7 @@ def _dtype(backend):
 @AXES
 @pytest.mark.parametrize("reduction", SELECT_INDEX)
 @property_test(1.0)
-def test_selection_ties(backend, device, reduction, axis, data):
+def test_selection_ties(backend, device, options, reduction, axis, data):
     """Integer data (many exact ties): the smallest index must win, ascending j for ArgKMin."""
     caps = claims(backend, reduction)
     forms = formulas(reduction, max_depth=2, ops=EXACT_OPS, out_dims=[1, 2, 3])
@@ -64,11 +65,12 @@ def test_selection_ties(backend, device, reduction, axis, data):
         reduction,
         axis,
         _dtype(backend),
+        tier=options.tier,
         forms=forms,
         data="int",
         int_range=(-2, 2),
         array_kinds=tuple(backend.array_kinds()),
-        max_size=None if OPTIONS.full else 150,
+        max_size=options.max_size(150),
     )
     check_forward(backend, case, device=device)
 
@@ -127,7 +129,7 @@ def test_nan_and_infinities(backend, device, reduction, axis, data):
 @pytest.mark.parametrize("shift", [-20000, -1000, 1000, 20000])
 @pytest.mark.parametrize("reduction", ["LogSumExp", "LogSumExpWeight", "Max_SumShiftExp", "SumSoftMaxWeight"])
 @property_test(0.5)
-def test_logsumexp_large_values(backend, device, reduction, shift, data):
+def test_logsumexp_large_values(backend, device, options, reduction, shift, data):
     """F + shift with |shift| far beyond exp's range: the max-shifted sums must not overflow or underflow."""
     caps = claims(backend, reduction)
     dtype = data.draw(
@@ -139,9 +141,9 @@ def test_logsumexp_large_values(backend, device, reduction, shift, data):
     forms = (A.add(forms[0], Const(shift, 1)),) + forms[1:]
     axis = data.draw(st.sampled_from([0, 1]), label="axis")
     kinds = tuple(backend.array_kinds())
-    size = None if OPTIONS.full else 150
     case = draw_case(
-        data, caps, reduction, axis, dtype, forms=(forms, vars_), array_kinds=kinds, max_size=size
+        data, caps, reduction, axis, dtype, tier=options.tier, forms=(forms, vars_), array_kinds=kinds,
+        max_size=options.max_size(150),
     )
     check_forward(backend, replace(case, value_limit=1e5), device=device)
 
@@ -178,7 +180,7 @@ SIZES_FULL = SIZES_FAST + [(513, 2049), (2049, 513), (3000, 3000), (1, 20000), (
 
 
 @pytest.mark.parametrize("reduction", ["Sum", "LogSumExp", "Min_ArgMin", "ArgKMin", "SumSoftMaxWeight"])
-@pytest.mark.parametrize("size", SIZES_FULL if OPTIONS.full else SIZES_FAST, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.tier_parametrize("size", SIZES_FAST, SIZES_FULL, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_sizes(backend, device, size, reduction):
     """A Gaussian-kernel reduction at sizes around tile and block boundaries (1, 2, 2^k +- 1, ...)."""
     caps = claims(backend, reduction)

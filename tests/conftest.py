@@ -22,15 +22,12 @@ class TinyTileBackend(ReferenceBackend):
         super().__init__(tile_elements=2048)
 
 
-unregister_backend = registry.unregister_backend
-
-
 @pytest.fixture(scope="session")
 def tiny_tiles():
     """The name of the tiny-tile reference backend (registered for the session)."""
     registry.register_backend(TINY, TinyTileBackend, replace=True)
     yield TINY
-    unregister_backend(TINY)
+    registry.unregister_backend(TINY)
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,6 @@ from polykeops import backends as registry
 from polykeops.backends.contract import Backend, Capabilities
 from polykeops.backends.reference import ReferenceBackend
 
-unregister_backend = registry.unregister_backend
-
 
 class ToyBackend(Backend):
     """Wraps the reference backend and counts its calls."""
@@ -63,7 +61,7 @@ def registered(auto_backend):
 
     yield register
     for n in names:
-        unregister_backend(n)
+        registry.unregister_backend(n)
 
 
 def _problem():
@@ -177,3 +175,13 @@ def test_check_health(capsys):
     report = polykeops.check_health()
     out = capsys.readouterr().out
     assert "reference" in out
+
+
+def test_unregister_backend_forgets_a_registered_backend():
+    registry.register_backend("toy_unregistered", ToyBackend)
+    assert registry.get_backend("toy_unregistered").name == "toy"
+    registry.unregister_backend("toy_unregistered")
+    assert "toy_unregistered" not in registry.names()
+    registry.unregister_backend("toy_unregistered")  # unknown names are ignored
+    with pytest.raises(BackendError, match="built-in"):
+        registry.unregister_backend("reference")

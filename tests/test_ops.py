@@ -3,7 +3,10 @@
 Each case builds a formula from an i-variable ``X`` (shape (M, 1, dx)), a
 j-variable ``Y`` (shape (1, N, dy)) and a parameter ``P`` (shape (dp,)),
 reduces it with ``.sum(dim=1)`` and compares the result with the same maths
-written by hand on dense torch tensors (broadcast to (M, N, d), summed over N).
+written by hand on dense torch tensors (broadcast to (M, N, d), summed over N): each op
+through its independent definition in the conformance suite's ``dense_ops`` (the
+one the conformance oracle computes with, named like the op), the LazyTensor
+conveniences built from several ops through plain torch.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ import polykeops.numpy as pknp
 import polykeops.torch as pkt
 from polykeops.formula.nodes import walk
 from polykeops.formula.ops import public_ops
+
+try:
+    from conformance import dense_ops as D  # the suite's folder, in a checkout
+except ImportError:  # pragma: no cover - polykeops installed (the suite is shipped inside it)
+    from polykeops.conformance import dense_ops as D
 
 M, N = 6, 5
 
@@ -83,30 +91,6 @@ def _wsq_full(v, s):
     return torch.einsum("...i,ij,...j->...", v, s.reshape(3, 3), v)[..., None]
 
 
-def _argfirst(v, kind):
-    """First index of the min/max along the last axis (numpy: first occurrence on ties)."""
-    a = v.numpy()
-    idx = a.argmin(-1) if kind == "min" else a.argmax(-1)
-    return torch.from_numpy(idx.astype(np.float64))[..., None]
-
-
-def _onehot_dense(v, d):
-    return (torch.round(v) == torch.arange(d, dtype=v.dtype)).to(v.dtype)
-
-
-def _take_dense(a, k, d):
-    """Row round(k) of a seen as a (dim / d) x d matrix; zeros outside (dense torch)."""
-    lead = torch.broadcast_shapes(a.shape[:-1], k.shape[:-1])
-    a, k = a.expand(*lead, a.shape[-1]), k.expand(*lead, 1)
-    rows = a.shape[-1] // d
-    r = torch.round(k[..., 0])
-    inside = (r >= 0) & (r < rows)
-    idx = torch.where(inside, r, torch.zeros_like(r)).long()
-    table = a.reshape(*a.shape[:-1], rows, d)
-    got = torch.take_along_dim(table, idx[..., None, None].expand(*idx.shape, 1, d), dim=-2)[..., 0, :]
-    return torch.where(inside[..., None], got, torch.zeros_like(got))
-
-
 INT = ("int", "int", "real")
 PPOS = ("real", "real", "pos")
 
@@ -117,11 +101,11 @@ def _vsum(v):
 
 CASES = [
     # -- arithmetic ----------------------------------------------------------
-    Case("minus", {"Minus"}, lambda X, Y, P: -(X * Y), lambda x, y, p: -(x * y)),
-    Case("add", {"Add"}, lambda X, Y, P: X + Y, lambda x, y, p: x + y),
-    Case("subtract", {"Subtract"}, lambda X, Y, P: X - Y, lambda x, y, p: x - y),
-    Case("mult", {"Mult"}, lambda X, Y, P: X * Y, lambda x, y, p: x * y),
-    Case("divide", {"Divide"}, lambda X, Y, P: X / Y, lambda x, y, p: x / y,
+    Case("minus", {"Minus"}, lambda X, Y, P: -(X * Y), lambda x, y, p: D.Minus(D.Mult(x, y))),
+    Case("add", {"Add"}, lambda X, Y, P: X + Y, lambda x, y, p: D.Add(x, y)),
+    Case("subtract", {"Subtract"}, lambda X, Y, P: X - Y, lambda x, y, p: D.Subtract(x, y)),
+    Case("mult", {"Mult"}, lambda X, Y, P: X * Y, lambda x, y, p: D.Mult(x, y)),
+    Case("divide", {"Divide"}, lambda X, Y, P: X / Y, lambda x, y, p: D.Divide(x, y),
          dom=("real", "nonzero", "real")),
     Case("python_scalars", {"Add", "Mult", "Divide"},
          lambda X, Y, P: 2 * X + Y * 1.5 - 0.5 / Y + 3,
@@ -130,102 +114,102 @@ CASES = [
     Case("broadcast_dim1", {"Mult", "Subtract"}, lambda X, Y, P: X * Y - X,
          lambda x, y, p: x * y - x, dims=(3, 1, 3)),
     # -- elementwise unary ---------------------------------------------------
-    Case("exp", {"Exp"}, lambda X, Y, P: (X - Y).exp(), lambda x, y, p: torch.exp(x - y)),
-    Case("log", {"Log"}, lambda X, Y, P: (X * Y).log(), lambda x, y, p: torch.log(x * y),
+    Case("exp", {"Exp"}, lambda X, Y, P: (X - Y).exp(), lambda x, y, p: D.Exp(x - y)),
+    Case("log", {"Log"}, lambda X, Y, P: (X * Y).log(), lambda x, y, p: D.Log(x * y),
          dom=("pos", "pos", "real")),
     Case("xlogx", {"XLogX"}, lambda X, Y, P: (X * Y).xlogx(),
-         lambda x, y, p: x * y * torch.log(x * y), dom=("pos", "pos", "real")),
-    Case("sin", {"Sin"}, lambda X, Y, P: (X + Y).sin(), lambda x, y, p: torch.sin(x + y)),
-    Case("cos", {"Cos"}, lambda X, Y, P: (X + Y).cos(), lambda x, y, p: torch.cos(x + y)),
+         lambda x, y, p: D.XLogX(x * y), dom=("pos", "pos", "real")),
+    Case("sin", {"Sin"}, lambda X, Y, P: (X + Y).sin(), lambda x, y, p: D.Sin(x + y)),
+    Case("cos", {"Cos"}, lambda X, Y, P: (X + Y).cos(), lambda x, y, p: D.Cos(x + y)),
     Case("sinxdivx", {"SinXDivX"}, lambda X, Y, P: (X + Y).sinxdivx(),
-         lambda x, y, p: torch.sin(x + y) / (x + y)),
+         lambda x, y, p: D.SinXDivX(x + y)),
     Case("sinc", {"SinXDivX"}, lambda X, Y, P: (X + Y).sinc(), lambda x, y, p: torch.sinc(x + y)),
-    Case("asin", {"Asin"}, lambda X, Y, P: (X * Y).asin(), lambda x, y, p: torch.asin(x * y),
+    Case("asin", {"Asin"}, lambda X, Y, P: (X * Y).asin(), lambda x, y, p: D.Asin(x * y),
          dom=("unit", "unit", "real")),
-    Case("acos", {"Acos"}, lambda X, Y, P: (X * Y).acos(), lambda x, y, p: torch.acos(x * y),
+    Case("acos", {"Acos"}, lambda X, Y, P: (X * Y).acos(), lambda x, y, p: D.Acos(x * y),
          dom=("unit", "unit", "real")),
-    Case("atan", {"Atan"}, lambda X, Y, P: (X + Y).atan(), lambda x, y, p: torch.atan(x + y)),
-    Case("atan2", {"Atan2"}, lambda X, Y, P: X.atan2(Y), lambda x, y, p: torch.atan2(x, y)),
-    Case("sqrt", {"Sqrt"}, lambda X, Y, P: (X * Y).sqrt(), lambda x, y, p: torch.sqrt(x * y),
+    Case("atan", {"Atan"}, lambda X, Y, P: (X + Y).atan(), lambda x, y, p: D.Atan(x + y)),
+    Case("atan2", {"Atan2"}, lambda X, Y, P: X.atan2(Y), lambda x, y, p: D.Atan2(x, y)),
+    Case("sqrt", {"Sqrt"}, lambda X, Y, P: (X * Y).sqrt(), lambda x, y, p: D.Sqrt(x * y),
          dom=("pos", "pos", "real")),
     Case("pow_half", {"Sqrt"}, lambda X, Y, P: (X * Y) ** 0.5, lambda x, y, p: torch.sqrt(x * y),
          dom=("pos", "pos", "real")),
     Case("rsqrt", {"Rsqrt"}, lambda X, Y, P: (X * Y).rsqrt(),
-         lambda x, y, p: 1 / torch.sqrt(x * y), dom=("pos", "pos", "real")),
+         lambda x, y, p: D.Rsqrt(x * y), dom=("pos", "pos", "real")),
     Case("pow_minus_half", {"Rsqrt"}, lambda X, Y, P: (X * Y) ** -0.5,
          lambda x, y, p: 1 / torch.sqrt(x * y), dom=("pos", "pos", "real")),
-    Case("square", {"Square"}, lambda X, Y, P: (X - Y).square(), lambda x, y, p: (x - y) * (x - y)),
+    Case("square", {"Square"}, lambda X, Y, P: (X - Y).square(), lambda x, y, p: D.Square(x - y)),
     Case("pow_2", {"Square"}, lambda X, Y, P: (X - Y) ** 2, lambda x, y, p: (x - y) * (x - y)),
     Case("pow_2_float", {"Square"}, lambda X, Y, P: (X - Y) ** 2.0, lambda x, y, p: (x - y) * (x - y)),
-    Case("pow_3", {"Pow"}, lambda X, Y, P: (X - Y) ** 3, lambda x, y, p: (x - y) * (x - y) * (x - y)),
+    Case("pow_3", {"Pow"}, lambda X, Y, P: (X - Y) ** 3, lambda x, y, p: D.Pow(x - y, 3)),
     Case("pow_3_float", {"Pow"}, lambda X, Y, P: (X - Y) ** 3.0, lambda x, y, p: (x - y) ** 3),
     Case("pow_minus_2", {"Pow"}, lambda X, Y, P: (X * Y) ** -2, lambda x, y, p: 1 / (x * y) ** 2,
          dom=("nonzero", "nonzero", "real")),
     Case("pow_0", set(), lambda X, Y, P: (X * Y) ** 0 + Y, lambda x, y, p: 1 + y),
     Case("pow_float", {"Powf"}, lambda X, Y, P: (X * Y) ** 1.7,
-         lambda x, y, p: torch.pow(x * y, 1.7), dom=("pos", "pos", "real")),
-    Case("pow_lazy", {"Powf"}, lambda X, Y, P: X**Y, lambda x, y, p: torch.pow(x, y),
+         lambda x, y, p: D.Powf(x * y, torch.tensor(1.7, dtype=x.dtype)), dom=("pos", "pos", "real")),
+    Case("pow_lazy", {"Powf"}, lambda X, Y, P: X**Y, lambda x, y, p: D.Powf(x, y),
          dom=("pos", "real", "real")),
     Case("power_method", {"Powf"}, lambda X, Y, P: X.power(Y), lambda x, y, p: torch.pow(x, y),
          dom=("pos", "real", "real")),
-    Case("inv", {"Inv"}, lambda X, Y, P: (X * Y).inv(), lambda x, y, p: 1 / (x * y),
+    Case("inv", {"Inv"}, lambda X, Y, P: (X * Y).inv(), lambda x, y, p: D.Inv(x * y),
          dom=("nonzero", "nonzero", "real")),
     Case("one_over", {"Inv"}, lambda X, Y, P: 1 / (X * Y), lambda x, y, p: 1 / (x * y),
          dom=("nonzero", "nonzero", "real")),
-    Case("abs", {"Abs"}, lambda X, Y, P: (X - Y).abs(), lambda x, y, p: torch.abs(x - y)),
+    Case("abs", {"Abs"}, lambda X, Y, P: (X - Y).abs(), lambda x, y, p: D.Abs(x - y)),
     Case("abs_builtin", {"Abs"}, lambda X, Y, P: abs(X - Y), lambda x, y, p: torch.abs(x - y)),
-    Case("sign", {"Sign"}, lambda X, Y, P: (X - Y).sign(), lambda x, y, p: torch.sign(x - y),
+    Case("sign", {"Sign"}, lambda X, Y, P: (X - Y).sign(), lambda x, y, p: D.Sign(x - y),
          dom=INT),
-    Case("step", {"Step"}, lambda X, Y, P: (X - Y).step(), lambda x, y, p: (x - y >= 0).double(),
+    Case("step", {"Step"}, lambda X, Y, P: (X - Y).step(), lambda x, y, p: D.Step(x - y),
          dom=INT),
-    Case("relu", {"ReLU"}, lambda X, Y, P: (X - Y).relu(), lambda x, y, p: torch.relu(x - y)),
+    Case("relu", {"ReLU"}, lambda X, Y, P: (X - Y).relu(), lambda x, y, p: D.ReLU(x - y)),
     Case("round", {"Round"}, lambda X, Y, P: (3 * (X + Y)).round(),
-         lambda x, y, p: torch.round(3 * (x + y))),
+         lambda x, y, p: D.Round(3 * (x + y), 0)),
     Case("round_1", {"Round"}, lambda X, Y, P: (X + Y).round(1),
-         lambda x, y, p: torch.round((x + y) * 10) / 10),
+         lambda x, y, p: D.Round(x + y, 1)),
     Case("round_2", {"Round"}, lambda X, Y, P: (X + Y).round(2),
-         lambda x, y, p: torch.round((x + y) * 100) / 100),
+         lambda x, y, p: D.Round(x + y, 2)),
     # -- clamps, ifelse, mod -------------------------------------------------
     Case("clamp_float", {"Clamp"}, lambda X, Y, P: (X + Y).clamp(-0.5, 0.7),
          lambda x, y, p: torch.clamp(x + y, -0.5, 0.7)),
     Case("clamp_lazy", {"Clamp"}, lambda X, Y, P: (X + Y).clamp(P, P + 1),
-         lambda x, y, p: torch.minimum(torch.maximum(x + y, p), p + 1)),
+         lambda x, y, p: D.Clamp(x + y, p, p + 1)),
     Case("clamp_int", {"ClampInt"}, lambda X, Y, P: (2 * (X + Y)).clamp(-1, 1),
          lambda x, y, p: torch.clamp(2 * (x + y), -1, 1)),
     Case("clampint", {"ClampInt"}, lambda X, Y, P: (2 * (X + Y)).clampint(-2, 1),
-         lambda x, y, p: torch.clamp(2 * (x + y), -2, 1)),
+         lambda x, y, p: D.ClampInt(2 * (x + y), -2, 1)),
     Case("ifelse", {"IfElse"}, lambda X, Y, P: (X - Y).ifelse(X, Y * 2),
-         lambda x, y, p: torch.where(x - y >= 0, x + 0 * y, 2 * y + 0 * x), dom=INT),
+         lambda x, y, p: D.IfElse(x - y, x, 2 * y), dom=INT),
     Case("ifelse_float", {"IfElse"}, lambda X, Y, P: (X - Y).ifelse(1.5, -2.0),
          lambda x, y, p: torch.where(x - y >= 0, 1.5, -2.0).double(), dom=INT),
     Case("mod_float", {"Mod"}, lambda X, Y, P: (3 * (X + Y)).mod(1.5, 0.25),
          lambda x, y, p: torch.remainder(3 * (x + y) - 0.25, 1.5) + 0.25),
     Case("mod_lazy", {"Mod"}, lambda X, Y, P: (3 * (X + Y)).mod(P),
-         lambda x, y, p: torch.remainder(3 * (x + y), p), dom=PPOS),
+         lambda x, y, p: D.Mod(3 * (x + y), p, torch.zeros_like(p)), dom=PPOS),
     Case("mod_lazy_offset", {"Mod"}, lambda X, Y, P: (3 * X).mod(P, -Y),
          lambda x, y, p: torch.remainder(3 * x + y, p) - y, dom=PPOS),
     # -- comparisons -----------------------------------------------------------
-    Case("eq", {"Equal"}, lambda X, Y, P: X == Y, lambda x, y, p: (x == y).double(), dom=INT),
-    Case("ne", {"NotEqual"}, lambda X, Y, P: X != Y, lambda x, y, p: (x != y).double(),
+    Case("eq", {"Equal"}, lambda X, Y, P: X == Y, lambda x, y, p: D.Equal(x, y), dom=INT),
+    Case("ne", {"NotEqual"}, lambda X, Y, P: X != Y, lambda x, y, p: D.NotEqual(x, y),
          dom=INT),
-    Case("lt", {"LessThan"}, lambda X, Y, P: X < Y, lambda x, y, p: (x < y).double(), dom=INT),
-    Case("gt", {"GreaterThan"}, lambda X, Y, P: X > Y, lambda x, y, p: (x > y).double(),
+    Case("lt", {"LessThan"}, lambda X, Y, P: X < Y, lambda x, y, p: D.LessThan(x, y), dom=INT),
+    Case("gt", {"GreaterThan"}, lambda X, Y, P: X > Y, lambda x, y, p: D.GreaterThan(x, y),
          dom=INT),
-    Case("le", {"LessOrEqual"}, lambda X, Y, P: X <= Y, lambda x, y, p: (x <= y).double(),
+    Case("le", {"LessOrEqual"}, lambda X, Y, P: X <= Y, lambda x, y, p: D.LessOrEqual(x, y),
          dom=INT),
-    Case("ge", {"GreaterOrEqual"}, lambda X, Y, P: X >= Y, lambda x, y, p: (x >= y).double(),
+    Case("ge", {"GreaterOrEqual"}, lambda X, Y, P: X >= Y, lambda x, y, p: D.GreaterOrEqual(x, y),
          dom=INT),
     Case("lt_scalar", {"LessThan"}, lambda X, Y, P: (X - Y) < 0.5, lambda x, y, p: (x - y < 0.5).double()),
     # -- vector reductions of the formula (dim=-1) -----------------------------
-    Case("vsum", {"Sum"}, lambda X, Y, P: (X * Y).sum(-1), lambda x, y, p: (x * y).sum(-1, keepdim=True)),
+    Case("vsum", {"Sum"}, lambda X, Y, P: (X * Y).sum(-1), lambda x, y, p: D.Sum(x * y)),
     Case("vsum_dim", {"Sum"}, lambda X, Y, P: (X - Y).sum(dim=-1), lambda x, y, p: _vsum(x - y)),
-    Case("vmin", {"Min"}, lambda X, Y, P: (X - Y).min(dim=-1), lambda x, y, p: (x - y).amin(-1, True)),
-    Case("vmax", {"Max"}, lambda X, Y, P: (X - Y).max(dim=-1), lambda x, y, p: (x - y).amax(-1, True)),
+    Case("vmin", {"Min"}, lambda X, Y, P: (X - Y).min(dim=-1), lambda x, y, p: D.Min(x - y)),
+    Case("vmax", {"Max"}, lambda X, Y, P: (X - Y).max(dim=-1), lambda x, y, p: D.Max(x - y)),
     Case("vmin_noarg", {"Min"}, lambda X, Y, P: (X - Y).min(), lambda x, y, p: (x - y).amin(-1, True)),
     Case("vargmin", {"ArgMin"}, lambda X, Y, P: (X - Y).argmin(dim=-1),
-         lambda x, y, p: _argfirst((x - y).expand(M, N, 4), "min"), dom=INT, dims=(4, 4, 3)),
+         lambda x, y, p: D.ArgMin(x - y), dom=INT, dims=(4, 4, 3)),
     Case("vargmax", {"ArgMax"}, lambda X, Y, P: (X - Y).argmax(dim=-1),
-         lambda x, y, p: _argfirst((x - y).expand(M, N, 4), "max"), dom=INT, dims=(4, 4, 3)),
+         lambda x, y, p: D.ArgMax(x - y), dom=INT, dims=(4, 4, 3)),
     # -- norms and distances -----------------------------------------------------
     Case("sqnorm2", {"Sum", "Square"}, lambda X, Y, P: (X - Y).sqnorm2(),
          lambda x, y, p: _vsum((x - y) ** 2)),
@@ -248,36 +232,37 @@ CASES = [
          lambda x, y, p: _wsq_full(x - y, p), dims=(3, 3, 9)),
     Case("scalprod", {"Sum", "Mult"}, lambda X, Y, P: (X | Y), lambda x, y, p: (x * y).sum(-1, keepdim=True)),
     # -- indexing --------------------------------------------------------------------
-    Case("elem", {"Elem"}, lambda X, Y, P: (X * Y).elem(1), lambda x, y, p: (x * y)[..., 1:2]),
+    Case("elem", {"Elem"}, lambda X, Y, P: (X * Y).elem(1), lambda x, y, p: D.Elem(x * y, 1)),
     Case("getitem_int", {"Elem"}, lambda X, Y, P: (X * Y)[2], lambda x, y, p: (x * y)[..., 2:3]),
     Case("getitem_negative", {"Elem"}, lambda X, Y, P: (X - Y)[-1], lambda x, y, p: (x - y)[..., 2:3]),
-    Case("extract", {"Extract"}, lambda X, Y, P: (X * Y).extract(1, 2), lambda x, y, p: (x * y)[..., 1:3]),
+    Case("extract", {"Extract"}, lambda X, Y, P: (X * Y).extract(1, 2),
+         lambda x, y, p: D.Extract(x * y, 1, 2)),
     Case("getitem_slice", {"Extract"}, lambda X, Y, P: (X - Y)[0:2], lambda x, y, p: (x - y)[..., 0:2]),
     Case("getitem_slice_open", {"Extract"}, lambda X, Y, P: (X - Y)[1:], lambda x, y, p: (x - y)[..., 1:]),
     Case("one_hot", {"OneHot"}, lambda X, Y, P: (X + Y).one_hot(4),
-         lambda x, y, p: _onehot_dense(x + y, 4), dom=("onehot_x", "onehot_y", "real"), dims=(1, 1, 1)),
-    Case("take", {"Take"}, lambda X, Y, P: (X * P).take(Y, 2), lambda x, y, p: _take_dense(x * p, y, 2),
+         lambda x, y, p: D.OneHot(x + y, 4), dom=("onehot_x", "onehot_y", "real"), dims=(1, 1, 1)),
+    Case("take", {"Take"}, lambda X, Y, P: (X * P).take(Y, 2), lambda x, y, p: D.Take(x * p, y, 2),
          dom=("real", "int", "real"), dims=(6, 1, 1)),
     Case("take_scalar_rows", {"Take"}, lambda X, Y, P: X.take(Y + 1),
-         lambda x, y, p: _take_dense(x, y + 1, 1),
+         lambda x, y, p: D.Take(x, y + 1, 1),
          dom=("real", "int", "real"), dims=(3, 1, 1)),
     # -- vector products -------------------------------------------------------------
     Case("concat", {"Concat"}, lambda X, Y, P: X.concat(Y),
-         lambda x, y, p: torch.cat([x.expand(M, N, 2), y.expand(M, N, 3)], -1), dims=(2, 3, 3)),
+         lambda x, y, p: D.Concat(x, y), dims=(2, 3, 3)),
     Case("matvecmult", {"MatVecMult"}, lambda X, Y, P: X.matvecmult(Y),
-         lambda x, y, p: (x.reshape(M, 1, 2, 3) @ y[..., None])[..., 0], dims=(6, 3, 3)),
+         lambda x, y, p: D.MatVecMult(x, y), dims=(6, 3, 3)),
     Case("vecmatmult", {"VecMatMult"}, lambda X, Y, P: X.vecmatmult(Y),
-         lambda x, y, p: torch.einsum("...m,...mn->...n", x, y.reshape(1, N, 2, 3)), dims=(2, 6, 3)),
+         lambda x, y, p: D.VecMatMult(x, y), dims=(2, 6, 3)),
     Case("tensorprod", {"TensorProd"}, lambda X, Y, P: X.tensorprod(Y),
-         lambda x, y, p: (x[..., :, None] * y[..., None, :]).reshape(M, N, 6), dims=(2, 3, 3)),
+         lambda x, y, p: D.TensorProd(x, y), dims=(2, 3, 3)),
     # -- hyperbolic functions, erf, log1p, expm1 -----------------------------------------
-    Case("tanh", {"Tanh"}, lambda X, Y, P: (X + Y).tanh(), lambda x, y, p: torch.tanh(x + y)),
-    Case("sinh", {"Sinh"}, lambda X, Y, P: (X + Y).sinh(), lambda x, y, p: torch.sinh(x + y)),
-    Case("cosh", {"Cosh"}, lambda X, Y, P: (X + Y).cosh(), lambda x, y, p: torch.cosh(x + y)),
-    Case("erf", {"Erf"}, lambda X, Y, P: (X + Y).erf(), lambda x, y, p: torch.erf(x + y)),
-    Case("log1p", {"Log1p"}, lambda X, Y, P: (X * Y).log1p(), lambda x, y, p: torch.log1p(x * y),
+    Case("tanh", {"Tanh"}, lambda X, Y, P: (X + Y).tanh(), lambda x, y, p: D.Tanh(x + y)),
+    Case("sinh", {"Sinh"}, lambda X, Y, P: (X + Y).sinh(), lambda x, y, p: D.Sinh(x + y)),
+    Case("cosh", {"Cosh"}, lambda X, Y, P: (X + Y).cosh(), lambda x, y, p: D.Cosh(x + y)),
+    Case("erf", {"Erf"}, lambda X, Y, P: (X + Y).erf(), lambda x, y, p: D.Erf(x + y)),
+    Case("log1p", {"Log1p"}, lambda X, Y, P: (X * Y).log1p(), lambda x, y, p: D.Log1p(x * y),
          dom=("pos", "pos", "real")),
-    Case("expm1", {"Expm1"}, lambda X, Y, P: (X - Y).expm1(), lambda x, y, p: torch.expm1(x - y)),
+    Case("expm1", {"Expm1"}, lambda X, Y, P: (X - Y).expm1(), lambda x, y, p: D.Expm1(x - y)),
 ]
 
 

@@ -236,7 +236,33 @@ def _drop_last_intervals(ranges):
     return (ranges_x, slices_x, red)
 
 
-#: name -> zero-argument factory
+class WrongOpReference(_NoRanges):
+    """A faithful backend built on an op table whose reference implementation of Sin is wrong.
+
+    Its factory, :func:`wrong_sin_ref`, plants the bug in ``OPS["Sin"].ref`` itself, for
+    the whole process: the reference backend this wraps, ``polykeops.formula.evaluate``
+    and the suite's formula probes all compute ``sin(x) (1 + 1/1000)``.  Only an oracle
+    that does not evaluate with ``OpDef.ref`` sees it (run it alone: it changes the op
+    table under every other backend of the process).
+    """
+
+    name = "meta-wrong-ref"
+    bug = "the op table's reference implementation of Sin is off by 0.1%"
+
+
+def _plant_wrong_sin_ref():
+    from polykeops.formula.ops import OPS
+
+    sin = OPS["Sin"]
+    if not getattr(sin.ref, "planted", False):
+        def wrong(xp, a):
+            return xp.sin(a) * 1.001
+
+        wrong.planted = True
+        OPS["Sin"] = replace(sin, ref=wrong)
+
+
+#: name -> zero-argument factory (each wraps the reference backend and changes nothing else)
 FACTORIES = {
     "correct": _Wrapper,
     "sin_derivative": WrongSinDerivative,
@@ -281,4 +307,10 @@ def ranges_drop_last():
     return RangesDropLastInterval()
 
 
-__all__ = ["FACTORIES"] + list(FACTORIES)
+def wrong_sin_ref():
+    """:class:`WrongOpReference`, after planting its bug in the op table (see there)."""
+    _plant_wrong_sin_ref()
+    return WrongOpReference()
+
+
+__all__ = ["FACTORIES", "wrong_sin_ref"] + list(FACTORIES)

@@ -5,8 +5,10 @@ subprocess (``python -m pytest conformance/... --backend
 conformance.meta.broken:NAME,...``), exactly as a third party runs the suite,
 each on the tests meant to catch its bug, with few examples and no shrinking.
 Every one must fail, with a report carrying a reproduction snippet; the snippet
-of one failure is run on its own to check that it reproduces the error.  The
-same machinery checks the skips/xfails files and the third-party plugin example
+of one failure is run on its own to check that it reproduces the error.  A
+backend built on an op table with a wrong ``OpDef.ref`` must fail too (in a run
+of its own: that bug is planted in the op table of the whole process).  The same
+machinery checks the skips/xfails files and the third-party plugin example
 of ``examples/plugin_backend`` (registered through its entry point).
 
 The subprocesses start together (module fixture) and run concurrently.  The
@@ -27,14 +29,21 @@ from pathlib import Path
 
 import pytest
 
-from conformance.session import OPTIONS
+#: the suite's folder, and its package as imported now ("conformance" in a checkout, else
+#: "polykeops.conformance", installed): the subprocesses certify through the same files
+SUITE_DIR = Path(__file__).resolve().parents[1]
+SUITE = __package__.rpartition(".")[0]
+#: in a checkout, the repository root (the subprocesses run there, with it on their path)
+ROOT = SUITE_DIR.parent if SUITE == "conformance" else None
+CWD = ROOT or Path(tempfile.gettempdir())
+PLUGIN_SRC = (ROOT or SUITE_DIR) / "examples" / "plugin_backend" / "src"
 
-ROOT = Path(__file__).resolve().parents[2]
-PLUGIN_SRC = ROOT / "examples" / "plugin_backend" / "src"
 
-pytestmark = pytest.mark.skipif(
-    OPTIONS.user_selected, reason="meta-tests check the suite itself; run them without --backend"
-)
+@pytest.fixture(scope="module", autouse=True)
+def _suite_only(options):
+    """The meta-tests check the suite itself: skipped when a backend is named (before any subprocess)."""
+    if options.user_selected:
+        pytest.skip("meta-tests check the suite itself; run them without --backend")
 
 #: broken backend -> (its label, the tests of the suite that must catch it: a -k expression)
 TARGETS = {
@@ -53,13 +62,16 @@ CORRECT = (
 )
 #: a backend that does not claim block-sparse ranges: the ranges tests must skip, saying why
 NO_RANGES = ("meta-batch0", "test_ranges_per_batch or test_ranges_without_blocks")
-FILES = [
-    "conformance/test_ops.py",
-    "conformance/test_special.py",
-    "conformance/test_gradients.py",
-    "conformance/test_ranges.py",
-]
+FILES = [str(SUITE_DIR / f"test_{name}.py") for name in ("ops", "special", "gradients", "ranges")]
+#: the op table's reference of Sin made wrong for the whole process (alone in its run): the suite's
+#: oracle, independent of OpDef.ref, must fail the backend built on it, and the table check too
+WRONG_REF = ("meta-wrong-ref", "wrong_sin_ref")
 SNIPPET_RE = re.compile(r"Reproduce \(run from the repository root\):\n-{60}\n(.*?)\n-{60}", re.S)
+
+
+def _pythonpath(extra: str | None) -> str:
+    """The subprocesses' PYTHONPATH: the repository root first in a checkout, then ``extra``."""
+    return os.pathsep.join(([str(ROOT)] if ROOT else []) + ([extra] if extra else []))
 
 
 @dataclass
@@ -77,14 +89,13 @@ class Run:
         for key in list(env):
             if key.startswith("POLYKEOPS_CONFORMANCE_") or key == "POLYKEOPS_BACKEND":
                 env.pop(key)
-        extra = [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + extra)
+        env["PYTHONPATH"] = _pythonpath(env.get("PYTHONPATH"))
         env.update(env_extra or {})
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-shrink"]
         cmd += ["-W", "ignore::DeprecationWarning", *args]
         self._out = tempfile.TemporaryFile(mode="w+")
         self._err = tempfile.TemporaryFile(mode="w+")
-        self._proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._out, stderr=self._err, text=True)
+        self._proc = subprocess.Popen(cmd, cwd=CWD, env=env, stdout=self._out, stderr=self._err, text=True)
         self._result = None
 
     def result(self, timeout=900) -> Result:
@@ -104,7 +115,7 @@ class Run:
 
 def _meta_args():
     names = list(TARGETS) + ["correct"]
-    backends = ",".join(f"conformance.meta.broken:{n}" for n in names)
+    backends = ",".join(f"{SUITE}.meta.broken:{n}" for n in names)
     selections = [f"({label} and ({expr}))" for label, expr in TARGETS.values()]
     selections.append(f"(meta-correct and ({CORRECT}))")
     selections.append(f"({NO_RANGES[0]} and ({NO_RANGES[1]}))")
@@ -137,17 +148,22 @@ def runs(tmp_path_factory):
     skips, xfails = _write_id_files(tmp)
     started = {"meta": Run(_meta_args())}
     started["ids"] = Run(
-        ["conformance/test_special.py::test_sizes", "-k", "1x1 or 31x33 or 65x129", "-rsxX"]
-        + ["--backend", "conformance.meta.broken:dropped_tile", "--skips-file", str(skips)]
+        [str(SUITE_DIR / "test_special.py") + "::test_sizes", "-k", "1x1 or 31x33 or 65x129", "-rsxX"]
+        + ["--backend", f"{SUITE}.meta.broken:dropped_tile", "--skips-file", str(skips)]
         + ["--xfails-file", str(xfails)]
+    )
+    started["wrong_ref"] = Run(
+        [str(SUITE_DIR / "test_ops.py"), str(SUITE_DIR / "test_op_table.py")]
+        + ["--backend", f"{SUITE}.meta.broken:{WRONG_REF[1]}", "--max-examples", "3"]
+        + ["-k", "test_op and Sin and not SinXDivX", "-rfs"]
     )
     if PLUGIN_SRC.is_dir():
         _write_entry_point(tmp)
         started["plugin"] = Run(
-            ["conformance/test_reductions.py::test_reduction", "conformance/test_special.py"]
+            [str(SUITE_DIR / "test_reductions.py") + "::test_reduction", str(SUITE_DIR / "test_special.py")]
             + ["-k", "(test_reduction and float64 and axis1) or test_selection_ties or test_nan or 31x33"]
             + ["--backend", "numpy_tiles", "--max-examples", "2", "-x"],
-            env_extra={"PYTHONPATH": os.pathsep.join([str(ROOT), str(PLUGIN_SRC), str(tmp)])},
+            env_extra={"PYTHONPATH": _pythonpath(os.pathsep.join([str(PLUGIN_SRC), str(tmp)]))},
         )
     return started
 
@@ -198,9 +214,9 @@ def test_failure_snippet_reproduces(runs, tmp_path, label):
     code = textwrap.dedent(match.group(1))
     script = tmp_path / "repro.py"
     script.write_text(code)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=_pythonpath(None))
     res = subprocess.run(
-        [sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, str(script)], cwd=CWD, env=env, capture_output=True, text=True, timeout=300
     )
     assert res.returncode == 0, res.stderr[-3000:] + "\n---\n" + code
     errors = [float(x) for x in re.findall(r"max abs error (\S+)", res.stdout)]
@@ -237,8 +253,9 @@ def test_plugin_example_passes(runs):
 @pytest.fixture
 def registered_broken():
     """The broken backends registered under their names for one test (then removed again)."""
-    from conformance.meta.broken import FACTORIES
     from polykeops import backends as registry
+
+    from .broken import FACTORIES
 
     names = {}
     for key, factory in FACTORIES.items():
@@ -310,3 +327,17 @@ def test_planted_bugs_fire(registered_broken):
     assert not torch.allclose(
         forward(spec, batched, registered_broken["batch0"]), forward(spec, batched, "reference")
     ), "batch0"
+
+
+def test_wrong_op_reference_is_caught(runs):
+    """A faithful backend on an op table whose ``OpDef.ref`` of Sin is wrong fails the suite: the
+    oracle computes with the independent definitions of dense_ops, not with the op table's refs."""
+    result = runs["wrong_ref"].result()
+    label = WRONG_REF[0]
+    failed = _failed_ids(result, label)
+    assert any("test_op[" in line and f"{label}-Sin]" in line for line in failed), _tail(result)
+    text = plain(result.stdout)
+    titles = re.findall(r"polykeops conformance: (.*)\nbackend '" + re.escape(label) + "'", text)
+    assert titles and all(t.startswith("wrong") for t in titles), _tail(result)
+    assert "test_ref_matches_the_independent_definition[Sin]" in result.stdout, _tail(result)
+    assert "wrong reference implementation of Sin" in text, _tail(result)

@@ -76,7 +76,10 @@ def names() -> list[str]:
 
 
 def unregister_backend(name: str) -> None:
-    """Forget a backend registered with :func:`register_backend` (and its loaded instance)."""
+    """Forget a backend added by :func:`register_backend` (or an entry point): its factory and
+    any instance or failure recorded for it.  Unknown names are ignored; built-ins cannot be removed."""
+    if name in _BUILTIN:
+        raise BackendError(f"the built-in backend {name!r} cannot be unregistered")
     with _lock:
         _factories.pop(name, None)
         _instances.pop(name, None)
