@@ -2,7 +2,7 @@
 
 A kernel is one C file (the generated source plus the runtime headers of
 ``include/``) compiled with ``cc -O3 -march=native -shared`` into a shared
-library that :mod:`.runtime` loads with ctypes: no Python headers, no Cython
+library that :mod:`.kernels` loads with ctypes: no Python headers, no Cython
 and no setuptools on this path, so a build takes about half a second.
 ``-fopenmp-simd`` enables the ``omp simd`` loops without linking an OpenMP
 runtime (threads come from ``pk_runtime.h``).  No ``-ffast-math``: infinities
