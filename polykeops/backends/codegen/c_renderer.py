@@ -90,7 +90,7 @@ class CRenderer:
     nan = "NAN"
     #: math functions whose name differs from the C library's (``tanhf`` for float, ``tanh`` for
     #: double), per C scalar type: the vectorisable IEEE-safe versions of the CPU runtime header
-    #: (pk_runtime.h); the CUDA dialect uses the C names (NVRTC's math library)
+    #: (pk_math.h); the CUDA dialect uses the C names (NVRTC's math library)
     math_funcs = {
         "float": {
             "exp": "pk_expf", "log": "pk_logf", "expm1": "pk_expm1f", "log1p": "pk_log1pf",

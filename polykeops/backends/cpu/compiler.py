@@ -5,7 +5,7 @@ A kernel is one C file (the generated source plus the runtime headers of
 library that :mod:`.kernels` loads with ctypes: no Python headers, no Cython
 and no setuptools on this path, so a build takes about half a second.
 ``-fopenmp-simd`` enables the ``omp simd`` loops without linking an OpenMP
-runtime (threads come from ``pk_runtime.h``).  No ``-ffast-math``: infinities
+runtime (threads come from ``pk_pool.h``).  No ``-ffast-math``: infinities
 and NaNs keep their IEEE meaning (the exp is the vectorisable one of the
 runtime header).
 """

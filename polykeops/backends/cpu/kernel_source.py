@@ -3,7 +3,7 @@
 The kernel is a blocked map-reduce (see ``docs/cpu_engine.md``):
 
 * work items are (batch, block of ``BI`` rows i, chunk of j); threads take
-  items from an atomic counter (``pk_parallel_for`` in ``include/pk_runtime.h``);
+  items from an atomic counter (``pk_parallel_for`` in ``include/pk_pool.h``);
 * j is walked in tiles of ``TJ`` columns: each j-variable of the tile is
   transposed into a structure-of-arrays buffer, and sub-formulas that depend
   on j only are computed once per tile, shared by the ``BI`` rows;

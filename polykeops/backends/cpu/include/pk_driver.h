@@ -8,7 +8,7 @@
  *   SCRATCH_BYTES, OFF_STATE   the per-thread scratch area and where the states live in it
  *
  * Work items are (batch, block of BI rows, chunk of j); threads take them from an
- * atomic counter (pk_parallel_for, pk_runtime.h).  Short and wide problems (few
+ * atomic counter (pk_parallel_for, pk_pool.h).  Short and wide problems (few
  * rows, large N) also split j across threads; the partial states are then merged
  * in j order with pk_state_combine.  Block-sparse calls (c->items) run one item per
  * block of at most BIR rows, over the j intervals of its block, without a split of j.
