@@ -315,12 +315,14 @@ def _run_or_fail(fn, case, bt, mode, device):
         )
 
 
-def check_forward(bt, case, *, device: str = "cpu", deterministic: bool = False):
-    """Run ``case`` on the backend and compare every output with the oracle."""
+def check_forward(bt, case, *, device: str = "cpu", deterministic: bool = False, runner=None):
+    """Run ``case`` on the backend and compare every output with the oracle (``runner``: how the
+    backend is run, :func:`~.runner.run_forward` by default)."""
     oracle = _oracle(case, deterministic)
     arrays64 = case.arrays64()
+    runner = runner or run_forward
     outs, problems = _run_or_fail(
-        lambda: run_forward(bt, case, arrays64, device), case, bt, "forward", device
+        lambda: runner(bt, case, arrays64, device), case, bt, "forward", device
     )
     if problems:
         fail(case, bt, "the backend broke the output contract", ["  " + p for p in problems], device=device)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from polykeops.common.call import run_spec
+from polykeops.backends.split_j import evaluate_split
+from polykeops.common.call import finish_outputs, prepare_call, run_spec
 
 from .dense_values import TORCH_DTYPES
 
@@ -120,6 +121,28 @@ def run_forward(bt, case, arrays64, device: str = "cpu"):
     outs = as_tuple(run_spec(tools, case.spec, list(args), backend=bt.name, ranges=ranges))
     problems = check_contract(case, args, outs, snapshot, device)
     return outs, problems
+
+
+def piece_bounds(case, n: int) -> list[int]:
+    """Cuts of the reduced axis (``n`` columns) into 1 to 4 pieces drawn from the case's seed,
+    pieces of one column and empty pieces included."""
+    rng = np.random.default_rng(case.seed + 7)
+    cuts = sorted(int(c) for c in rng.integers(0, n + 1, size=int(rng.integers(0, 4))))
+    return [0, *cuts, n]
+
+
+def run_forward_split(bt, case, arrays64, device: str = "cpu"):
+    """Like :func:`run_forward`, but through partial states: the reduced axis cut into pieces
+    (:func:`piece_bounds`), each piece's state computed by the backend (``evaluate_states``),
+    the states combined with the reduction's own rules and finalized."""
+    tools = tools_for(case.array_kind)
+    args = backend_arrays(case, arrays64, device)
+    snapshot = [to_torch_cpu(a).to(torch.float64).clone() for a in args]
+    ranges = backend_ranges(case, case.array_kind, device)
+    call, normalised = prepare_call(tools, case.spec, list(args), backend=bt.name, ranges=ranges)
+    outs = evaluate_split(call, normalised, piece_bounds(case, call.ny))
+    outs = as_tuple(finish_outputs(tools, case.spec, outs))
+    return outs, check_contract(case, args, outs, snapshot, device)
 
 
 def cotangents_for(case, seed_offset: int = 1):

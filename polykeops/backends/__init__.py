@@ -15,8 +15,9 @@ or by calling :func:`register_backend`.
 
 from __future__ import annotations
 
+from . import partial_states
 from .contract import Backend, Capabilities
-from .dispatch import describe_choice, dispatch, select_backend
+from .dispatch import describe_choice, dispatch, dispatch_states, select_backend
 from .reduction_call import ReductionCall
 from .registry import (
     available,
@@ -40,6 +41,8 @@ __all__ = [
     "canonical_name",
     "device_request",
     "dispatch",
+    "dispatch_states",
+    "partial_states",
     "describe_choice",
     "get_backend",
     "instance",

@@ -34,6 +34,16 @@ reduced over the j intervals ``redranges_y[s]`` for
 ``slices_x[k - 1] <= s < slices_x[k]`` (``slices_x[-1]`` read as 0).  Rows in
 no range hold the reduction of nothing (``Reduction.empty_outputs``).
 
+Partial states (for backends declaring ``capabilities.partial_states``; what the
+Dask and torch.distributed layers use to split j across workers):
+``evaluate_states(spec, args, *, nx, ny, batch_shape, ranges=None)`` takes what
+``evaluate`` takes and returns the reduction's *state fields* over the call's j
+instead of its outputs: one array per field of ``spec.red.state_layout``, shaped
+``(*batch_shape, nx, size)``, as :mod:`polykeops.backends.partial_states` defines
+them.  :class:`Backend` provides it for every backend that can evaluate the
+state reductions (:func:`~polykeops.backends.partial_states.state_spec`); a backend
+may override it with a native path.
+
 Device backends may declare ``capabilities.host_inputs``: named explicitly
 (``backend="cuda"``, or ``"cuda:N"`` for device ``N``, which pykeops'
 ``device_id=N`` becomes), they also run NumPy arrays and CPU torch tensors.  The
@@ -65,9 +75,10 @@ class Capabilities:
     ranges: bool = False  # block-sparse reductions (the ``ranges`` argument of evaluate)
     ops: frozenset | None = None  # formula ops it can evaluate (None: every op of the op table)
     host_inputs: bool = False  # named explicitly, takes host arrays too (``for_host_inputs``)
+    partial_states: bool = False  # serves ``evaluate_states`` (j split across workers)
 
     def unsupported(self, spec, array_kind: str, device: str, batched: bool,
-                    ranges: bool = False) -> str | None:
+                    ranges: bool = False, partial: bool = False) -> str | None:
         """Why this backend cannot run ``spec`` on these arrays, or None if it can."""
         if spec.dtype not in self.dtypes:
             return f"dtype {spec.dtype} not supported (supports {sorted(self.dtypes)})"
@@ -83,6 +94,8 @@ class Capabilities:
             return f"sum_scheme {spec.sum_scheme} not supported"
         if ranges and not self.ranges:
             return "block-sparse ranges not supported"
+        if partial and not self.partial_states:
+            return "partial states not supported"
         if self.ops is not None:
             from ..formula.nodes import LEAF_OPS, walk
 
@@ -104,6 +117,14 @@ class Backend:
 
     def evaluate(self, spec, args, *, nx: int, ny: int, batch_shape: tuple, ranges=None):
         raise NotImplementedError
+
+    def evaluate_states(self, spec, args, *, nx: int, ny: int, batch_shape: tuple, ranges=None):
+        """The partial state of the call (see the module docstring): by default, the outputs of
+        its state reduction computed by :meth:`evaluate`."""
+        from .partial_states import states_from_outputs
+
+        return states_from_outputs(self.evaluate, spec, args, nx=nx, ny=ny, batch_shape=batch_shape,
+                                   ranges=ranges)
 
     def __repr__(self) -> str:
         return f"<polykeops backend {self.name!r}>"

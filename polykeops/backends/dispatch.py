@@ -28,7 +28,23 @@ def dispatch(call: ReductionCall, args) -> tuple:
                                  **extra))
 
 
-def select_backend(request, spec, array_kind: str, device: str, batched: bool, ranges: bool = False):
+def dispatch_states(call: ReductionCall, args) -> tuple:
+    """The partial state of ``call`` over its j (see :mod:`polykeops.backends.partial_states`),
+    from the backend its request selects among those declaring ``capabilities.partial_states``."""
+    chosen = select_backend(call.request, call.spec, call.array_kind, call.device, bool(call.batch_shape),
+                            call.ranges is not None, partial=True)
+    extra = {} if call.ranges is None else {"ranges": call.block_sparse_ranges}
+    own = getattr(chosen, "evaluate_states", None)
+    if own is None:  # a structural backend (not a Backend subclass): the contract's default path
+        from .partial_states import states_from_outputs
+
+        return states_from_outputs(chosen.evaluate, call.spec, args, nx=call.nx, ny=call.ny,
+                                   batch_shape=call.batch_shape, **extra)
+    return tuple(own(call.spec, args, nx=call.nx, ny=call.ny, batch_shape=call.batch_shape, **extra))
+
+
+def select_backend(request, spec, array_kind: str, device: str, batched: bool, ranges: bool = False,
+                   partial: bool = False):
     """The backend to run ``spec`` with; see the module docstring for the order.
 
     ``request`` is a :class:`~polykeops.backends.request.BackendRequest`, or what
@@ -36,7 +52,7 @@ def select_backend(request, spec, array_kind: str, device: str, batched: bool, r
     """
     request = BackendRequest.parse(request)
     if request.name == "auto":
-        return _automatic(spec, array_kind, device, batched, ranges)
+        return _automatic(spec, array_kind, device, batched, ranges, partial)
     name = request.name
     backend = registry.get_backend(name)
     caps = backend.capabilities
@@ -44,19 +60,20 @@ def select_backend(request, spec, array_kind: str, device: str, batched: bool, r
         backend = backend.for_host_inputs(array_kind, request.device_id)
     elif request.device_id is not None:
         raise BackendError(f"backend {name!r} does not take a device index (got {request})")
-    why = backend.capabilities.unsupported(spec, array_kind, device, batched, ranges)
+    why = backend.capabilities.unsupported(spec, array_kind, device, batched, ranges, partial)
     if why is not None:
         raise BackendError(f"backend {name!r} cannot run {spec}: {why}")
     return backend
 
 
-def _automatic(spec, array_kind, device, batched, ranges):
+def _automatic(spec, array_kind, device, batched, ranges, partial=False):
     candidates = []
     for name in registry.names():
         backend = registry.instance(name)
         # capabilities first: a backend that cannot run this call is not probed (the CUDA
         # probe imports torch and loads drivers, seconds that a NumPy call on CPU must not pay)
-        if backend is None or backend.capabilities.unsupported(spec, array_kind, device, batched, ranges):
+        if backend is None or backend.capabilities.unsupported(spec, array_kind, device, batched, ranges,
+                                                               partial):
             continue
         ok, _ = registry.status(name)
         if ok:

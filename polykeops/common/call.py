@@ -84,6 +84,21 @@ def run_spec(tools, spec: ReductionSpec, arrays, backend=None, leaves=None, out=
     ``shape_hint`` = ``(M, N, batch)`` of the LazyTensor, used where simplification
     removed every variable of an axis (``x_i * 0 + y_j`` still has M rows).
     """
+    call, normalised = prepare_call(tools, spec, arrays, backend, leaves, shape_hint, ranges, device_id)
+    if normalised:
+        outputs = tools.evaluate(call, normalised)
+    else:  # the formula simplified to a constant: no array says where to compute
+        host_ranges = None if call.ranges is None else tuple(tools.to_numpy(r) for r in call.ranges)
+        outputs = tuple(tools.from_numpy(o) for o in dispatch(call.on_host(host_ranges), []))
+    return finish_outputs(tools, spec, outputs, out)
+
+
+def prepare_call(tools, spec: ReductionSpec, arrays, backend=None, leaves=None, shape_hint=None,
+                 ranges=None, device_id=None):
+    """``(call, arguments)``: the :class:`ReductionCall` of ``spec`` on user arrays (sizes and
+    batch shapes checked, ranges validated, backend request parsed) and the arguments a backend
+    receives (one per variable of ``spec``: dtype, layout and batch dimensions normalised).
+    The parameters are :func:`run_spec`'s."""
     infos = signature_sizes(tools, spec, arrays, leaves)
     hint_i, hint_j, hint_batch = shape_hint if shape_hint is not None else (None, None, ())
     sizes = {CAT_I: None, CAT_J: None}
@@ -133,12 +148,7 @@ def run_spec(tools, spec: ReductionSpec, arrays, backend=None, leaves=None, out=
     call = ReductionCall.of(spec, ni, nj, ranges=ranges, batch_shape=batch,
                             request=BackendRequest.parse(backend, device_id), array_kind=tools.array_kind,
                             device=devices[0].split(":")[0] if devices else "cpu")
-    if normalised:
-        outputs = tools.evaluate(call, normalised)
-    else:  # the formula simplified to a constant: no array says where to compute
-        host_ranges = None if call.ranges is None else tuple(tools.to_numpy(r) for r in call.ranges)
-        outputs = tuple(tools.from_numpy(o) for o in dispatch(call.on_host(host_ranges), []))
-    return finish_outputs(tools, spec, outputs, out)
+    return call, normalised
 
 
 def _first_array(tools, arrays):

@@ -61,8 +61,10 @@ COMBINE_RULES = {
     "compensation": "Neumaier: the rounding error of the addition of the sums, plus a.c + b.c",
     "max": "max(a.m, b.m), NaN wins; the shift used is 0 where that max is infinite or NaN",
     "add_rescaled": "a.s * exp(a.m - m) + b.s * exp(b.m - m), m the combined max (shifts as for max)",
-    "select": "(value, index) of b if b is strictly better (or NaN while a is not), else of a",
-    "merge_k": "the K first (value, index) of the stable merge of the two sorted lists (NaN first)",
+    "select": "(value, index) of b if b is strictly better (or NaN while a is not, or a holds "
+              "nothing: index -1), else of a",
+    "merge_k": "the K first (value, index) of the stable merge of the two sorted lists (NaN first, "
+               "unused slots with index -1 last)",
 }
 
 
@@ -178,6 +180,8 @@ class Sum(Reduction):
         # Kahan-Babuska (Neumaier) compensated addition of the tile sums
         a, b = s1[0], s2[0]
         comp = s1[1] if s1[1] is not None else a * 0
+        if s2[1] is not None:  # b carries its own compensation (a partial state from elsewhere)
+            comp = comp + s2[1]
         t = a + b
         big = xp.abs(a) >= xp.abs(b)
         comp = comp + xp.where(big, (a - t) + b, (b - t) + a)
@@ -343,7 +347,8 @@ class Select(_ValueAndIndex, Reduction):
         v1, i1 = s1
         v2, i2 = s2
         better = (v2 < v1) if self.selection_kind == "min" else (v2 > v1)
-        take2 = better | (xp.isnan(v2) & ~xp.isnan(v1))
+        # a state holding nothing (index -1: an empty piece of j) loses even against +-inf
+        take2 = better | (xp.isnan(v2) & ~xp.isnan(v1)) | ((i1 < 0) & (i2 >= 0))
         return (xp.where(take2, v2, v1), xp.where(take2, i2, i1))
 
     def finalize(self, xp, state):
@@ -389,7 +394,10 @@ class KMin(_ValueAndIndex, Reduction):
         return self._keep(xp, f, idx)
 
     def combine(self, xp, s1, s2):
-        return self._keep(xp, xp.cat_j([s1[0], s2[0]]), xp.cat_j([s1[1], s2[1]]))
+        vals, idx = xp.cat_j([s1[0], s2[0]]), xp.cat_j([s1[1], s2[1]])
+        # unused slots (index -1, value +inf) go after every candidate, +inf ones included
+        unused_last = xp.rargsort_nanfirst(xp.cast(idx < 0, vals))
+        return self._keep(xp, xp.take(vals, unused_last), xp.take(idx, unused_last))
 
     def finalize(self, xp, state):
         vals, idx = state

@@ -63,6 +63,7 @@ class CpuBackend(Backend):
             devices=frozenset({"cpu"}),
             batch=True,
             ranges=True,
+            partial_states=True,
             reductions=None,
             ops=frozenset(ops),  # the C renderer's rules (SoftDTW has none: reference backend)
             notes=(

@@ -54,6 +54,7 @@ class CudaBackend(Backend):
         batch=True,
         ops=frozenset(CudaRenderer().supported_ops()),  # the ops the shared C renderer can write
         ranges=True,
+        partial_states=True,
         host_inputs=True,
         notes=("NVRTC cubins cached on disk; 1D/2D schemes; float16 with float32 accumulation",
                "block-sparse ranges: one block per (i-range, row block), 1D scheme"),

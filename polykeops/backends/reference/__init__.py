@@ -30,6 +30,7 @@ class ReferenceBackend(Backend):
         array_kinds=frozenset({"numpy", "torch"}),
         devices=frozenset({"cpu", "cuda"}),
         ranges=True,
+        partial_states=True,
     )
 
     def __init__(self, tile_elements: int = TILE_ELEMENTS):
