@@ -10,6 +10,7 @@ from __future__ import annotations
 from .config import __version__
 from .errors import (
     BackendError,
+    CacheUnavailable,
     ConfigError,
     DeviceError,
     DTypeError,
@@ -22,6 +23,7 @@ from .errors import (
 
 __all__ = [
     "BackendError",
+    "CacheUnavailable",
     "ConfigError",
     "DTypeError",
     "DeviceError",

@@ -1,9 +1,11 @@
-"""Command line: ``python -m polykeops demo | check``.
+"""Command line: ``python -m polykeops demo | check | cache``.
 
 * ``demo [--n N] [--backend NAME]``: a Gaussian kernel sum on N points in 3-D
   (NumPy API), checked against a dense computation on a subset of rows; prints
   the time and the pairs per second.
 * ``check``: what :func:`polykeops.check_health` finds (backends and why any is off).
+* ``cache [--clean]``: where the compiled-kernel cache is, what each backend's folder
+  holds (artifacts, bytes, against ``POLYKEOPS_CACHE_SIZE``); ``--clean`` deletes it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,30 @@ def demo(n: int | None, backend: str | None) -> int:
     return 0 if err < 1e-4 else 1
 
 
+def cache(clean: bool) -> int:
+    import polykeops
+    from polykeops import config
+    from polykeops.backends.artifact_cache import ArtifactStore, cache_base
+
+    base = cache_base()
+    if clean:
+        removed = polykeops.clean_cache()
+        print(f"removed {len(removed)} folder(s) under {base}" + "".join(f"\n  {r}" for r in removed))
+        return 0
+    limit = config.cache_size()
+    print(f"polykeops cache: {base} (POLYKEOPS_CACHE_DIR; at most {limit / 1e6:.0f} MB per folder, "
+          f"POLYKEOPS_CACHE_SIZE)")
+    folders = sorted(p for p in base.iterdir() if (p / "CACHEDIR.TAG").is_file()) if base.is_dir() else []
+    if not folders:
+        print("  empty")
+    for folder in folders:
+        entries = ArtifactStore(folder.name, "").entries()
+        size = sum(e[1] for e in entries)
+        print(f"  {folder.name:<10} {len(entries)} artifact{'s' if len(entries) != 1 else ''}, "
+              f"{size / 1e6:.2f} MB")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m polykeops", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,9 +79,13 @@ def main(argv=None) -> int:
                         help="points (default 200k; 20k on the reference backend)")
     p_demo.add_argument("--backend", default=None)
     sub.add_parser("check", help="report available backends")
+    p_cache = sub.add_parser("cache", help="show the compiled-kernel cache (or --clean it)")
+    p_cache.add_argument("--clean", action="store_true", help="delete every polykeops cache folder")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args.n, args.backend)
+    if args.command == "cache":
+        return cache(args.clean)
     from polykeops import check_health
 
     check_health(verbose=True)

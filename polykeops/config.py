@@ -10,12 +10,23 @@
                            engine compiles specialised kernels
 ``POLYKEOPS_NUM_THREADS``  number of CPU threads (default: the CPUs this process may run on)
 ``POLYKEOPS_VERBOSE``      ``0`` (default) or ``1``
+``POLYKEOPS_CACHE_SIZE``   the most bytes each backend's cache folder keeps
+                           (``2GB`` by default; ``500MB``, ``1.5GiB``, plain bytes);
+                           least recently used kernels are deleted past it
 =========================  =================================================
+
+Every variable is validated when it is read, and all of them at every reduction
+(:func:`validate_environment`): a typo raises a :class:`ConfigError` listing the
+valid values and the closest one, rather than silently changing behaviour.  An
+unknown ``POLYKEOPS_*`` variable (a misspelt name) gives one warning naming the
+closest known variable.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from difflib import get_close_matches
 from pathlib import Path
 
@@ -67,3 +78,50 @@ def cache_dir() -> Path:
         return Path(value).expanduser()
     base = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
     return Path(base) / "polykeops"
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+               "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+DEFAULT_CACHE_SIZE = 2 * 10**9
+
+
+def cache_size() -> int:
+    """``POLYKEOPS_CACHE_SIZE`` in bytes (default 2 GB)."""
+    value = os.environ.get("POLYKEOPS_CACHE_SIZE", "").strip()
+    if not value:
+        return DEFAULT_CACHE_SIZE
+    m = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([a-zA-Z]*)", value)
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _SIZE_UNITS:
+        raise ConfigError(f"POLYKEOPS_CACHE_SIZE={value!r} is not a size; use bytes or a number with a unit "
+                          f"({', '.join(u for u in _SIZE_UNITS if u)}), e.g. 500MB or 2GiB")
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+#: every variable polykeops reads, and the function validating it
+VARIABLES = {
+    "POLYKEOPS_BACKEND": backend_name,
+    "POLYKEOPS_CACHE_DIR": cache_dir,
+    "POLYKEOPS_CACHE_SIZE": cache_size,
+    "POLYKEOPS_JIT": jit_mode,
+    "POLYKEOPS_NUM_THREADS": num_threads,
+    "POLYKEOPS_VERBOSE": verbose,
+}
+#: prefixes of variables read by other parts of the project (the conformance suite, CI)
+OTHER_PREFIXES = ("POLYKEOPS_CONFORMANCE_", "POLYKEOPS_CI_")
+_unknown_warned: set = set()
+
+
+def validate_environment() -> None:
+    """Read every ``POLYKEOPS_*`` variable: a ConfigError for an invalid value, one warning per
+    unknown variable name (with the closest known one).  Costs a few microseconds."""
+    for read in VARIABLES.values():
+        read()
+    for name in os.environ:
+        if (name.startswith("POLYKEOPS_") and name not in VARIABLES and name not in _unknown_warned
+                and not name.startswith(OTHER_PREFIXES)):
+            _unknown_warned.add(name)
+            close = get_close_matches(name, VARIABLES, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            warnings.warn(f"polykeops: unknown environment variable {name} is ignored{hint} "
+                          f"(known: {', '.join(VARIABLES)})", RuntimeWarning, stacklevel=3)

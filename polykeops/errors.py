@@ -50,3 +50,7 @@ class ConfigError(PolyKeopsError, ValueError):
 
 class NotDifferentiableError(PolyKeopsError, RuntimeError):
     """A gradient was requested through an operation that has none."""
+
+
+class CacheUnavailable(PolyKeopsError, OSError):
+    """The compiled-kernel cache directory cannot be used (read-only, not a directory, full...)."""

@@ -15,7 +15,6 @@ or by calling :func:`register_backend`.
 
 from __future__ import annotations
 
-from . import partial_states
 from .contract import Backend, Capabilities
 from .dispatch import describe_choice, dispatch, dispatch_states, select_backend
 from .reduction_call import ReductionCall
@@ -42,7 +41,6 @@ __all__ = [
     "device_request",
     "dispatch",
     "dispatch_states",
-    "partial_states",
     "describe_choice",
     "get_backend",
     "instance",

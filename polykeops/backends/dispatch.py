@@ -12,6 +12,7 @@ copies the inputs to its device (``request.device_id``) and the outputs back.
 
 from __future__ import annotations
 
+from .. import config
 from ..errors import BackendError
 from . import registry
 from .reduction_call import ReductionCall
@@ -21,6 +22,7 @@ from .request import BackendRequest
 def dispatch(call: ReductionCall, args) -> tuple:
     """Evaluate ``call`` on ``args`` (one array per variable of ``call.spec``) with the backend
     its request selects; returns the backend's outputs as a tuple."""
+    config.validate_environment()
     chosen = select_backend(call.request, call.spec, call.array_kind, call.device, bool(call.batch_shape),
                             call.ranges is not None)
     extra = {} if call.ranges is None else {"ranges": call.block_sparse_ranges}
@@ -31,6 +33,7 @@ def dispatch(call: ReductionCall, args) -> tuple:
 def dispatch_states(call: ReductionCall, args) -> tuple:
     """The partial state of ``call`` over its j (see :mod:`polykeops.backends.partial_states`),
     from the backend its request selects among those declaring ``capabilities.partial_states``."""
+    config.validate_environment()
     chosen = select_backend(call.request, call.spec, call.array_kind, call.device, bool(call.batch_shape),
                             call.ranges is not None, partial=True)
     extra = {} if call.ranges is None else {"ranges": call.block_sparse_ranges}

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from difflib import get_close_matches
 
-from ..errors import BackendError
+from ..errors import BackendError, ConfigError
 
 #: built-in backends: name -> "module:factory"
 _BUILTIN = {
@@ -118,6 +118,8 @@ def status(name: str) -> tuple[bool, str]:
         return False, _failures.get(name, "failed to load")
     try:
         ok, reason = backend.availability()
+    except ConfigError:  # the user's configuration is wrong: never read as "unavailable"
+        raise
     except Exception as exc:
         return False, f"availability check failed: {type(exc).__name__}: {exc}"
     return bool(ok), reason
