@@ -112,12 +112,23 @@ OTHER_PREFIXES = ("POLYKEOPS_CONFORMANCE_", "POLYKEOPS_CI_")
 _unknown_warned: set = set()
 
 
+_validated: list = [None, -1]  # the values last found valid, the environment's size last scanned
+
+
 def validate_environment() -> None:
     """Read every ``POLYKEOPS_*`` variable: a ConfigError for an invalid value, one warning per
-    unknown variable name (with the closest known one).  Costs a few microseconds."""
-    for read in VARIABLES.values():
-        read()
-    for name in os.environ:
+    unknown variable name (with the closest known one).  A few microseconds when nothing changed
+    since the last call (the values are compared; names are scanned when variables are added)."""
+    environ = os.environ
+    values = tuple(environ.get(name) for name in VARIABLES)
+    if values != _validated[0]:
+        for read in VARIABLES.values():
+            read()
+        _validated[0] = values
+    if len(environ) == _validated[1]:
+        return
+    _validated[1] = len(environ)
+    for name in environ:
         if (name.startswith("POLYKEOPS_") and name not in VARIABLES and name not in _unknown_warned
                 and not name.startswith(OTHER_PREFIXES)):
             _unknown_warned.add(name)
