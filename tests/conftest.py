@@ -30,6 +30,26 @@ def tiny_tiles():
     registry.unregister_backend(TINY)
 
 
+def pytest_addoption(parser):
+    group = parser.getgroup("polykeops")
+    group.addoption("--run-slow", action="store_true", default=False,
+                    help="also run the slow tier (tests marked slow: the 10-minute soak)")
+    group.addoption("--soak-seconds", type=float, default=600.0, help="duration of the soak test")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: the slow tier, run with --run-slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow tier: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -305,3 +305,27 @@ def test_automatic_selection_never_reads_a_configuration_error_as_unavailable(mo
     monkeypatch.setenv("POLYKEOPS_JIT", "bogus")
     with pytest.raises(ConfigError, match="POLYKEOPS_JIT"):
         registry.status("cpu")
+
+
+FULL_DISK = """
+import resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, like ENOSPC
+resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+"""
+
+
+@pytest.mark.parametrize("mode", ["auto", "sync"])
+def test_a_full_file_system(fresh_cache, mode):
+    """Writes fail past 2 kB (a file-size limit standing in for a full disk): auto answers with
+    the generic engine; sync raises a PolyKeopsError naming the cause; nothing half-written stays."""
+    res = _run(FULL_DISK + KERNEL_CALL.format(scale=1.375) + "\nimport time; time.sleep(0.5)\n",
+               {"POLYKEOPS_JIT": mode, "POLYKEOPS_CACHE_DIR": str(fresh_cache)})
+    if mode == "auto":
+        assert res.returncode == 0, res.stderr
+    else:
+        assert res.returncode != 0
+        last = res.stderr.strip().splitlines()[-1]
+        assert last.startswith(("polykeops.errors.", "polykeops.backends.cpu.compiler.")), last
+        assert "File too large" in last and "POLYKEOPS_CACHE_DIR" in last, res.stderr[-2000:]
+    assert not list(fresh_cache.rglob("*.so")) and not list(fresh_cache.rglob("*.part"))
+    assert not [p for p in fresh_cache.rglob("*.json")]

@@ -48,6 +48,7 @@ METADATA, one JSON object: ``format`` (2), ``key``, ``file`` (the artifact's nam
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import json
@@ -68,6 +69,8 @@ from ..errors import CacheUnavailable
 from .file_lock import file_lock
 
 FORMAT = 2
+#: errors of the file system holding the cache (full, quota, file too large, read-only)
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
 #: seconds between two refreshes of an artifact's last-use time
 TOUCH_EVERY = 3600.0
 
@@ -203,12 +206,31 @@ class ArtifactStore:
         work = Path(tempfile.mkdtemp(prefix=f"{key[:16]}-{_HOST}-{os.getpid()}-", dir=tmp_root))
         try:
             yield work
+        except OSError as exc:
+            if exc.errno not in _STORAGE_ERRNOS or isinstance(exc, CacheUnavailable):
+                raise
+            raise self._full(key, exc) from exc
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
     def put(self, key: str, artifact: bytes | Path, info: dict | None = None) -> Path:
         """Store ``artifact`` (bytes, or a file that is moved) as the artifact of ``key``; returns
         its path.  The caller holds ``lock(key)``."""
+        try:
+            return self._put(key, artifact, info)
+        except CacheUnavailable:
+            raise
+        except OSError as exc:  # a full disk, a quota, a file-size limit...
+            self.discard(key)
+            raise self._full(key, exc) from exc
+
+    def _full(self, key: str, exc: OSError) -> CacheUnavailable:
+        message = (f"cannot write {key[:16]}... in the polykeops cache {self.root} "
+                   f"({exc.strerror or exc}); free space there or set POLYKEOPS_CACHE_DIR elsewhere")
+        _warn_once(("full", str(self.root)), f"polykeops: {message}.")
+        return CacheUnavailable(message)
+
+    def _put(self, key: str, artifact: bytes | Path, info: dict | None) -> Path:
         path = self.path(key)
         self._ensure_root()
         secret = self._secret(create=True)
