@@ -1,13 +1,15 @@
-"""The CPU engine: blocked, SIMD-vectorised, multi-threaded map-reduce in C.
+"""The CPU engine: blocked, SIMD-vectorised, OpenMP-parallel map-reduce (Cython + C).
 
-Two engines share one calling convention (:class:`~.call.PkCall`):
+One driver (``_driver.pyx``, Cython, OpenMP ``prange`` over work items) runs two kinds of
+engines (``include/pk_engine.h``) on one prepared call (:class:`~.call.PreparedCall`):
 
-* the **generic engine** (``_generic``, a C extension compiled when the
-  package is built): interprets a compact op program of the formula over
-  (i-block x j-tile) buffers; it answers any new formula at once;
-* **specialised kernels**: C generated for one spec (formula inlined, sizes
-  fixed) by :mod:`.kernel_source`, compiled with the system C compiler into a
-  shared library, cached on disk (:mod:`.cache`) and loaded with ctypes.
+* the **generic engine** (``_generic``/``_generic_avx2``/``_generic_avx512``, Cython
+  extensions compiled when the package is built): interprets a compact op program of the
+  formula over (i-block x j-tile) buffers; it answers any new formula at once;
+* **specialised kernels**: C generated for one spec (formula inlined, sizes fixed) by
+  :mod:`.kernel_source`, inlined in a Cython module (:mod:`.kernel_module`) that Cython and
+  the system C compiler turn into an extension module, cached on disk (:mod:`.cache`) and
+  imported.
 
 ``POLYKEOPS_JIT`` chooses how they are used:
 
@@ -76,11 +78,18 @@ class CpuBackend(Backend):
     def compiler_status(self) -> tuple[bool, str]:
         try:
             ident = compiler.compiler_identity()
+            compiler.cython_identity()
+            compiler.python_include()
         except compiler.CompilerNotFound as exc:
             return False, str(exc)
         return True, ident
 
     def availability(self):
+        if kernels.driver() is None:
+            return False, (
+                "the CPU engine's driver (the Cython extension _driver) is not built: run "
+                "`pip install -e .` (or `python setup.py build_ext --inplace`)"
+            )
         gen_ok, gen_why = self.generic.available()
         cc_ok, cc_why = self.compiler_status()
         mode = config.jit_mode()

@@ -1,8 +1,10 @@
 """Specialised CPU kernels in this process: loading, background builds, fork handling.
 
-Specialised kernels are shared libraries from :mod:`.cache`, loaded with ctypes
-(which releases the GIL during the call).  :data:`TABLE` maps each spec to its
-loaded kernel (guarded by a lock); background builds run on one daemon thread.
+Specialised kernels are Cython extension modules from :mod:`.cache` (one per spec,
+rendered by :mod:`.kernel_module`), imported from their cache path; their engine runs
+in the shared driver (``_driver.run_kernel``, which releases the GIL during the call).
+:data:`TABLE` maps each spec to its loaded kernel (guarded by a lock); background builds run
+on one daemon thread.
 After ``fork`` the child forgets pending builds and recreates its locks (see
 :meth:`KernelTable.after_fork`).  :func:`forget_loaded` empties the table (after the
 disk cache is cleaned).
@@ -10,7 +12,8 @@ disk cache is cleaned).
 
 from __future__ import annotations
 
-import ctypes
+import importlib.machinery
+import importlib.util
 import os
 import queue
 import threading
@@ -18,32 +21,50 @@ import time
 
 from ... import config
 from . import cache
-from .call import PkCall, PreparedCall
+from .call import PreparedCall
+from .kernel_module import module_name, module_source
 from .kernel_source import KernelWriter
 
 
+def driver():
+    """The Cython driver module (``_driver``), or None when the package was not built."""
+    try:
+        from . import _driver
+    except ImportError:
+        return None
+    return _driver
+
+
+_modules: dict = {}  # path -> imported kernel module (a module is imported once per process)
+
+
+def _import(path: str, name: str):
+    mod = _modules.get(path)
+    if mod is None:
+        loader = importlib.machinery.ExtensionFileLoader(name, path)
+        spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+        mod = importlib.util.module_from_spec(spec)
+        loader.exec_module(mod)
+        _modules[path] = mod
+    return mod
+
+
 class CompiledKernel:
-    """A loaded specialised kernel (a shared library with ``pk_run``)."""
+    """A loaded specialised kernel (its Cython module and the capsule of its engine)."""
 
     def __init__(self, path, key: str, source_path=None):
         self.path = str(path)
         self.key = key
         self.source_path = source_path
-        self.lib = ctypes.CDLL(self.path)
-        self._run = self.lib.pk_run
-        self._run.argtypes = [ctypes.POINTER(PkCall)]
-        self._run.restype = ctypes.c_int
-        self.lib.pk_block_rows.restype = ctypes.c_int64
-        self.block_rows = int(self.lib.pk_block_rows())
-        self.range_rows = self.block_rows  # rows of a block-sparse work item
-        if hasattr(self.lib, "pk_range_rows"):
-            self.lib.pk_range_rows.restype = ctypes.c_int64
-            self.range_rows = int(self.lib.pk_range_rows())
+        self.module = _import(self.path, module_name(key))
+        self.capsule = self.module.engine()
+        self._driver = driver()
+        info = self._driver.engine_info(self.capsule)
+        self.block_rows = int(info["bi"])
+        self.range_rows = int(info["bir"])  # rows of a block-sparse work item
 
-    def run(self, prepared: PreparedCall) -> None:
-        err = self._run(ctypes.byref(prepared.call))
-        if err:
-            raise MemoryError("polykeops CPU kernel: out of memory for its work buffers")
+    def run(self, prepared: PreparedCall, switch=None) -> None:
+        self._driver.run_kernel(self.capsule, prepared, switch)
 
     def __repr__(self) -> str:
         return f"<polykeops CPU kernel {self.key[:12]} at {self.path}>"
@@ -73,7 +94,7 @@ class KernelTable:
         found = self.sources.get(memo)
         if found is not None:
             return found
-        src = KernelWriter(spec).source()
+        src = module_source(KernelWriter(spec).source())  # the .pyx of the kernel's module
         found = (src, cache.key_for(src))
         with self.lock:
             if len(self.sources) > 1024:
@@ -124,7 +145,7 @@ class KernelTable:
         with self._key_lock(spec):
             k = self.kernels.get(spec)
             if k is None:
-                k = CompiledKernel(path, key, cache.paths(key)["src"])
+                k = CompiledKernel(path, key, cache.paths(key)["pyx"])
                 with self.lock:
                     self.kernels[spec] = k
         return k
@@ -147,7 +168,7 @@ class KernelTable:
                     f"({'background' if background else 'sync'}): {path}",
                     flush=True,
                 )
-            k = CompiledKernel(path, key, cache.paths(key)["src"])
+            k = CompiledKernel(path, key, cache.paths(key)["pyx"])
             with self.lock:
                 self.kernels[spec] = k
                 self.failures.pop(spec, None)
