@@ -29,6 +29,7 @@ from ..codegen import generic_ops, plan
 from ..codegen.states import layout
 from ..codegen.states import state_words as _state_words
 from .call import PreparedCall
+from .omp import driver
 
 # slot kinds (pk_generic.h)
 S_CONST, S_PARAM, S_IVAR, S_JVAR, S_UNIFORM, S_ROW, S_TILE, S_LANE = range(8)
@@ -247,6 +248,8 @@ VARIANTS = {"avx512": "_generic_avx512", "avx2": "_generic_avx2", "baseline": "_
 def variants() -> dict:
     """Instruction set -> module, for the variants that are built and that this CPU runs."""
     out = {}
+    if driver() is None:  # (loads the OpenMP runtime first: see .omp)
+        return out
     for isa, name in VARIANTS.items():
         try:
             mod = importlib.import_module(f"{__package__}.{name}")

@@ -24,16 +24,7 @@ from . import cache
 from .call import PreparedCall
 from .kernel_module import module_name, module_source
 from .kernel_source import KernelWriter
-
-
-def driver():
-    """The Cython driver module (``_driver``), or None when the package was not built."""
-    try:
-        from . import _driver
-    except ImportError:
-        return None
-    return _driver
-
+from .omp import driver  # (re-exported: the Cython driver module, or None)
 
 _modules: dict = {}  # path -> imported kernel module (a module is imported once per process)
 
