@@ -143,3 +143,35 @@ def test_forked_child_runs_on_one_thread():
 
 def test_openmp_driver():
     assert driver().openmp()
+
+
+@pytest.mark.skipif(not HAS_CC or not generic.available()[0], reason="needs cc and the generic engine")
+def test_a_long_call_moves_to_its_kernel_when_it_is_ready(tmp_path, monkeypatch):
+    """auto mode, a new formula, one long call: the kernel is built during the call and takes over
+    the work items left (the rows computed by either engine are right)."""
+    from fractions import Fraction
+
+    import polykeops.backends.cpu as cpu
+    from polykeops.formula import ReductionSpec, Var
+    from polykeops.formula import algebra as A
+    from polykeops.formula.nodes import CAT_I, CAT_J
+
+    monkeypatch.setenv("POLYKEOPS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("POLYKEOPS_JIT", "auto")
+    monkeypatch.setenv("POLYKEOPS_NUM_THREADS", "2")
+    monkeypatch.setattr(cpu, "SWITCH_PAIRS", 1e9)
+    c = Fraction(int(np.random.SeedSequence().entropy % 10**9) + 1, 10**9)  # a formula never built
+    x, y, b = Var(0, 3, CAT_I), Var(1, 3, CAT_J), Var(2, 1, CAT_J)
+    k = A.node("Exp", A.neg(A.mul(A.const(c), A.vsum(A.square(A.sub(x, y))))))
+    spec = ReductionSpec("Sum", (A.mul(k, b),), (x, y, b))
+    n = 90_000  # 8e9 pairs: several seconds on the generic engine, a kernel builds in about 2 s
+    rng = np.random.default_rng(1)
+    args = [rng.random((n, 3), dtype=np.float32), rng.random((n, 3), dtype=np.float32),
+            rng.standard_normal((n, 1)).astype(np.float32)]
+    before = kernels.TABLE.switched_items
+    got = CpuBackend().evaluate(spec, args, nx=n, ny=n, batch_shape=())[0]
+    assert kernels.TABLE.switched_items > before  # work items ran on the kernel
+    assert kernels.TABLE.get_loaded(spec) is not None
+    rows = np.r_[0:50, n - 50:n]  # the first rows ran on the generic engine, the last on the kernel
+    ref = ReferenceBackend().evaluate(spec, [args[0][rows]] + args[1:], nx=len(rows), ny=n, batch_shape=())[0]
+    np.testing.assert_allclose(got[rows], ref, rtol=1e-4, atol=1e-3)

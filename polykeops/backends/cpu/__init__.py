@@ -17,7 +17,8 @@ engines (``include/pk_engine.h``) on one prepared call (:class:`~.call.PreparedC
   runs it; otherwise the generic engine answers, and once a spec has done
   enough work to be worth it (:data:`JIT_WORK_THRESHOLD` pairs in total; a
   10k x 10k call qualifies at once) its kernel is built on a background thread
-  and swapped in for later calls;
+  and swapped in for later calls; a long call (:data:`SWITCH_PAIRS` pairs) starts
+  the build at once and its remaining work items move to the kernel when it is ready;
 * ``sync``: build the kernel first, then run it (compiler errors are raised,
   with the generated source path and the compiler log);
 * ``off``: never compile; the generic engine answers everything.
@@ -48,6 +49,9 @@ from . import call, compiler, kernels
 
 #: pairs (i, j) evaluated by one spec, in total, before ``auto`` builds its kernel
 JIT_WORK_THRESHOLD = 2e7
+#: a call of at least this many pairs on the generic engine (``auto``, kernel not built yet) starts
+#: the build of its kernel at once and moves its remaining work items to the kernel when it is ready
+SWITCH_PAIRS = 3e9
 
 
 class CpuBackend(Backend):
@@ -126,7 +130,16 @@ class CpuBackend(Backend):
         prepared = call.prepare(
             work_spec, args, nx, ny, batch_shape, call.default_threads(), ranges=ranges, block_rows=rows
         )
-        engine.run(prepared)
+        switch = None
+        if build_later and pairs >= SWITCH_PAIRS:  # a long call: build now, switch when ready
+            switch = kernels.driver().Switch()
+            kernels.TABLE.build_in_background(work_spec, switch=switch)
+            build_later = False
+        try:
+            engine.run(prepared, switch)
+        finally:
+            if switch is not None:
+                kernels.TABLE.call_done(work_spec, switch)
         if build_later:  # after the call: the compiler must not slow down the answer
             kernels.TABLE.build_in_background(work_spec)
         outs = prepared.outputs
@@ -209,4 +222,4 @@ def _prod(shape) -> int:
     return out
 
 
-__all__ = ["CpuBackend", "JIT_WORK_THRESHOLD"]
+__all__ = ["CpuBackend", "JIT_WORK_THRESHOLD", "SWITCH_PAIRS"]

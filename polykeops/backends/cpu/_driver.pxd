@@ -25,6 +25,7 @@ cdef extern from "pk_engine.h" nogil:
 
     ctypedef struct pk_switch:
         const pk_engine *next
+        int64_t taken
 
 
 cdef class Switch:

@@ -33,6 +33,7 @@ import threading
 cdef extern from "pk_engine.h" nogil:
     const pk_engine *pk_switch_get(const pk_switch *s)
     void pk_switch_set(pk_switch *s, const pk_engine *e)
+    void pk_switch_took(pk_switch *s)
     int pk_atomic_get(const int *p)
     void pk_atomic_set(int *p, int v)
     double pk_now()
@@ -168,6 +169,8 @@ cdef void _item(drive_t *d, int64_t item, thread_t *t) noexcept nogil:
         ne = pk_switch_get(d.sw)
         if ne != NULL and ne != t.cur:
             _thread_use(t, ne)  # (keeps the current engine when out of memory)
+        if ne != NULL and ne == t.cur:
+            pk_switch_took(d.sw)
     e = t.cur
     if d.ranges:
         it = c.items + 4 * item
@@ -300,6 +303,7 @@ cdef class Switch:
 
     def __cinit__(self):
         self.sw.next = NULL
+        self.sw.taken = 0
         self.keep = None
 
     def offer(self, capsule):
@@ -310,6 +314,11 @@ cdef class Switch:
     @property
     def offered(self) -> bool:
         return pk_switch_get(&self.sw) != NULL
+
+    @property
+    def taken(self) -> int:
+        """Work items that ran on the offered engine."""
+        return self.sw.taken
 
 
 cdef const pk_engine *_engine_of(capsule) except NULL:

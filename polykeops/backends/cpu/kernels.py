@@ -78,6 +78,8 @@ class KernelTable:
         self.failures: dict = {}
         self.queue: queue.Queue | None = None
         self.worker: threading.Thread | None = None
+        self.switches: dict = {}  # spec -> [_driver.Switch] of calls waiting for its kernel
+        self.switched_items = 0  # work items that running calls moved to a fresh kernel (diagnostics)
 
     # -- sources and keys ------------------------------------------------
     def source_and_key(self, spec) -> tuple[str, str]:
@@ -165,10 +167,21 @@ class KernelTable:
                 self.failures.pop(spec, None)
             return k
 
-    def build_in_background(self, spec) -> None:
-        """Queue a build of ``spec`` on the background thread (once)."""
+    def build_in_background(self, spec, switch=None) -> None:
+        """Queue a build of ``spec`` on the background thread (once).
+
+        ``switch`` (a ``_driver.Switch`` of a call running now) is offered the kernel when it is
+        ready; such builds run at normal priority (the call waits for them), others under ``nice``.
+        """
         with self.lock:
-            if spec in self.kernels or spec in self.pending or spec in self.failures:
+            k = self.kernels.get(spec)
+            if k is not None:
+                if switch is not None:
+                    switch.offer(k.capsule)
+                return
+            if switch is not None:
+                self.switches.setdefault(spec, []).append(switch)
+            if spec in self.pending or spec in self.failures:
                 return
             self.pending.add(spec)
             if self.worker is None or not self.worker.is_alive():
@@ -183,7 +196,12 @@ class KernelTable:
         while True:
             spec = q.get()
             try:
-                self.build(spec, background=True)
+                with self.lock:
+                    urgent = bool(self.switches.get(spec))
+                k = self.build(spec, background=not urgent)
+                with self.lock:
+                    for sw in self.switches.pop(spec, ()):
+                        sw.offer(k.capsule)
             except Exception as exc:  # recorded; the generic engine keeps answering
                 with self.lock:
                     self.failures[spec] = exc
@@ -192,6 +210,15 @@ class KernelTable:
             finally:
                 with self.lock:
                     self.pending.discard(spec)
+                    self.switches.pop(spec, None)
+
+    def call_done(self, spec, switch) -> None:
+        """A call that registered ``switch`` is over: forget it, count the items it moved."""
+        with self.lock:
+            waiting = self.switches.get(spec)
+            if waiting and switch in waiting:
+                waiting.remove(switch)
+            self.switched_items += switch.taken
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Wait until no background build is pending (tests and benchmarks)."""

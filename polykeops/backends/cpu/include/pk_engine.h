@@ -41,6 +41,7 @@ typedef struct pk_engine {
 /* a kernel offered to a running call (written by Python, read by the driver's threads) */
 typedef struct {
     const pk_engine *next;
+    int64_t taken; /* work items run on it */
 } pk_switch;
 
 static inline const pk_engine *pk_switch_get(const pk_switch *s)
@@ -48,6 +49,7 @@ static inline const pk_engine *pk_switch_get(const pk_switch *s)
     return s ? __atomic_load_n(&s->next, __ATOMIC_ACQUIRE) : NULL;
 }
 static inline void pk_switch_set(pk_switch *s, const pk_engine *e) { __atomic_store_n(&s->next, e, __ATOMIC_RELEASE); }
+static inline void pk_switch_took(pk_switch *s) { __atomic_fetch_add(&s->taken, 1, __ATOMIC_RELAXED); }
 static inline int pk_atomic_get(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void pk_atomic_set(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void pk_atomic_inc(int *p) { __atomic_fetch_add(p, 1, __ATOMIC_ACQ_REL); }
