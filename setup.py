@@ -39,6 +39,31 @@ def _generate_op_cases() -> bool:
         sys.path.pop(0)
 
 
+def _kernel_template() -> None:
+    """Write polykeops/backends/cpu/_kernel_template.c: the Cython translation of the module
+    template of specialised kernels (kernel_module.py), so that building a kernel at run time
+    needs no Cython (the package's Cython made it)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    import Cython
+
+    spec = importlib.util.spec_from_file_location("pk_kernel_module", f"{CPU}/kernel_module.py")
+    km = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(km)
+    with tempfile.TemporaryDirectory() as tmp:
+        pyx = os.path.join(tmp, f"{km.MODULE}.pyx")
+        with open(pyx, "w") as fh:
+            fh.write(km.template_source())
+        out = os.path.join(tmp, f"{km.MODULE}.c")
+        subprocess.run([sys.executable, "-m", "cython", "-3", pyx, "-o", out], check=True)
+        with open(out) as fh:
+            text = fh.read()
+    with open(f"{CPU}/_kernel_template.c", "w") as fh:
+        fh.write(km.template_header(Cython.__version__) + text)
+
+
 def _extensions():
     if sys.platform == "win32":  # the engine needs a GCC-compatible compiler and pthreads
         return []
@@ -65,6 +90,10 @@ def _extensions():
         for isa in ("avx2", "avx512"):
             exts.append(Extension(f"polykeops.backends.cpu._generic_{isa}", [f"{CPU}/_generic_{isa}.pyx"],
                                   **common))
+    try:
+        _kernel_template()
+    except Exception as exc:  # kernels then use the installed Cython at run time
+        print(f"polykeops: not shipping the kernel template's translation ({exc})")
     try:
         return cythonize(exts, compiler_directives={"language_level": 3}, quiet=True)
     except Exception as exc:  # the engine is optional: polykeops installs without it

@@ -175,3 +175,27 @@ def test_a_long_call_moves_to_its_kernel_when_it_is_ready(tmp_path, monkeypatch)
     rows = np.r_[0:50, n - 50:n]  # the first rows ran on the generic engine, the last on the kernel
     ref = ReferenceBackend().evaluate(spec, [args[0][rows]] + args[1:], nx=len(rows), ny=n, batch_shape=())[0]
     np.testing.assert_allclose(got[rows], ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.skipif(not HAS_CC, reason="needs Cython and a C compiler")
+def test_cached_template_translation_is_cythons_translation_of_the_module(tmp_path, monkeypatch):
+    """A kernel's C module is the cached translation of the module template with the kernel's C
+    in place: the same text as Cython's translation of the rendered module."""
+    from polykeops.backends.cpu import compiler
+    from polykeops.backends.cpu.kernel_module import MODULE, c_of, module_source
+    from polykeops.backends.cpu.kernel_source import KernelWriter
+
+    monkeypatch.setenv("POLYKEOPS_CACHE_DIR", str(tmp_path / "cache"))
+    spec, _ = _spec_and_args(1, 1)
+    c_source = KernelWriter(spec).source() + '/* a backslash: "\\n" */\n'
+    pyx_text = module_source(c_source)
+    assert c_of(pyx_text) == c_source
+    work = tmp_path / "work"
+    work.mkdir()
+    pyx = work / f"{MODULE}.pyx"
+    pyx.write_text(pyx_text)
+    direct = work / "direct.c"
+    compiler.cythonize(pyx, direct, work / "log")
+    cached = work / "cached.c"
+    compiler.translate_kernel(pyx, cached, work / "log")
+    assert cached.read_text() == direct.read_text()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..artifact_cache import ArtifactStore, atomic_write, key_of
 from . import compiler
-from .kernel_module import module_name
+from .kernel_module import MODULE
 
 CACHE_VERSION = "2"  # 2: Cython extension modules
 STORE = ArtifactStore("cpu", "so")
@@ -89,7 +89,7 @@ def build(key: str, source: str, info: dict, background: bool = False) -> Path:
         if found is not None:
             return found
         with STORE.workspace(key) as work:
-            name = module_name(key)
+            name = MODULE
             pyx = work / f"{name}.pyx"  # (Cython names the module after the file)
             pyx.write_text(source)
             csrc = work / f"{name}.c"
@@ -97,7 +97,7 @@ def build(key: str, source: str, info: dict, background: bool = False) -> Path:
             # keep the sources next to the artifact first, so errors point at stable paths
             atomic_write(pyx_dst, source.encode())
             try:
-                compiler.cythonize(pyx, csrc, work / "build.log", low_priority=background)
+                compiler.translate_kernel(pyx, csrc, work / "build.log", low_priority=background)
                 atomic_write(c_dst, csrc.read_bytes())
                 compiler.compile_shared(csrc, lib, work / "build.log", low_priority=background)
             except compiler.CompileError as exc:

@@ -92,17 +92,43 @@ def compiler_identity() -> str:
     return _identity(tuple(compiler_command()))
 
 
+TEMPLATE_FILE = Path(__file__).parent / "_kernel_template.c"
+
+
 @functools.cache
-def cython_identity() -> str:
-    """The Cython version (part of every cache key); raises CompilerNotFound without Cython."""
+def _shipped_template() -> tuple[str, str] | None:
+    """(translation, Cython version) of the template shipped by setup.py, if it matches."""
+    from .kernel_module import template_digest
+
+    try:
+        text = TEMPLATE_FILE.read_text()
+    except OSError:
+        return None
+    first, _, rest = text.partition("\n")
+    parts = first.split()
+    if len(parts) != 6 or parts[1] != "polykeops-kernel-template" or parts[2] != template_digest():
+        return None  # another template (source tree changed since the build): not this one
+    return rest, parts[4]
+
+
+def _runtime_cython() -> str:
     try:
         import Cython
     except ImportError:
         raise CompilerNotFound(
-            "Cython is not installed; specialised CPU kernels are off and the generic engine answers "
-            "every call. Install it (`pip install cython`) to enable them."
+            "the translation of the kernel module template is not shipped with this build and Cython "
+            "is not installed; specialised CPU kernels are off and the generic engine answers every "
+            "call. Install Cython (`pip install cython`) or rebuild the package to enable them."
         ) from None
-    return f"cython {Cython.__version__}"
+    return Cython.__version__
+
+
+@functools.cache
+def cython_identity() -> str:
+    """The Cython that translated the kernel module template (part of every cache key): the one
+    that built the package, else the installed one; raises CompilerNotFound with neither."""
+    shipped = _shipped_template()
+    return f"cython {shipped[1] if shipped else _runtime_cython()}"
 
 
 @functools.cache
@@ -152,10 +178,43 @@ def compile_shared(source: Path, output: Path, log: Path, low_priority: bool = F
 
 
 def cythonize(pyx: Path, output: Path, log: Path, low_priority: bool = False) -> None:
-    """Translate the kernel module ``pyx`` to C (``output``) with Cython; raises CompileError."""
+    """Translate the module ``pyx`` to C (``output``) with Cython; raises CompileError."""
     cython_identity()
     cmd = [sys.executable, "-m", "cython", "-3", "--fast-fail", str(pyx), "-o", str(output)]
     _run(cmd, pyx, output, log, low_priority, "Cython")
+
+
+_templates: dict = {}
+
+
+def translate_kernel(pyx: Path, output: Path, log: Path, low_priority: bool = False) -> None:
+    """Write to ``output`` the Cython translation of the rendered kernel module ``pyx``: the
+    translation of the module template (shipped by setup.py, else made once by the installed
+    Cython and kept in the CPU cache) with the kernel's C in place (see :mod:`.kernel_module`)."""
+    from ..artifact_cache import ArtifactStore, key_of
+    from .kernel_module import MODULE, PLACEHOLDER, c_of, template_source
+
+    c_source = c_of(pyx.read_text())
+    template = template_source()
+    shipped = _shipped_template()
+    key = key_of("polykeops-cpu-kernel-template", template, cython_identity())
+    text = shipped[0] if shipped else _templates.get(key)
+    if text is None:
+
+        def build() -> bytes:
+            work = pyx.parent / "template"
+            work.mkdir(exist_ok=True)
+            src, out = work / f"{MODULE}.pyx", work / f"{MODULE}.c"
+            src.write_text(template)
+            cythonize(src, out, log, low_priority)
+            return out.read_bytes()
+
+        payload, _ = ArtifactStore("cpu", "c").get_or_build(key, build, {"template": MODULE})
+        text = _templates[key] = payload.decode()
+    if text.count(PLACEHOLDER) != 1:
+        raise CompileError(f"the Cython translation of the kernel template has {text.count(PLACEHOLDER)} "
+                           "places for the kernel's C (expected 1)")
+    output.write_text(text.replace(PLACEHOLDER, c_source))
 
 
 def _run(cmd: list, source: Path, output: Path, log: Path, low_priority: bool, what: str) -> None:

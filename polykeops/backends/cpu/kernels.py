@@ -22,7 +22,7 @@ import time
 from ... import config
 from . import cache
 from .call import PreparedCall
-from .kernel_module import module_name, module_source
+from .kernel_module import MODULE, module_source
 from .kernel_source import KernelWriter
 from .omp import driver  # (re-exported: the Cython driver module, or None)
 
@@ -47,7 +47,7 @@ class CompiledKernel:
         self.path = str(path)
         self.key = key
         self.source_path = source_path
-        self.module = _import(self.path, module_name(key))
+        self.module = _import(self.path, MODULE)
         self.capsule = self.module.engine()
         self._driver = driver()
         info = self._driver.engine_info(self.capsule)
