@@ -281,7 +281,8 @@ cdef int _drive(const pk_engine *e, const pk_call *c, pk_switch *sw, bint check,
     d.next_check = pk_now() + _interval
     _run_items(&d, n, d.nitems, False)
     if d.nch > 1 and not pk_atomic_get(&d.cancel):
-        _run_items(&d, n, c.nbatch * d.nbi, True)
+        items = c.nbatch * d.nbi  # the merge: one item per block of rows
+        _run_items(&d, n if n < items else <int>items, items, True)
     free(d.partial)
     if d.et != NULL or d.ev != NULL:
         exc[0] = d.et
