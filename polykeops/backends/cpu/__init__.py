@@ -1,13 +1,15 @@
-"""The CPU engine: blocked, SIMD-vectorised, multi-threaded map-reduce in C.
+"""The CPU engine: blocked, SIMD-vectorised, OpenMP-parallel map-reduce (Cython + C).
 
-Two engines share one calling convention (:class:`~.call.PkCall`):
+One driver (``_driver.pyx``, Cython, OpenMP ``prange`` over work items) runs two kinds of
+engines (``include/pk_engine.h``) on one prepared call (:class:`~.call.PreparedCall`):
 
-* the **generic engine** (``_generic``, a C extension compiled when the
-  package is built): interprets a compact op program of the formula over
-  (i-block x j-tile) buffers; it answers any new formula at once;
-* **specialised kernels**: C generated for one spec (formula inlined, sizes
-  fixed) by :mod:`.kernel_source`, compiled with the system C compiler into a
-  shared library, cached on disk (:mod:`.cache`) and loaded with ctypes.
+* the **generic engine** (``_generic``/``_generic_avx2``/``_generic_avx512``, Cython
+  extensions compiled when the package is built): interprets a compact op program of the
+  formula over (i-block x j-tile) buffers; it answers any new formula at once;
+* **specialised kernels**: C generated for one spec (formula inlined, sizes fixed) by
+  :mod:`.kernel_source`, inlined in a Cython module (:mod:`.kernel_module`) that Cython and
+  the system C compiler turn into an extension module, cached on disk (:mod:`.cache`) and
+  imported.
 
 ``POLYKEOPS_JIT`` chooses how they are used:
 
@@ -15,7 +17,8 @@ Two engines share one calling convention (:class:`~.call.PkCall`):
   runs it; otherwise the generic engine answers, and once a spec has done
   enough work to be worth it (:data:`JIT_WORK_THRESHOLD` pairs in total; a
   10k x 10k call qualifies at once) its kernel is built on a background thread
-  and swapped in for later calls;
+  and swapped in for later calls; a long call (:data:`SWITCH_PAIRS` pairs) starts
+  the build at once and its remaining work items move to the kernel when it is ready;
 * ``sync``: build the kernel first, then run it (compiler errors are raised,
   with the generated source path and the compiler log);
 * ``off``: never compile; the generic engine answers everything.
@@ -46,6 +49,9 @@ from . import call, compiler, kernels
 
 #: pairs (i, j) evaluated by one spec, in total, before ``auto`` builds its kernel
 JIT_WORK_THRESHOLD = 2e7
+#: a call of at least this many pairs on the generic engine (``auto``, kernel not built yet) starts
+#: the build of its kernel at once and moves its remaining work items to the kernel when it is ready
+SWITCH_PAIRS = 3e9
 
 
 class CpuBackend(Backend):
@@ -77,11 +83,18 @@ class CpuBackend(Backend):
     def compiler_status(self) -> tuple[bool, str]:
         try:
             ident = compiler.compiler_identity()
+            compiler.cython_identity()
+            compiler.python_include()
         except compiler.CompilerNotFound as exc:
             return False, str(exc)
         return True, ident
 
     def availability(self):
+        if kernels.driver() is None:
+            return False, (
+                "the CPU engine's driver (the Cython extension _driver) is not built: run "
+                "`pip install -e .` (or `python setup.py build_ext --inplace`)"
+            )
         gen_ok, gen_why = self.generic.available()
         cc_ok, cc_why = self.compiler_status()
         mode = config.jit_mode()
@@ -118,7 +131,16 @@ class CpuBackend(Backend):
         prepared = call.prepare(
             work_spec, args, nx, ny, batch_shape, call.default_threads(), ranges=ranges, block_rows=rows
         )
-        engine.run(prepared)
+        switch = None
+        if build_later and pairs >= SWITCH_PAIRS:  # a long call: build now, switch when ready
+            switch = kernels.driver().Switch()
+            kernels.TABLE.build_in_background(work_spec, switch=switch)
+            build_later = False
+        try:
+            engine.run(prepared, switch)
+        finally:
+            if switch is not None:
+                kernels.TABLE.call_done(work_spec, switch)
         if build_later:  # after the call: the compiler must not slow down the answer
             kernels.TABLE.build_in_background(work_spec)
         outs = prepared.outputs
@@ -201,4 +223,4 @@ def _prod(shape) -> int:
     return out
 
 
-__all__ = ["CpuBackend", "JIT_WORK_THRESHOLD"]
+__all__ = ["CpuBackend", "JIT_WORK_THRESHOLD", "SWITCH_PAIRS"]

@@ -1,15 +1,16 @@
 """The CPU backend's compiled kernels on disk: the ``cpu`` folder of the artifact store.
 
 Layout and rules (atomic, locked, checksummed, tagged) are those of
-:mod:`polykeops.backends.artifact_cache`; here each kernel is ``cpu/<kk>/<key>.so``
-with its metadata ``<key>.json`` (``spec`` added) and its generated source
-``<key>.c`` (kept for error reports and debugging; ``<key>.log`` after a failed build).
+:mod:`polykeops.backends.artifact_cache`; here each kernel is a Cython extension module
+``cpu/<kk>/<key>.so`` with its metadata ``<key>.json`` (``spec`` added), its rendered
+module ``<key>.pyx`` and the C that Cython made of it, ``<key>.c`` (kept for error reports
+and debugging; ``<key>.log`` after a failed build).
 
-``key`` is a sha256 of everything that changes the binary: the generated
-source (which contains the spec and the tile sizes), the runtime headers, the
-compiler (path and version) and its flags, the CPU's instruction-set flags,
-the machine, and the package version.  Clearing the cache (and forgetting the
-kernels loaded in this process) is :meth:`CpuBackend.clean_cache`.
+``key`` is a sha256 of everything that changes the binary: the rendered module
+(which contains the spec's C and the tile sizes), the runtime headers, the
+compiler (path and version) and its flags, the Cython version, the Python version and
+ABI, the CPU's instruction-set flags, the machine, and the package version.  Clearing the
+cache (and forgetting the kernels loaded in this process) is :meth:`CpuBackend.clean_cache`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from pathlib import Path
 
 from ..artifact_cache import ArtifactStore, atomic_write, key_of
 from . import compiler
+from .kernel_module import MODULE
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: Cython extension modules
 STORE = ArtifactStore("cpu", "so")
 #: compilations done by this process (tests and diagnostics)
 BUILDS = 0
@@ -46,7 +48,8 @@ def _headers_digest() -> str:
 
 
 def key_for(source: str) -> str:
-    """The cache key of a kernel source on this machine with this compiler."""
+    """The cache key of a kernel module's source (``.pyx``) on this machine with this compiler,
+    Cython and Python."""
     from ...config import __version__
 
     return key_of(
@@ -56,6 +59,8 @@ def key_for(source: str) -> str:
         source,
         _headers_digest(),
         compiler.compiler_identity(),
+        compiler.cython_identity(),
+        compiler.python_identity(),
         " ".join(compiler.flags()),
         compiler.cpu_flags(),
         platform.machine(),
@@ -64,7 +69,8 @@ def key_for(source: str) -> str:
 
 
 def paths(key: str) -> dict[str, Path]:
-    return {"so": STORE.path(key), "meta": STORE.meta_path(key), "src": STORE.path(key, "c")}
+    return {"so": STORE.path(key), "meta": STORE.meta_path(key), "pyx": STORE.path(key, "pyx"),
+            "src": STORE.path(key, "c")}
 
 
 def lookup(key: str) -> Path | None:
@@ -77,24 +83,29 @@ def build(key: str, source: str, info: dict, background: bool = False) -> Path:
     found = STORE.lookup(key)
     if found is not None:
         return found
-    src_dst = STORE.path(key, "c")
+    pyx_dst, c_dst = STORE.path(key, "pyx"), STORE.path(key, "c")
     with STORE.lock(key):
         found = STORE.lookup(key)  # another process may have built it while we waited
         if found is not None:
             return found
         with STORE.workspace(key) as work:
-            src = work / "kernel.c"
-            src.write_text(source)
-            lib = work / "kernel.so"
-            # keep the source next to the artifact first, so compile errors point at a stable path
-            atomic_write(src_dst, source.encode())
+            name = MODULE
+            pyx = work / f"{name}.pyx"  # (Cython names the module after the file)
+            pyx.write_text(source)
+            csrc = work / f"{name}.c"
+            lib = work / f"{name}.so"
+            # keep the sources next to the artifact first, so errors point at stable paths
+            atomic_write(pyx_dst, source.encode())
             try:
-                compiler.compile_shared(src, lib, work / "build.log", low_priority=background)
+                compiler.translate_kernel(pyx, csrc, work / "build.log", low_priority=background)
+                atomic_write(c_dst, csrc.read_bytes())
+                compiler.compile_shared(csrc, lib, work / "build.log", low_priority=background)
             except compiler.CompileError as exc:
                 log_dst = STORE.path(key, "log")
                 shutil.copyfile(work / "build.log", log_dst)
                 raise compiler.CompileError(
-                    str(exc).replace(str(src), str(src_dst)).replace(str(work / "build.log"), str(log_dst))
+                    str(exc).replace(str(csrc), str(c_dst)).replace(str(pyx), str(pyx_dst))
+                    .replace(str(work / "build.log"), str(log_dst))
                 ) from None
             global BUILDS
             with _builds_lock:

@@ -1,42 +1,23 @@
-"""The C call of the CPU engines: arrays and sizes -> one ``pk_call`` description.
+"""The call of the CPU engines: arrays and sizes -> one :class:`PreparedCall`.
 
-* :class:`PkCall` mirrors the C ``pk_call`` struct that every kernel (and the
-  generic engine) takes: sizes, thread count, one data pointer per argument,
-  a table of per-batch element offsets (0 strides where an argument
-  broadcasts), one data pointer per output, and the work items of block-sparse
-  reductions;
-* :func:`prepare` allocates the outputs with the inputs' array library (through
-  :mod:`polykeops.backends.arrays`) and fills a :class:`PreparedCall`.
+:func:`prepare` allocates the outputs with the inputs' array library (through
+:mod:`polykeops.backends.arrays`) and fills a :class:`PreparedCall`: sizes, thread count,
+one data pointer per argument, a table of per-batch element offsets (0 strides where an
+argument broadcasts), one data pointer per output, and the work items of block-sparse
+reductions.  The Cython driver (``_driver.pyx``) reads it into the C ``pk_call`` struct
+(``include/pk_call.h``) that every engine takes.
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
 from ... import config
 from ..arrays import adapter, adapter_for
 from ..ranges import to_host
-
-
-class PkCall(ctypes.Structure):
-    _fields_ = [
-        ("nx", ctypes.c_int64),
-        ("ny", ctypes.c_int64),
-        ("nbatch", ctypes.c_int64),
-        ("nthreads", ctypes.c_int64),
-        ("args", ctypes.POINTER(ctypes.c_void_p)),
-        ("boff", ctypes.POINTER(ctypes.c_int64)),
-        ("outs", ctypes.POINTER(ctypes.c_void_p)),
-        ("nitems", ctypes.c_int64),
-        ("items", ctypes.POINTER(ctypes.c_int64)),
-        ("ivoff", ctypes.POINTER(ctypes.c_int64)),
-        ("ivals", ctypes.POINTER(ctypes.c_int64)),
-    ]
 
 
 def batch_offsets(shapes, nvars: int, batch_shape: tuple) -> np.ndarray:
@@ -73,11 +54,18 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-@dataclass
 class PreparedCall:
-    call: PkCall
-    keep: tuple  # objects that must stay alive during the call
-    outputs: tuple
+    """What the driver reads: sizes, data pointers (ints), the int64 tables; ``keep``: objects
+    that must stay alive during the call; ``outputs``: the output arrays."""
+
+    __slots__ = ("nx", "ny", "nthreads", "arg_ptrs", "out_ptrs", "boff", "items", "ivoff", "ivals",
+                 "keep", "outputs")
+
+    def __init__(self, nx, ny, nthreads, arg_ptrs, out_ptrs, boff, table, keep, outputs):
+        self.nx, self.ny, self.nthreads = nx, ny, nthreads
+        self.arg_ptrs, self.out_ptrs, self.boff = arg_ptrs, out_ptrs, boff
+        self.items, self.ivoff, self.ivals = table if table else (None, None, None)
+        self.keep, self.outputs = keep, outputs
 
 
 def block_table(ranges, batch_shape: tuple, nx: int, block_rows: int):
@@ -152,22 +140,6 @@ def prepare(
         table = block_table(ranges, tuple(batch_shape), nx, block_rows)
     shapes = [tuple(a.shape) for a in args]
     boff = batch_offsets(shapes, len(args), tuple(batch_shape))
-    arg_ptrs = (ctypes.c_void_p * max(1, len(args)))(*[ad.data_ptr(a) for a in args])
-    out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[ad.data_ptr(o) for o in outs])
-    call = PkCall(
-        nx=nx,
-        ny=ny,
-        nbatch=boff.shape[0],
-        nthreads=nthreads,
-        args=ctypes.cast(arg_ptrs, ctypes.POINTER(ctypes.c_void_p)),
-        boff=boff.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)),
-        outs=ctypes.cast(out_ptrs, ctypes.POINTER(ctypes.c_void_p)),
-    )
-    if table:
-        items, ivoff, ivals = table
-        i64 = ctypes.POINTER(ctypes.c_int64)
-        call.nitems = items.shape[0]
-        call.items = items.ctypes.data_as(i64)
-        call.ivoff = ivoff.ctypes.data_as(i64)
-        call.ivals = ivals.ctypes.data_as(i64)
-    return PreparedCall(call, (arg_ptrs, out_ptrs, boff, args, table), tuple(outs))
+    arg_ptrs = tuple(ad.data_ptr(a) for a in args)
+    out_ptrs = tuple(ad.data_ptr(o) for o in outs)
+    return PreparedCall(nx, ny, nthreads, arg_ptrs, out_ptrs, boff, table, args, tuple(outs))

@@ -7,14 +7,17 @@ for the format): one slot per distinct node, instructions grouped by phase
 only are computed once per row block or once per tile and shared (phases of
 :mod:`polykeops.backends.codegen.plan`); the reduction is given by its family and
 state layout (:mod:`polykeops.formula.reductions`).  The
-interpreter lives in the C extension ``_generic`` built by ``setup.py``; it is
-called through ctypes with the same :class:`~.call.PkCall` as specialised
-kernels.
+interpreter is C (``include/pk_generic_impl.h``) in the Cython extensions built by
+``setup.py``: ``_generic_avx512``, ``_generic_avx2`` or ``_generic`` (portable), the first
+one this CPU runs (``POLYKEOPS_GENERIC_ISA=avx512|avx2|baseline`` picks one); their work
+items run in the shared Cython driver (``_driver.pyx``), as those of specialised kernels.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib
+import os
 import threading
 from dataclasses import dataclass
 
@@ -25,7 +28,8 @@ from ...formula.reductions import ACCUMULATOR, FAMILIES, VALUE
 from ..codegen import generic_ops, plan
 from ..codegen.states import layout
 from ..codegen.states import state_words as _state_words
-from .call import PkCall, PreparedCall
+from .call import PreparedCall
+from .omp import driver
 
 # slot kinds (pk_generic.h)
 S_CONST, S_PARAM, S_IVAR, S_JVAR, S_UNIFORM, S_ROW, S_TILE, S_LANE = range(8)
@@ -237,57 +241,65 @@ _lock = threading.Lock()
 _state: dict = {}
 
 
+#: the generic engine's modules, best first, by instruction set
+VARIANTS = {"avx512": "_generic_avx512", "avx2": "_generic_avx2", "baseline": "_generic"}
+
+
+def variants() -> dict:
+    """Instruction set -> module, for the variants that are built and that this CPU runs."""
+    out = {}
+    if driver() is None:  # (loads the OpenMP runtime first: see .omp)
+        return out
+    for isa, name in VARIANTS.items():
+        try:
+            mod = importlib.import_module(f"{__package__}.{name}")
+        except ImportError:
+            continue
+        if mod.cpu_ok():
+            out[isa] = mod
+    return out
+
+
+def _check(mod) -> str | None:
+    """Why the module ``mod`` does not match this package (None: it does)."""
+    bad = [name for name, code in OPCODES.items() if mod.opcode(name.upper()) != code]
+    if bad:
+        return f"the generic engine extension is out of date (op codes of {bad}); rebuild it"
+    if mod.ops_digest() != generic_ops.digest():
+        return "the generic engine extension is out of date (op rules changed); rebuild it"
+    if mod.abi() // 1000 != INSTR_DTYPE.itemsize * 1000 + ctypes.sizeof(PkProgram):
+        return "the generic engine extension is out of date (ABI); rebuild it"
+    return None
+
+
 def _load():
     with _lock:
         if "lib" in _state or "error" in _state:
             return _state.get("lib")
-        lib = None
-        try:
-            from . import _generic_avx2
-
-            cand = ctypes.CDLL(_generic_avx2.__file__)
-            if cand.pk_generic_cpu_ok():
-                lib = cand
-        except (ImportError, OSError, AttributeError):
-            pass
-        if lib is None:
-            try:
-                from . import _generic
-            except ImportError as exc:
-                _state["error"] = (
-                    f"the generic engine extension is not built ({exc}); run `pip install -e .` "
-                    "(or `python setup.py build_ext --inplace`)"
-                )
-                return None
-            lib = ctypes.CDLL(_generic.__file__)
-        lib.pk_generic_opcode.argtypes = [ctypes.c_char_p]
-        lib.pk_generic_opcode.restype = ctypes.c_int
-        bad = [name for name, code in OPCODES.items() if lib.pk_generic_opcode(name.upper().encode()) != code]
-        if bad:
-            _state["error"] = f"the generic engine extension is out of date (op codes of {bad}); rebuild it"
+        found = variants()
+        want = os.environ.get("POLYKEOPS_GENERIC_ISA", "").strip().lower()
+        if want and want in found:
+            found = {want: found[want]}
+        if not found:
+            _state["error"] = (
+                "the generic engine extension is not built; run `pip install -e .` "
+                "(or `python setup.py build_ext --inplace`)"
+            )
             return None
-        lib.pk_generic_ops_digest.restype = ctypes.c_char_p
-        if lib.pk_generic_ops_digest().decode() != generic_ops.digest():
-            _state["error"] = "the generic engine extension is out of date (op rules changed); rebuild it"
+        mod = next(iter(found.values()))
+        why = _check(mod)
+        if why:
+            _state["error"] = why
             return None
-        lib.pk_generic_abi.restype = ctypes.c_int64
-        abi = (INSTR_DTYPE.itemsize * 1000 + ctypes.sizeof(PkProgram)) * 1000 + ctypes.sizeof(PkCall)
-        if lib.pk_generic_abi() != abi:
-            _state["error"] = "the generic engine extension is out of date (ABI); rebuild it"
-            return None
-        lib.pk_generic_run.argtypes = [ctypes.POINTER(PkCall), ctypes.POINTER(PkProgram), ctypes.c_int,
-                                       ctypes.c_int]
-        lib.pk_generic_run.restype = ctypes.c_int
-        lib.pk_generic_isa.restype = ctypes.c_char_p
-        _state["lib"] = lib
-        return lib
+        _state["lib"] = mod
+        return mod
 
 
 def available() -> tuple[bool, str]:
     lib = _load()
     if lib is None:
         return False, _state.get("error", "not built")
-    return True, f"generic engine ({lib.pk_generic_isa().decode()})"
+    return True, f"generic engine ({lib.isa()})"
 
 
 class GenericEngine:
@@ -296,15 +308,15 @@ class GenericEngine:
     def __init__(self, spec, lib):
         self.spec = spec
         self.lib = lib
-        self.program = compile_program(spec)
-        self.block_rows = self.program.struct.BI
+        self.program = p = compile_program(spec)
+        self.engine = lib.Engine(ctypes.addressof(p.struct), ctypes.sizeof(p.struct), p.t_double,
+                                 p.acc_double, p)
+        self.block_rows = self.engine.block_rows
 
-    def run(self, prepared: PreparedCall) -> None:
-        p = self.program
-        err = self.lib.pk_generic_run(ctypes.byref(prepared.call), ctypes.byref(p.struct), p.t_double,
-                                      p.acc_double)
-        if err:
-            raise MemoryError("polykeops generic CPU engine: out of memory for its work buffers")
+    def run(self, prepared: PreparedCall, switch=None) -> None:
+        """Reduce ``prepared``; a kernel offered to ``switch`` (a ``_driver.Switch``) during the
+        call takes over the remaining work items."""
+        self.engine.run(prepared, switch)
 
     def __repr__(self) -> str:
         return f"<polykeops generic engine for {self.spec}>"

@@ -295,7 +295,7 @@ class KernelWriter:
         w("    }")
         w("}")
         w("")
-        w('#include "pk_driver.h"')
+        w('#include "pk_kernel.h"')
         return "\n".join(out) + "\n"
 
     # ------------------------------------------------------------------

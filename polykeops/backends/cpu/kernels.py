@@ -1,8 +1,10 @@
 """Specialised CPU kernels in this process: loading, background builds, fork handling.
 
-Specialised kernels are shared libraries from :mod:`.cache`, loaded with ctypes
-(which releases the GIL during the call).  :data:`TABLE` maps each spec to its
-loaded kernel (guarded by a lock); background builds run on one daemon thread.
+Specialised kernels are Cython extension modules from :mod:`.cache` (one per spec,
+rendered by :mod:`.kernel_module`), imported from their cache path; their engine runs
+in the shared driver (``_driver.run_kernel``, which releases the GIL during the call).
+:data:`TABLE` maps each spec to its loaded kernel (guarded by a lock); background builds run
+on one daemon thread.
 After ``fork`` the child forgets pending builds and recreates its locks (see
 :meth:`KernelTable.after_fork`).  :func:`forget_loaded` empties the table (after the
 disk cache is cleaned).
@@ -10,7 +12,8 @@ disk cache is cleaned).
 
 from __future__ import annotations
 
-import ctypes
+import importlib.machinery
+import importlib.util
 import os
 import queue
 import threading
@@ -18,32 +21,41 @@ import time
 
 from ... import config
 from . import cache
-from .call import PkCall, PreparedCall
+from .call import PreparedCall
+from .kernel_module import MODULE, module_source
 from .kernel_source import KernelWriter
+from .omp import driver  # (re-exported: the Cython driver module, or None)
+
+_modules: dict = {}  # path -> imported kernel module (a module is imported once per process)
+
+
+def _import(path: str, name: str):
+    mod = _modules.get(path)
+    if mod is None:
+        loader = importlib.machinery.ExtensionFileLoader(name, path)
+        spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+        mod = importlib.util.module_from_spec(spec)
+        loader.exec_module(mod)
+        _modules[path] = mod
+    return mod
 
 
 class CompiledKernel:
-    """A loaded specialised kernel (a shared library with ``pk_run``)."""
+    """A loaded specialised kernel (its Cython module and the capsule of its engine)."""
 
     def __init__(self, path, key: str, source_path=None):
         self.path = str(path)
         self.key = key
         self.source_path = source_path
-        self.lib = ctypes.CDLL(self.path)
-        self._run = self.lib.pk_run
-        self._run.argtypes = [ctypes.POINTER(PkCall)]
-        self._run.restype = ctypes.c_int
-        self.lib.pk_block_rows.restype = ctypes.c_int64
-        self.block_rows = int(self.lib.pk_block_rows())
-        self.range_rows = self.block_rows  # rows of a block-sparse work item
-        if hasattr(self.lib, "pk_range_rows"):
-            self.lib.pk_range_rows.restype = ctypes.c_int64
-            self.range_rows = int(self.lib.pk_range_rows())
+        self.module = _import(self.path, MODULE)
+        self.capsule = self.module.engine()
+        self._driver = driver()
+        info = self._driver.engine_info(self.capsule)
+        self.block_rows = int(info["bi"])
+        self.range_rows = int(info["bir"])  # rows of a block-sparse work item
 
-    def run(self, prepared: PreparedCall) -> None:
-        err = self._run(ctypes.byref(prepared.call))
-        if err:
-            raise MemoryError("polykeops CPU kernel: out of memory for its work buffers")
+    def run(self, prepared: PreparedCall, switch=None) -> None:
+        self._driver.run_kernel(self.capsule, prepared, switch)
 
     def __repr__(self) -> str:
         return f"<polykeops CPU kernel {self.key[:12]} at {self.path}>"
@@ -66,6 +78,8 @@ class KernelTable:
         self.failures: dict = {}
         self.queue: queue.Queue | None = None
         self.worker: threading.Thread | None = None
+        self.switches: dict = {}  # spec -> [_driver.Switch] of calls waiting for its kernel
+        self.switched_items = 0  # work items that running calls moved to a fresh kernel (diagnostics)
 
     # -- sources and keys ------------------------------------------------
     def source_and_key(self, spec) -> tuple[str, str]:
@@ -73,7 +87,7 @@ class KernelTable:
         found = self.sources.get(memo)
         if found is not None:
             return found
-        src = KernelWriter(spec).source()
+        src = module_source(KernelWriter(spec).source())  # the .pyx of the kernel's module
         found = (src, cache.key_for(src))
         with self.lock:
             if len(self.sources) > 1024:
@@ -124,7 +138,7 @@ class KernelTable:
         with self._key_lock(spec):
             k = self.kernels.get(spec)
             if k is None:
-                k = CompiledKernel(path, key, cache.paths(key)["src"])
+                k = CompiledKernel(path, key, cache.paths(key)["pyx"])
                 with self.lock:
                     self.kernels[spec] = k
         return k
@@ -147,16 +161,27 @@ class KernelTable:
                     f"({'background' if background else 'sync'}): {path}",
                     flush=True,
                 )
-            k = CompiledKernel(path, key, cache.paths(key)["src"])
+            k = CompiledKernel(path, key, cache.paths(key)["pyx"])
             with self.lock:
                 self.kernels[spec] = k
                 self.failures.pop(spec, None)
             return k
 
-    def build_in_background(self, spec) -> None:
-        """Queue a build of ``spec`` on the background thread (once)."""
+    def build_in_background(self, spec, switch=None) -> None:
+        """Queue a build of ``spec`` on the background thread (once).
+
+        ``switch`` (a ``_driver.Switch`` of a call running now) is offered the kernel when it is
+        ready; such builds run at normal priority (the call waits for them), others under ``nice``.
+        """
         with self.lock:
-            if spec in self.kernels or spec in self.pending or spec in self.failures:
+            k = self.kernels.get(spec)
+            if k is not None:
+                if switch is not None:
+                    switch.offer(k.capsule)
+                return
+            if switch is not None:
+                self.switches.setdefault(spec, []).append(switch)
+            if spec in self.pending or spec in self.failures:
                 return
             self.pending.add(spec)
             if self.worker is None or not self.worker.is_alive():
@@ -171,7 +196,12 @@ class KernelTable:
         while True:
             spec = q.get()
             try:
-                self.build(spec, background=True)
+                with self.lock:
+                    urgent = bool(self.switches.get(spec))
+                k = self.build(spec, background=not urgent)
+                with self.lock:
+                    for sw in self.switches.pop(spec, ()):
+                        sw.offer(k.capsule)
             except Exception as exc:  # recorded; the generic engine keeps answering
                 with self.lock:
                     self.failures[spec] = exc
@@ -180,6 +210,15 @@ class KernelTable:
             finally:
                 with self.lock:
                     self.pending.discard(spec)
+                    self.switches.pop(spec, None)
+
+    def call_done(self, spec, switch) -> None:
+        """A call that registered ``switch`` is over: forget it, count the items it moved."""
+        with self.lock:
+            waiting = self.switches.get(spec)
+            if waiting and switch in waiting:
+                waiting.remove(switch)
+            self.switched_items += switch.taken
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Wait until no background build is pending (tests and benchmarks)."""

@@ -396,15 +396,11 @@ static void PK_FN(pk_exec)(const pk_ginstr *in, const PK_FN(pk_views) * V, int n
  * ------------------------------------------------------------------------- */
 
 typedef struct {
-    const pk_call *c;
     const pk_gprogram *p;
-    int64_t nbi, nch, chunk;
     int nacc, nval, nidx, nconsts;
     size_t *soff; /* scratch offset of each slot's buffer (0: none) */
-    size_t off_views, off_consts, off_state, off_eb, off_tmp, off_kt, bytes;
-    PK_ACC *pacc; /* partial states when j is split: [nbatch * nx * nch] records */
-    PK_T *pval;
-    int64_t *pidx;
+    size_t off_views, off_consts, off_eb, off_tmp, off_kt, bytes;
+    size_t rec, off_val, off_idx; /* a row's state: sums at 0, values at off_val, indices at off_idx */
 } PK_FN(pk_gctx);
 
 static void PK_FN(pk_gstate_init)(const pk_gprogram *p, PK_ACC *acc, PK_T *val, int64_t *idx, int nacc,
@@ -515,11 +511,10 @@ static void PK_FN(pk_gstate_finalize)(const pk_gprogram *p, const pk_call *c, in
 }
 
 /* rows [i0, i1) (at most BI) of batch b, reduced over the niv j intervals iv[2s], iv[2s+1];
- * partial states go to chunk ch of the partial buffer when j is split (ctx->nch > 1) */
-static void PK_FN(pk_grows)(const PK_FN(pk_gctx) * ctx, int64_t b, int64_t i0, int64_t i1, const int64_t *iv,
-                            int64_t niv, int64_t ch, char *scratch)
+ * into the state records st (initialised by the caller: the driver) */
+static void PK_FN(pk_grows)(const PK_FN(pk_gctx) * ctx, const pk_call *c, int64_t b, int64_t i0, int64_t i1,
+                            const int64_t *iv, int64_t niv, char *st, char *scratch)
 {
-    const pk_call *c = ctx->c;
     const pk_gprogram *p = ctx->p;
     const int BI = p->BI, TJ = p->TJ, ns = p->nslots;
     const int nrows = (int)(i1 - i0);
@@ -594,14 +589,8 @@ static void PK_FN(pk_grows)(const PK_FN(pk_gctx) * ctx, int64_t b, int64_t i0, i
             V.vls[s] = 0;
     }
 
-    PK_ACC *sacc = (PK_ACC *)(scratch + ctx->off_state);
-    PK_T *sval = (PK_T *)((char *)sacc + PK_ALIGN64(sizeof(PK_ACC) * (size_t)BI * (ctx->nacc + 1)));
-    int64_t *sidx = (int64_t *)((char *)sval + PK_ALIGN64(sizeof(PK_T) * (size_t)BI * (ctx->nval + 1)));
     PK_ACC *eb = (PK_ACC *)(scratch + ctx->off_eb);
     PK_ACC *tmp = (PK_ACC *)(scratch + ctx->off_tmp);
-    for (int r = 0; r < nrows; ++r)
-        PK_FN(pk_gstate_init)(p, sacc + (size_t)r * ctx->nacc, sval + (size_t)r * ctx->nval,
-                              sidx + (size_t)r * ctx->nidx, ctx->nacc, ctx->nval);
 
     const int D = p->fdim;
     for (int64_t q = 0; q < niv; ++q) {
@@ -632,9 +621,10 @@ static void PK_FN(pk_grows)(const PK_FN(pk_gctx) * ctx, int64_t b, int64_t i0, i
             for (int q = 0; q < p->n_lane; ++q)
                 PK_FN(pk_exec)(&c_lane[q], &V, n);
             const PK_T *F = V.vb[p->fslot];
-            PK_ACC *acc = sacc + (size_t)r * ctx->nacc;
-            PK_T *val = sval + (size_t)r * ctx->nval;
-            int64_t *idx = sidx + (size_t)r * ctx->nidx;
+            char *rec = st + (size_t)r * ctx->rec;
+            PK_ACC *acc = (PK_ACC *)rec;
+            PK_T *val = (PK_T *)(rec + ctx->off_val);
+            int64_t *idx = (int64_t *)(rec + ctx->off_idx);
             switch (p->family) {
             case PKF_SUM:
                 if (p->gslot >= 0) { /* Sum of F * G */
@@ -669,91 +659,80 @@ static void PK_FN(pk_grows)(const PK_FN(pk_gctx) * ctx, int64_t b, int64_t i0, i
         }
     }
     } /* intervals */
-    for (int r = 0; r < nrows; ++r) {
-        const int64_t i = i0 + r;
-        PK_ACC *acc = sacc + (size_t)r * ctx->nacc;
-        PK_T *val = sval + (size_t)r * ctx->nval;
-        int64_t *idx = sidx + (size_t)r * ctx->nidx;
-        if (ctx->nch == 1) {
-            PK_FN(pk_gstate_finalize)(p, c, b * c->nx + i, acc, val, idx, ctx->nval);
-        } else {
-            const size_t rec = (size_t)((b * c->nx + i) * ctx->nch + ch);
-            memcpy(ctx->pacc + rec * ctx->nacc, acc, sizeof(PK_ACC) * ctx->nacc);
-            memcpy(ctx->pval + rec * ctx->nval, val, sizeof(PK_T) * ctx->nval);
-            memcpy(ctx->pidx + rec * ctx->nidx, idx, sizeof(int64_t) * ctx->nidx);
-        }
+}
+
+/* ---- the engine (pk_engine.h) ---- */
+static void PK_FN(pk_geng_init)(void *self, char *st, int64_t n)
+{
+    const PK_FN(pk_gctx) *ctx = (const PK_FN(pk_gctx) *)self;
+    for (int64_t r = 0; r < n; ++r) {
+        char *rec = st + (size_t)r * ctx->rec;
+        PK_FN(pk_gstate_init)(ctx->p, (PK_ACC *)rec, (PK_T *)(rec + ctx->off_val), (int64_t *)(rec + ctx->off_idx),
+                              ctx->nacc, ctx->nval);
     }
 }
 
-static void PK_FN(pk_gitem)(void *vctx, int64_t item, void *vscratch)
+static void PK_FN(pk_geng_process)(void *self, const pk_call *c, int64_t b, int64_t i0, int64_t i1,
+                                   const int64_t *iv, int64_t niv, char *st, char *scratch)
 {
-    const PK_FN(pk_gctx) *ctx = (const PK_FN(pk_gctx) *)vctx;
-    const pk_call *c = ctx->c;
-    const int BI = ctx->p->BI;
-    const int64_t ch = item % ctx->nch, rest = item / ctx->nch;
-    const int64_t ib = rest % ctx->nbi, b = rest / ctx->nbi;
-    const int64_t i0 = ib * BI, i1 = i0 + BI < c->nx ? i0 + BI : c->nx;
-    const int64_t ja = ch * ctx->chunk, jb = ja + ctx->chunk < c->ny ? ja + ctx->chunk : c->ny;
-    const int64_t iv[2] = {ja, jb};
-    PK_FN(pk_grows)(ctx, b, i0, i1, iv, 1, ch, (char *)vscratch);
+    PK_FN(pk_grows)((const PK_FN(pk_gctx) *)self, c, b, i0, i1, iv, niv, st, scratch);
 }
 
-static void PK_FN(pk_gitem_ranges)(void *vctx, int64_t item, void *vscratch)
+static void PK_FN(pk_geng_combine)(void *self, char *a, const char *b, char *scratch)
 {
-    const PK_FN(pk_gctx) *ctx = (const PK_FN(pk_gctx) *)vctx;
-    const pk_call *c = ctx->c;
-    const int64_t *it = c->items + 4 * item;
-    const int64_t blk = it[3];
-    PK_FN(pk_grows)(ctx, it[0], it[1], it[2], c->ivals + 2 * c->ivoff[blk], c->ivoff[blk + 1] - c->ivoff[blk], 0,
-                    (char *)vscratch);
+    const PK_FN(pk_gctx) *ctx = (const PK_FN(pk_gctx) *)self;
+    PK_FN(pk_gstate_combine)(ctx->p, (PK_ACC *)a, (PK_T *)(a + ctx->off_val), (int64_t *)(a + ctx->off_idx),
+                             (const PK_ACC *)b, (const PK_T *)(b + ctx->off_val),
+                             (const int64_t *)(b + ctx->off_idx), ctx->nacc, scratch + ctx->off_kt);
 }
 
-static void PK_FN(pk_gmerge)(void *vctx, int64_t item, void *vscratch)
+static void PK_FN(pk_geng_finalize)(void *self, const pk_call *c, const char *st, int64_t row, int64_t n)
 {
-    const PK_FN(pk_gctx) *ctx = (const PK_FN(pk_gctx) *)vctx;
-    const pk_call *c = ctx->c;
-    const pk_gprogram *p = ctx->p;
-    char *scratch = (char *)vscratch;
-    const int64_t ib = item % ctx->nbi, b = item / ctx->nbi;
-    const int64_t i0 = ib * p->BI, i1 = i0 + p->BI < c->nx ? i0 + p->BI : c->nx;
-    for (int64_t i = i0; i < i1; ++i) {
-        const size_t rec = (size_t)((b * c->nx + i) * ctx->nch);
-        PK_ACC *acc = ctx->pacc + rec * ctx->nacc;
-        PK_T *val = ctx->pval + rec * ctx->nval;
-        int64_t *idx = ctx->pidx + rec * ctx->nidx;
-        for (int64_t ch = 1; ch < ctx->nch; ++ch)
-            PK_FN(pk_gstate_combine)(p, acc, val, idx, acc + ch * ctx->nacc, val + ch * ctx->nval,
-                                     idx + ch * ctx->nidx, ctx->nacc, scratch + ctx->off_kt);
-        PK_FN(pk_gstate_finalize)(p, c, b * c->nx + i, acc, val, idx, ctx->nval);
+    const PK_FN(pk_gctx) *ctx = (const PK_FN(pk_gctx) *)self;
+    for (int64_t r = 0; r < n; ++r) {
+        const char *rec = st + (size_t)r * ctx->rec;
+        PK_FN(pk_gstate_finalize)(ctx->p, c, row + r, (const PK_ACC *)rec, (const PK_T *)(rec + ctx->off_val),
+                                  (const int64_t *)(rec + ctx->off_idx), ctx->nval);
     }
 }
 
-/* 0: done; 1: out of memory */
-static int PK_FN(pk_grun)(const pk_call *c, const pk_gprogram *p)
+static void PK_FN(pk_gteardown)(pk_engine *e)
 {
-    PK_FN(pk_gctx) ctx;
-    memset(&ctx, 0, sizeof(ctx));
-    ctx.c = c;
-    ctx.p = p;
+    PK_FN(pk_gctx) *ctx = (PK_FN(pk_gctx) *)e->self;
+    if (ctx) {
+        free(ctx->soff);
+        free(ctx);
+    }
+    e->self = NULL;
+}
+
+/* the engine of program p (its scratch layout); 0: done, 1: out of memory */
+static int PK_FN(pk_gsetup)(pk_engine *e, const pk_gprogram *p)
+{
+    PK_FN(pk_gctx) *ctx = (PK_FN(pk_gctx) *)calloc(1, sizeof(PK_FN(pk_gctx)));
+    if (!ctx)
+        return 1;
+    ctx->p = p;
     const int BI = p->BI, TJ = p->TJ, ns = p->nslots;
     const int dg = p->gslot >= 0 ? p->gdim : 1;
-    ctx.nacc = p->nacc; /* the state layout of the reduction (polykeops/formula/reductions.py) */
-    ctx.nval = ctx.nidx = p->nval;
-    ctx.nconsts = 0;
-    size_t *soff = (size_t *)malloc(sizeof(size_t) * (ns > 0 ? ns : 1));
-    if (!soff)
+    ctx->nacc = p->nacc; /* the state layout of the reduction (polykeops/formula/reductions.py) */
+    ctx->nval = ctx->nidx = p->nval;
+    ctx->nconsts = 0;
+    ctx->soff = (size_t *)malloc(sizeof(size_t) * (ns > 0 ? ns : 1));
+    if (!ctx->soff) {
+        free(ctx);
         return 1;
-    ctx.soff = soff;
+    }
     size_t off = 0;
-    ctx.off_views = off;
+    ctx->off_views = off;
     off += PK_ALIGN64(sizeof(PK_T *) * ns) + PK_ALIGN64(sizeof(int64_t) * ns) + PK_ALIGN64(sizeof(int32_t) * ns);
     for (int s = 0; s < ns; ++s) {
         const pk_gslot *sl = &p->slots[s];
         size_t len = 0;
         switch (sl->kind) {
         case PKS_CONST:
-            if (sl->index + sl->dim > ctx.nconsts)
-                ctx.nconsts = sl->index + sl->dim;
+            if (sl->index + sl->dim > ctx->nconsts)
+                ctx->nconsts = sl->index + sl->dim;
             break;
         case PKS_UNIFORM:
             len = (size_t)sl->dim;
@@ -770,60 +749,32 @@ static int PK_FN(pk_grun)(const pk_call *c, const pk_gprogram *p)
         default:
             break;
         }
-        soff[s] = off;
+        ctx->soff[s] = off;
         off += PK_ALIGN64(len * sizeof(PK_T));
     }
-    ctx.off_consts = off;
-    off += PK_ALIGN64(sizeof(PK_T) * (size_t)(ctx.nconsts + 1));
-    ctx.off_state = off;
-    off += PK_ALIGN64(sizeof(PK_ACC) * (size_t)BI * (ctx.nacc + 1)) +
-           PK_ALIGN64(sizeof(PK_T) * (size_t)BI * (ctx.nval + 1)) +
-           PK_ALIGN64(sizeof(int64_t) * (size_t)BI * (ctx.nidx + 1));
-    ctx.off_eb = off;
+    ctx->off_consts = off;
+    off += PK_ALIGN64(sizeof(PK_T) * (size_t)(ctx->nconsts + 1));
+    ctx->off_eb = off;
     off += PK_ALIGN64(sizeof(PK_ACC) * (size_t)TJ);
-    ctx.off_tmp = off;
+    ctx->off_tmp = off;
     off += PK_ALIGN64(sizeof(PK_ACC) * (size_t)(dg + 2));
-    ctx.off_kt = off;
+    ctx->off_kt = off;
     off += PK_ALIGN64(sizeof(PK_T) * (size_t)(p->K + 1)) + PK_ALIGN64(sizeof(int64_t) * (size_t)(p->K + 1));
-    ctx.bytes = off + 64;
-
-    int nthreads = (int)c->nthreads;
-    if ((double)c->nbatch * (double)c->nx * (double)c->ny < 65536.0 || nthreads < 1)
-        nthreads = 1;
-    ctx.nbi = (c->nx + BI - 1) / BI;
-    ctx.nch = 1;
-    ctx.chunk = c->ny > 0 ? c->ny : 1;
-    if (c->items) { /* block-sparse: one item per block of rows, no split of j */
-        int err = pk_parallel_for(nthreads, c->nitems, ctx.bytes, PK_FN(pk_gitem_ranges), &ctx);
-        free(soff);
-        return err ? 1 : 0;
-    }
-    const int64_t items = c->nbatch * ctx.nbi;
-    if (nthreads > 1 && items < 4 * (int64_t)nthreads) {
-        int64_t want = (4 * (int64_t)nthreads + items - 1) / items;
-        int64_t most = c->ny / (2 * (int64_t)TJ);
-        ctx.nch = want < most ? want : most;
-        if (ctx.nch < 1)
-            ctx.nch = 1;
-        ctx.chunk = ((c->ny + ctx.nch - 1) / ctx.nch + TJ - 1) / TJ * TJ;
-        ctx.nch = (c->ny + ctx.chunk - 1) / ctx.chunk;
-    }
-    int err = 0;
-    if (ctx.nch > 1) {
-        const size_t recs = (size_t)(c->nbatch * c->nx * ctx.nch);
-        ctx.pacc = (PK_ACC *)malloc(sizeof(PK_ACC) * recs * (ctx.nacc + 1));
-        ctx.pval = (PK_T *)malloc(sizeof(PK_T) * recs * (ctx.nval + 1));
-        ctx.pidx = (int64_t *)malloc(sizeof(int64_t) * recs * (ctx.nidx + 1));
-        if (!ctx.pacc || !ctx.pval || !ctx.pidx)
-            err = 1;
-    }
-    if (!err)
-        err = pk_parallel_for(nthreads, items * ctx.nch, ctx.bytes, PK_FN(pk_gitem), &ctx);
-    if (!err && ctx.nch > 1)
-        err = pk_parallel_for(nthreads, items, ctx.bytes, PK_FN(pk_gmerge), &ctx);
-    free(ctx.pacc);
-    free(ctx.pval);
-    free(ctx.pidx);
-    free(soff);
-    return err ? 1 : 0;
+    ctx->bytes = off + 64;
+    /* a row's state record, 8-byte aligned parts */
+    ctx->off_val = ((sizeof(PK_ACC) * (size_t)ctx->nacc) + 7u) & ~(size_t)7u;
+    ctx->off_idx = ctx->off_val + (((sizeof(PK_T) * (size_t)ctx->nval) + 7u) & ~(size_t)7u);
+    ctx->rec = ctx->off_idx + sizeof(int64_t) * (size_t)ctx->nidx;
+    if (ctx->rec < 8)
+        ctx->rec = 8;
+    e->self = ctx;
+    e->bi = e->bir = BI;
+    e->tj = TJ;
+    e->scratch_bytes = (int64_t)ctx->bytes;
+    e->state_bytes = (int64_t)ctx->rec;
+    e->init = PK_FN(pk_geng_init);
+    e->process = PK_FN(pk_geng_process);
+    e->combine = PK_FN(pk_geng_combine);
+    e->finalize = PK_FN(pk_geng_finalize);
+    return 0;
 }

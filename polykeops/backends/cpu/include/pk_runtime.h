@@ -1,17 +1,15 @@
 /* polykeops CPU runtime: the macros shared by the CPU headers, then pk_math.h (vectorisable
- * IEEE-safe exp, log, expm1, log1p, tanh, sinh, cosh, erf) and pk_pool.h (a fork-safe parallel-for).
+ * IEEE-safe exp, log, expm1, log1p, tanh, sinh, cosh, erf).
  *
  * Included by every specialised kernel and by the generic engine.  Everything is
- * static (each shared library has its own copy): no global state, no OpenMP
- * runtime.  `#pragma omp simd` needs only -fopenmp-simd.  Threads are created
- * per call with pthreads, so the engine works in processes forked after use
- * (GNU OpenMP's thread pool deadlocks there).
+ * static (each module has its own copy), with no global state and no threads:
+ * `#pragma omp simd` needs only -fopenmp-simd; the threads are those of the Cython
+ * driver's OpenMP loop (_driver.pyx).
  */
 #ifndef PK_RUNTIME_H
 #define PK_RUNTIME_H
 
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +28,5 @@
 
 
 #include "pk_math.h"
-#include "pk_pool.h"
 
 #endif /* PK_RUNTIME_H */
