@@ -14,7 +14,7 @@ from ..backends.dispatch import dispatch
 from ..backends.ranges import ranges_error
 from ..backends.reduction_call import ReductionCall
 from ..backends.request import BackendRequest
-from ..errors import DeviceError, FormulaError, ShapeError
+from ..errors import DeviceError, DTypeError, FormulaError, ShapeError
 from ..formula.nodes import CAT_I, CAT_J, CAT_P, Node
 from ..formula.spec import ReductionSpec
 
@@ -160,10 +160,29 @@ def finish_outputs(tools, spec: ReductionSpec, outputs, out=None):
         res.append(o)
     if out is not None:
         if len(res) != 1:
-            raise FormulaError("out= is only supported for reductions with one output")
+            raise FormulaError(f"out= is only supported for reductions with one output ({spec.reduction} has {len(res)})")
+        check_out(tools, out, res[0], spec)
         tools.copy_into(out, res[0])
         return out
     return res[0] if len(res) == 1 else tuple(res)
+
+
+def check_out(tools, out, res, spec) -> None:
+    """``out=`` must be an array of the result's kind, shape and dtype (no silent rounding)."""
+    what = f"out= of the {spec.reduction} reduction"
+    if not tools.is_array(out):
+        raise ShapeError(f"{what} must be a {tools.array_kind} array, got {type(out).__name__}")
+    want, got = tuple(tools.shape(res)), tuple(tools.shape(out))
+    if want != got:
+        raise ShapeError(f"{what} has shape {got}; the result has shape {want}")
+    dt_out, dt_res = str(out.dtype).replace("torch.", ""), str(res.dtype).replace("torch.", "")
+    if dt_out != dt_res:
+        raise DTypeError(
+            f"{what} has dtype {dt_out}; the result has dtype {dt_res}: pass an array of dtype "
+            f"{dt_res} (polykeops never rounds into out= silently)"
+        )
+    if tools.device_name(out) != tools.device_name(res):
+        raise DeviceError(f"{what} is on {tools.device_name(out)}; the result is on {tools.device_name(res)}")
 
 
 def check_ranges(tools, ranges, ni: int, nj: int, batch: tuple) -> tuple:

@@ -51,8 +51,12 @@ class GenericLazyTensor(ReductionMixin):
     _dim_label = "vector dimension"  # in error messages
     __array_priority__ = 1000  # NumPy defers binary operators to us
     __hash__ = object.__hash__
+    #: pykeops' block-sparsity attribute: ``K.ranges = ranges_ij`` makes every reduction of K (and
+    #: of the LazyTensors built from it) block-sparse; a ``ranges=`` keyword of a reduction wins
+    ranges = None
 
     def __init__(self, x=None, axis=None):
+        self.ranges = None
         self.leaves: dict[Node, L.LeafData] = {}
         self.ni = None
         self.nj = None
@@ -184,6 +188,7 @@ class GenericLazyTensor(ReductionMixin):
         res.complex_placeholders = self.complex_placeholders
         res.ni, res.nj, res.batch = self.ni, self.nj, self.batch
         res.dtype_name, res.device, res.array_kind = self.dtype_name, self.device, self.array_kind
+        res.ranges = self.ranges
         for o in others:
             res._merge(o)
         return res
@@ -211,6 +216,7 @@ class GenericLazyTensor(ReductionMixin):
             if a is None:
                 setattr(self, attr, b)
         self.batch = _broadcast_batch(self.batch, other.batch, self, other)
+        self._merge_ranges(other)
         self.dtype_name = self.dtype_name or other.dtype_name
         self.device = self.device or other.device
         self.array_kind = self.array_kind or other.array_kind
@@ -223,6 +229,25 @@ class GenericLazyTensor(ReductionMixin):
                 raise FormulaError(f"placeholder index {k} is used as {self.placeholders[k]!r} and as {v!r}")
             self.placeholders[k] = v
         self.complex_placeholders = self.complex_placeholders | other.complex_placeholders
+
+    def _merge_ranges(self, other: GenericLazyTensor) -> None:
+        """The ``ranges`` attribute of a combination: the one of either operand (as pykeops' join);
+        two different ones are an error."""
+        mine, theirs = self.ranges, getattr(other, "ranges", None)
+        if theirs is None or mine is theirs:
+            return
+        if mine is None:
+            self.ranges = theirs
+            return
+        tools = self._tools
+        same = len(mine) == len(theirs) and all(
+            tuple(tools.shape(a)) == tuple(tools.shape(b)) and bool((a == b).all()) for a, b in zip(mine, theirs)
+        )
+        if not same:
+            raise ShapeError(
+                f"cannot combine {self._summary()} and {other._summary()}: they carry different "
+                "block-sparsity ranges (the .ranges attribute)"
+            )
 
     def _lift(self, other) -> GenericLazyTensor:
         if isinstance(other, GenericLazyTensor):
@@ -700,6 +725,9 @@ class GenericLazyTensor(ReductionMixin):
         res.placeholders = {k: swap_category(v) for k, v in self.placeholders.items()}
         res.formula = substitute(self.formula, mapping)
         res.ni, res.nj = self.nj, self.ni
+        if self.ranges is not None:  # i and j exchanged: (ranges_j, slices_j, redranges_i, ranges_i, ...)
+            r = tuple(self.ranges)
+            res.ranges = r[3:6] + r[0:3] if len(r) == 6 else r
         return res
 
     @property

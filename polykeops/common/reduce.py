@@ -55,8 +55,15 @@ class ReductionMixin:
             raise FormulaError(f"{what}: dim must be an int, got {dim!r}")
         full = nb + 3
         given = dim
-        if dim < 0:
+        if dim == -1:  # pykeops: -1 is the vector dimension; no other negative axis is accepted
             dim += full
+        elif dim < 0:
+            raise FormulaError(
+                f"{what}: dim={given} is not valid: as in pykeops, reductions take dim={nb} (over i) "
+                f"or dim={nb + 1} (over j), counted from the left ({nb} batch dimension(s) first), "
+                f"and -1 means the vector dimension; negative dims other than -1 are refused because "
+                f"the shape {self.shape} does not always show the vector axis"
+            )
         if dim == nb:
             return 0
         if dim == nb + 1:
@@ -80,6 +87,8 @@ class ReductionMixin:
         if weight is not None:
             weight = self._lift(weight)
             lt = self._new(self.formula, weight)
+        if opts["ranges"] is None:  # pykeops: K.ranges = ... applies unless the call names ranges
+            opts["ranges"] = lt.ranges
         formulas = [self.formula] + ([weight.formula] if weight is not None else [])
         spec, leaves = _number(lt, formulas, reduction, red_axis, k, opts)
         if lt.placeholders or not call:  # a callable: takes the placeholders' arrays (maybe none)
