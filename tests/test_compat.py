@@ -10,10 +10,9 @@ import pytest
 import torch
 
 import polykeops.numpy as pknp
-from polykeops.backends.cpu import CpuBackend
-from polykeops.backends.cpu import generic
+from polykeops.backends.cpu import CpuBackend, generic
 from polykeops.errors import DTypeError, FormulaError, PolyKeopsError, ShapeError
-from polykeops.torch import Genred, LazyTensor, Vi, Vj
+from polykeops.torch import Genred, Vi, Vj
 from polykeops.torch.cluster import cluster_ranges_centroids, from_matrix, grid_cluster, sort_clusters
 
 

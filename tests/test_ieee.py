@@ -14,8 +14,7 @@ import math
 import pytest
 import torch
 
-from polykeops.backends.cpu import CpuBackend
-from polykeops.backends.cpu import generic
+from polykeops.backends.cpu import CpuBackend, generic
 from polykeops.torch import LazyTensor, Vi, Vj
 
 INF, NAN = math.inf, math.nan
@@ -133,7 +132,9 @@ def _grad_check(engine, lt_fn, dense_fn, x, order=1):
 def test_relu_gradient_masks_infinite_cotangent(engine):
     # sqrt(relu(x)) at x < 0: sqrt' = inf, relu' = 0 -> torch gives 0
     x = torch.tensor([[-2.0], [-0.5], [1.5], [4.0]], dtype=torch.float64)
-    _grad_check(engine, lambda a, b: (a.relu() * b.abs()).sqrt(), lambda a, b: (torch.relu(a) * b.abs()).sqrt(), x)
+    _grad_check(
+        engine, lambda a, b: (a.relu() * b.abs()).sqrt(), lambda a, b: (torch.relu(a) * b.abs()).sqrt(), x
+    )
 
 
 def test_clamp_gradient_masks_infinite_cotangent(engine):

@@ -160,7 +160,9 @@ def finish_outputs(tools, spec: ReductionSpec, outputs, out=None):
         res.append(o)
     if out is not None:
         if len(res) != 1:
-            raise FormulaError(f"out= is only supported for reductions with one output ({spec.reduction} has {len(res)})")
+            raise FormulaError(
+                f"out= is only supported for reductions with one output ({spec.reduction} has {len(res)})"
+            )
         check_out(tools, out, res[0], spec)
         tools.copy_into(out, res[0])
         return out

@@ -241,7 +241,8 @@ class GenericLazyTensor(ReductionMixin):
             return
         tools = self._tools
         same = len(mine) == len(theirs) and all(
-            tuple(tools.shape(a)) == tuple(tools.shape(b)) and bool((a == b).all()) for a, b in zip(mine, theirs)
+            tuple(tools.shape(a)) == tuple(tools.shape(b)) and bool((a == b).all())
+            for a, b in zip(mine, theirs)
         )
         if not same:
             raise ShapeError(
