@@ -7,6 +7,7 @@ torch nor any CUDA library.
 
 from __future__ import annotations
 
+from . import config as _config
 from .config import __version__
 from .errors import (
     BackendError,
@@ -94,3 +95,17 @@ def _version_of(module: str):
         return version(module)
     except PackageNotFoundError:
         return None
+
+
+def _config_getattr(name: str):
+    """pykeops' ``config.gpu_available``, computed on first access (importing polykeops detects no GPU)."""
+    if name == "gpu_available":
+        from .common.gpu_utils import gpu_available
+
+        value = gpu_available()
+        _config.gpu_available = value
+        return value
+    raise AttributeError(f"module 'polykeops.config' has no attribute {name!r}")
+
+
+_config.__getattr__ = _config_getattr

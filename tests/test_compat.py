@@ -12,6 +12,7 @@ import torch
 import polykeops.numpy as pknp
 from polykeops.backends.cpu import CpuBackend, generic
 from polykeops.errors import DTypeError, FormulaError, PolyKeopsError, ShapeError
+from polykeops.numpy.cluster import grid_cluster as np_grid_cluster
 from polykeops.torch import Genred, Vi, Vj
 from polykeops.torch.cluster import cluster_ranges_centroids, from_matrix, grid_cluster, sort_clusters
 
@@ -176,3 +177,119 @@ def test_kahan_scheme_matches_float64(n):
 
 def test_errors_are_polykeops_errors():
     assert issubclass(DTypeError, PolyKeopsError)
+
+
+# -- pykeops idioms ------------------------------------------------------------------------------
+
+
+def _gauss(x, y, s):
+    return torch.exp(-((x[:, None, :] - y[None, :, :]) ** 2).sum(-1) * s)
+
+
+def test_raw_scalar_tensors_are_parameters():
+    x, y = torch.randn(31, 2, dtype=torch.float64), torch.randn(257, 2, dtype=torch.float64)
+    D = Vi(x).sqdist(Vj(y))
+    half = torch.tensor(0.5, dtype=torch.float64)
+    torch.testing.assert_close((-D * half).exp().sum(1), _gauss(x, y, 0.5).sum(1, keepdim=True))
+    sigma = torch.tensor([2.0], dtype=torch.float64)
+    gamma = 1 / sigma**2
+    torch.testing.assert_close((-D * gamma).exp().sum(1), _gauss(x, y, 0.25).sum(1, keepdim=True))
+    torch.testing.assert_close((-(gamma * D)).exp().sum(1), _gauss(x, y, 0.25).sum(1, keepdim=True))
+    # differentiable with respect to the raw parameter, as a Pm variable
+    s = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad((-D * s).exp().sum(1).sum(), s)
+    s2 = s.detach().clone().requires_grad_(True)
+    (g2,) = torch.autograd.grad(_gauss(x, y, s2).sum(), s2)
+    torch.testing.assert_close(g, g2)
+    # NumPy: 0-d arrays, (1,) arrays and NumPy scalars
+    xn, yn = x.numpy(), y.numpy()
+    Dn = pknp.Vi(xn).sqdist(pknp.Vj(yn))
+    ref = _gauss(x, y, 0.5).sum(1, keepdim=True).numpy()
+    np.testing.assert_allclose((-Dn * np.array(0.5)).exp().sum(1), ref)
+    np.testing.assert_allclose((-(np.array([0.5]) * Dn)).exp().sum(1), ref)
+    np.testing.assert_allclose((-Dn * np.float64(0.5)).exp().sum(1), ref)
+    with pytest.raises(FormulaError, match="2-D"):
+        D * torch.ones(31, 2, dtype=torch.float64)
+
+
+def test_reduction_keywords_of_pykeops(engine):
+    x, y = torch.randn(31, 2), torch.randn(257, 2)
+    b = torch.randn(257, 3)
+    K = (-Vi(x).sqdist(Vj(y))).exp()
+    ref = _gauss(x, y, 1.0) @ b
+    for kw in ({"backend": engine}, {"backend": engine, "sum_scheme": "kahan_scheme"},
+               {"backend": engine, "dtype_acc": "float64"}, {"backend": engine, "use_double_acc": True},
+               {"backend": engine, "enable_chunks": False, "use_fast_math": False, "device_id": -1}):
+        torch.testing.assert_close(K.__matmul__(b, **kw), ref, rtol=1e-5, atol=1e-5)
+    out = torch.empty(31, 3)
+    assert K.__matmul__(b, out=out, backend=engine) is out
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    out = torch.empty(31, 1)
+    assert K.sum(dim=1, out=out, backend=engine) is out
+    torch.testing.assert_close(out, _gauss(x, y, 1.0).sum(1, keepdim=True), rtol=1e-5, atol=1e-5)
+
+
+def test_logsumexp_other_is_the_weight():
+    x, y = torch.randn(31, 2, dtype=torch.float64), torch.randn(40, 2, dtype=torch.float64)
+    w = torch.rand(40, 1, dtype=torch.float64) + 0.1
+    F = -Vi(x).sqdist(Vj(y))
+    ref = torch.logsumexp(-((x[:, None] - y[None]) ** 2).sum(-1) + torch.log(w.T), dim=1)[:, None]
+    torch.testing.assert_close(F.logsumexp(dim=1, other=Vj(w)), ref)
+    torch.testing.assert_close(F.logsumexp(1, weight=Vj(w)), ref)
+    with pytest.raises(FormulaError):
+        F.logsumexp(1, weight=Vj(w), other=Vj(w))
+
+
+def test_solve_call_false_returns_a_callable():
+    x = torch.randn(50, 2, dtype=torch.float64)
+    b = torch.randn(50, 2, dtype=torch.float64)
+    K = (-Vi(x).sqdist(Vj(x))).exp()
+    pending = K.solve(Vi(b), alpha=0.5, call=False)
+    assert callable(pending) and not isinstance(pending, torch.Tensor)
+    a = pending()
+    dense = _gauss(x, x, 1.0)
+    torch.testing.assert_close(0.5 * a + dense @ a, b, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(a, K.solve(b, alpha=0.5))
+
+
+def test_names_of_pykeops_tutorials():
+    import polykeops
+    from polykeops import config
+    from polykeops.common.gpu_utils import get_gpu_number
+    from polykeops.numpy.utils import log_sum_exp, np_kernel, squared_distances
+    from polykeops.torch.utils import torch_kernel
+
+    assert isinstance(config.gpu_available, bool)
+    assert polykeops.config.gpu_available == (get_gpu_number() > 0)
+    rng = np.random.default_rng(1)
+    x, y = rng.random((7, 3)), rng.random((5, 3))
+    sq = ((x[:, None] - y[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(squared_distances(x, y), sq, atol=1e-12)
+    np.testing.assert_allclose(np_kernel(x, y, 0.7, "gaussian"), np.exp(-sq / 0.49), atol=1e-12)
+    np.testing.assert_allclose(np_kernel(x, y, 0.7, "cauchy"), 1 / (1 + sq / 0.49), atol=1e-12)
+    np.testing.assert_allclose(log_sum_exp(sq, axis=1), np.log(np.exp(sq).sum(1)))
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    lap = torch.exp(-torch.from_numpy(sq).sqrt() / 0.7)
+    torch.testing.assert_close(torch_kernel(tx, ty, 0.7, "laplacian"), lap)
+    K = Vi(tx).sqdist(Vj(ty))
+    assert K._shape == (7, 5, 1) and K.shape == (7, 5)
+    assert (Vi(tx) - Vj(ty))._shape == (7, 5, 3)
+
+
+def test_genred_counts_variables_as_written():
+    g = Genred("Var(0,1,0) * 0 + Var(1,1,1) + Var(2,2,2) * 0", [], reduction_op="Sum", axis=1)
+    x, y, p = torch.randn(3, 1), torch.randn(4, 1), torch.randn(2)
+    torch.testing.assert_close(g(x, y, p), y.sum().expand(3, 2))
+    with pytest.raises(FormulaError, match="3 array"):
+        g(x, y)
+    g2 = Genred("x * 0 + y", ["x = Vi(1)", "y = Vj(1)"], reduction_op="Sum", axis=1)
+    torch.testing.assert_close(g2(x, y), y.sum().expand(3, 1))
+
+
+def test_grid_cluster_voxels_as_pykeops():
+    """torch bins from the data's minimum (pykeops 2.3), NumPy from 0."""
+    x = torch.tensor([[0.05], [0.13], [0.26], [0.31], [0.52]], dtype=torch.float64)
+    # from the minimum 0.05 with size 0.1: voxels 0, 0, 2, 2, 4 -> labels 0, 0, 1, 1, 2
+    assert grid_cluster(x, 0.1).tolist() == [0, 0, 1, 1, 2]
+    # from 0: voxels 0, 1, 2, 3, 5 -> labels 0, 1, 2, 3, 4
+    assert np_grid_cluster(x.numpy(), 0.1).tolist() == [0, 1, 2, 3, 4]

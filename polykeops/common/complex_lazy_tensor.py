@@ -477,6 +477,9 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
         Differentiable with torch (``m`` is a constant shift: it does not change the
         value).  With placeholder variables, returns a callable.
         """
+        from .reduce import _weight_alias
+
+        weight = _weight_alias(weight, kwargs, "logsumexp")
         if self.ndim != 1:
             raise FormulaError(
                 f"logsumexp needs a scalar formula; {self._summary()} has complex dimension {self.ndim}"

@@ -11,6 +11,7 @@ with a backend.  Subclasses set ``_tools``, the array-library glue (see
 from __future__ import annotations
 
 import math
+import numbers
 from fractions import Fraction
 
 from ..errors import DeviceError, DTypeError, FormulaError, ShapeError
@@ -135,6 +136,13 @@ class GenericLazyTensor(ReductionMixin):
         return tuple(self.batch) + (ni, nj) + ((d,) if d > 1 else ())
 
     @property
+    def _shape(self) -> tuple:
+        """``(*batch, M, N, D)``, D included even when it is 1 (pykeops' internal shape)."""
+        ni = self.ni if self.ni is not None else 1
+        nj = self.nj if self.nj is not None else 1
+        return tuple(self.batch) + (ni, nj, self.ndim)
+
+    @property
     def ndim(self) -> int:
         """The vector dimension of the formula (pykeops' meaning of ``ndim``)."""
         return self.formula.dim
@@ -256,17 +264,29 @@ class GenericLazyTensor(ReductionMixin):
         scalar = self._lift_scalar(other)
         if scalar is not None:
             return scalar
-        if self._tools.is_array(other):
-            raise FormulaError(
-                f"cannot combine {self._summary()} with a raw array of shape "
-                f"{self._tools.shape(other)}; wrap it in a LazyTensor first"
-            )
+        tools = self._tools
+        if tools.is_array(other):
+            shape = tuple(tools.shape(other))
+            if len(shape) == 2:
+                raise FormulaError(
+                    f"cannot combine {self._summary()} with a raw 2-D array of shape {shape}: "
+                    "it is ambiguous, wrap it in a LazyTensor with axis=0 (i) or axis=1 (j) first"
+                )
+            # as pykeops: LazyTensor(other) -- a 0-d or 1-D array is a parameter, a 3-D+ one is
+            # indexed by its shape (..., M, 1, D) / (..., 1, N, D) / (..., 1, 1, D)
+            return self._real_type()(other)
         raise FormulaError(f"cannot combine {self._summary()} with {type(other).__name__}")
 
     def _lift_scalar(self, other):
         """A real LazyTensor for a Python int, float or Fraction; None for anything else."""
-        if isinstance(other, (int, float, Fraction)) and not isinstance(other, bool):
+        if isinstance(other, bool):
+            return None
+        if isinstance(other, (int, float, Fraction)):
             return self._real_type()(other)
+        if isinstance(other, numbers.Integral):
+            return self._real_type()(int(other))
+        if isinstance(other, numbers.Real) and not self._tools.is_array(other):
+            return self._real_type()(float(other))  # NumPy float scalars (np.float32(0.5)...)
         return None
 
     def _real_type(self) -> type:

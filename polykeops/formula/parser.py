@@ -768,11 +768,17 @@ def parse_formula(text: str, aliases: dict[str, Node] | None = None) -> Node:
     arguments, unbalanced parentheses, incompatible dimensions...) is a
     :class:`FormulaSyntaxError` whose ``position`` is the offending character.
     """
+    return _parse_with_variables(text, aliases)[0]
+
+
+def _parse_with_variables(text: str, aliases: dict[str, Node] | None = None) -> tuple[Node, dict]:
+    """The formula and every variable written in it or in the aliases, by index (including those
+    that simplification removed from the formula, as ``Var(0,3,0) * 0``)."""
     if not isinstance(text, str):
         raise FormulaError(f"a formula must be a string, got {type(text).__name__}")
     parser = _Parser(text, dict(aliases or {}))
     try:
-        return parser.parse()
+        return parser.parse(), parser.known_vars
     except RecursionError:
         raise FormulaSyntaxError(
             "formula: nested too deeply to be parsed", text, parser.peek().pos
@@ -787,9 +793,11 @@ def parse_reduction_formula(text: str, aliases: Sequence[str]) -> tuple[Node, tu
     ``0 .. n-1``: a hole raises :class:`FormulaError` naming the missing index.
     """
     alias_map = parse_aliases(aliases)
-    formula = parse_formula(text, alias_map)
+    formula, written = _parse_with_variables(text, alias_map)
     by_index: dict[int, Node] = {}
-    for v in [*(n for n in alias_map.values() if n.op == "Var"), *variables(formula)]:
+    # as pykeops: every variable of the formula as written counts (the call takes all of them),
+    # even one that simplification removed (``Var(0,3,0) * 0``)
+    for v in [*(n for n in alias_map.values() if n.op == "Var"), *written.values(), *variables(formula)]:
         other = by_index.setdefault(v.index, v)
         if other != v:
             raise FormulaError(
