@@ -18,6 +18,8 @@ Leaves are:
 
 from __future__ import annotations
 
+import threading
+import weakref
 from fractions import Fraction
 from typing import Any
 
@@ -34,22 +36,42 @@ REPR_LIMIT = 400
 
 
 class Node:
-    """One immutable node of a formula, compared and hashed by structure."""
+    """One immutable node of a formula.
 
-    __slots__ = ("op", "args", "params", "dim", "_hash", "_order")
+    Nodes are *hash-consed*: building a node equal to a live one (same op, same argument nodes,
+    same parameters, compared with their types: ``1``, ``1.0`` and ``Fraction(1)`` differ)
+    returns that very object.  Structural equality is therefore identity, in O(1) whatever the
+    size of the formulas compared (a recursive comparison of two big DAGs is exponential in
+    their depth without a memo).
+    """
 
-    def __init__(self, op: str, args: tuple = (), params: tuple = (), dim: int | None = None):
+    __slots__ = ("op", "args", "params", "dim", "_hash", "_order", "_simple", "__weakref__")
+
+    def __new__(cls, op: str, args: tuple = (), params: tuple = (), dim: int | None = None):
+        args = tuple(args)
+        params = tuple(params)
+        key = (op, args, _params_key(params)) if params else (op, args)
+        try:
+            found = _TABLE.get(key)
+        except TypeError:
+            raise FormulaError(f"{op}: parameters {params!r} are not hashable") from None
+        if found is not None:
+            return found
         if dim is None:
             for a in args:
                 if not isinstance(a, Node):
                     raise FormulaError(f"{op}: argument {a!r} is not a formula node")
-            dim = infer_dim(op, tuple(a.dim for a in args), tuple(params))
+            dim = infer_dim(op, tuple(a.dim for a in args), params)
+        self = object.__new__(cls)
         object.__setattr__(self, "op", op)
-        object.__setattr__(self, "args", tuple(args))
-        object.__setattr__(self, "params", tuple(params))
+        object.__setattr__(self, "args", args)
+        object.__setattr__(self, "params", params)
         object.__setattr__(self, "dim", int(dim))
-        object.__setattr__(self, "_hash", hash((op, self.args, self.params)))
+        object.__setattr__(self, "_hash", hash((op, args, params)))
         object.__setattr__(self, "_order", None)  # walk()'s order, computed on first use
+        object.__setattr__(self, "_simple", False)  # a fixed point of simplification (simplify.py)
+        with _TABLE_LOCK:
+            return _TABLE.setdefault(key, self)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("formula nodes are immutable")
@@ -58,11 +80,10 @@ class Node:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
-        if self is other:
-            return True
-        if not isinstance(other, Node) or self._hash != other._hash:
-            return False
-        return self.op == other.op and self.params == other.params and self.args == other.args
+        return self is other  # hash-consed: equal nodes are one object
+
+    def __ne__(self, other: object) -> bool:
+        return self is not other
 
     def __reduce__(self):
         return (Node, (self.op, self.args, self.params, self.dim))
@@ -109,6 +130,25 @@ class Node:
         if self.op != "Const":
             raise FormulaError(f"{self!r} is not a constant")
         return self.params[0]
+
+
+#: the live nodes, by (op, argument nodes, typed parameters): the hash-consing table
+_TABLE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_TABLE_LOCK = threading.Lock()
+
+
+def _params_key(params: tuple) -> tuple:
+    """Parameters compared with their types (``1 == 1.0 == Fraction(1)`` and ``0.0 == -0.0`` in
+    Python, not in a formula); NaNs are equal to each other here."""
+    out = []
+    for p in params:
+        if isinstance(p, tuple):
+            out.append(("tuple", _params_key(p)))
+        elif isinstance(p, float):
+            out.append(("float", p.hex()))
+        else:
+            out.append((type(p).__name__, p))
+    return tuple(out)
 
 
 def Var(index: int, dim: int, cat: int) -> Node:
