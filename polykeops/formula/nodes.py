@@ -34,6 +34,14 @@ CATEGORY_NAMES = {CAT_I: "Vi", CAT_J: "Vj", CAT_P: "Pm"}
 #: longest text of a node's repr (longer ones end with "...")
 REPR_LIMIT = 400
 
+#: largest vector dimension of a node (a formula value is held per (i, j) pair by the engines)
+MAX_DIM = 1 << 24
+#: largest variable index (indices are C ints in the compiled engines)
+MAX_INDEX = (1 << 31) - 1
+#: exact constants: |value| below 2**1024 (float64's range) and at most this many bits in the
+#: numerator and the denominator (exact folding of huge powers would take unbounded time)
+MAX_CONST_BITS = 4096
+
 
 class Node:
     """One immutable node of a formula.
@@ -62,6 +70,8 @@ class Node:
                 if not isinstance(a, Node):
                     raise FormulaError(f"{op}: argument {a!r} is not a formula node")
             dim = infer_dim(op, tuple(a.dim for a in args), params)
+        if dim > MAX_DIM:
+            raise FormulaError(f"{op}: vector dimension {dim} is larger than the maximum {MAX_DIM}")
         self = object.__new__(cls)
         object.__setattr__(self, "op", op)
         object.__setattr__(self, "args", args)
@@ -153,8 +163,10 @@ def _params_key(params: tuple) -> tuple:
 
 def Var(index: int, dim: int, cat: int) -> Node:
     """A numbered variable: ``index`` >= 0, ``dim`` >= 1, ``cat`` in 0 (i), 1 (j), 2 (parameter)."""
-    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-        raise FormulaError(f"variable index must be a non-negative int, got {index!r}")
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0 or index > MAX_INDEX:
+        raise FormulaError(
+            f"variable index must be a non-negative int (at most {MAX_INDEX}), got {_short(index)}"
+        )
     _check_dim(dim, "variable")
     if cat not in CATEGORIES:
         raise FormulaError(f"variable category must be 0 (i), 1 (j) or 2 (parameter), got {cat!r}")
@@ -178,6 +190,8 @@ def Const(value, dim: int = 1) -> Node:
         value = int(value)
     if not isinstance(value, (int, Fraction, float)):
         raise FormulaError(f"constants must be int, Fraction or float, got {type(value).__name__}")
+    if isinstance(value, (int, Fraction)):
+        check_exact_constant(value)
     if value == 0:
         return Zero(dim)
     return Node("Const", (), (value, int(dim)), dim)
@@ -190,8 +204,23 @@ def Zero(dim: int = 1) -> Node:
 
 
 def _check_dim(dim, what: str) -> None:
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-        raise FormulaError(f"{what} dimension must be a positive int, got {dim!r}")
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1 or dim > MAX_DIM:
+        raise FormulaError(f"{what} dimension must be a positive int (at most {MAX_DIM}), got {_short(dim)}")
+
+
+def _short(value) -> str:
+    big = isinstance(value, int) and value.bit_length() >= 200
+    text = f"~2**{value.bit_length()}" if big else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_exact_constant(value) -> None:
+    """An exact constant must be representable in float64 (and of bounded size)."""
+    num, den = (value, 1) if isinstance(value, int) else (value.numerator, value.denominator)
+    if num.bit_length() > MAX_CONST_BITS or den.bit_length() > MAX_CONST_BITS:
+        raise FormulaError(f"the constant {_short(value)} has more than {MAX_CONST_BITS} bits")
+    if abs(num) >= (den << 1024):
+        raise FormulaError(f"the constant {_short(value)} overflows float64 (|c| >= 2**1024)")
 
 
 def is_zero(node: Node) -> bool:

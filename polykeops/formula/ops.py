@@ -499,7 +499,7 @@ register_op(
 
 
 def _dim_pow(d, n):
-    _check_int("n", n)
+    _check_int("n", n, -((1 << 31) - 1), (1 << 31) - 1)
     return d
 
 

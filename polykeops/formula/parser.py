@@ -804,11 +804,19 @@ def parse_reduction_formula(text: str, aliases: Sequence[str]) -> tuple[Node, tu
                 f"variable index {v.index} is used with two signatures: {other!r} and {v!r}"
             )
     if by_index:
-        missing = sorted(set(range(max(by_index) + 1)) - set(by_index))
-        if missing:
-            shown = ", ".join(str(k) for k in missing)
+        top = max(by_index)
+        if top + 1 != len(by_index):  # holes: name the first few (top may be huge)
+            missing = []
+            k = 0
+            while len(missing) < 5 and k <= top:
+                if k not in by_index:
+                    missing.append(k)
+                k += 1
+            count = top + 1 - len(by_index)
+            shown = ", ".join(str(k) for k in missing) + (f" and {count - len(missing)} more"
+                                                          if count > len(missing) else "")
             raise FormulaError(
                 f"variable index {missing[0]} is missing: variable indices must be "
-                f"0 .. {max(by_index)} without holes (missing: {shown})"
+                f"0 .. {top} without holes (missing: {shown})"
             )
     return formula, tuple(by_index[k] for k in sorted(by_index))

@@ -457,6 +457,11 @@ _ALIASES = {"SumSoftMax": "SumSoftMaxWeight", "LogSumExp_Weight": "LogSumExpWeig
 
 def get_reduction(name: str, weighted: bool = False) -> Reduction:
     """The reduction called ``name`` (pykeops spelling); ``weighted`` selects the weighted LogSumExp."""
+    if not isinstance(name, str):
+        raise FormulaError(
+            f"the reduction must be named by a string (reduction_op=...), got {name!r}; "
+            f"known: {', '.join(sorted(REDUCTIONS))}"
+        )
     key = _ALIASES.get(name, name)
     if weighted and key in ("LogSumExp", "Max_SumShiftExp"):
         key += "Weight"

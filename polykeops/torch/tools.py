@@ -19,6 +19,11 @@ class TorchTools(TorchLibrary, ArrayTools):
 
     @staticmethod
     def dtype_name(x, what: str) -> str:
+        if x.layout != torch.strided:
+            raise DTypeError(
+                f"{what}: a {str(x.layout).replace('torch.', '')} tensor of shape {tuple(x.shape)} is not "
+                "supported: pass a dense tensor (x.to_dense())"
+            )
         name = _NAMES.get(x.dtype, str(x.dtype).replace("torch.", ""))
         return check_float_dtype(name, what, x.shape)
 
