@@ -13,7 +13,7 @@ import polykeops.numpy as pknp
 from polykeops.backends.cpu import CpuBackend, generic
 from polykeops.errors import DTypeError, FormulaError, PolyKeopsError, ShapeError
 from polykeops.numpy.cluster import grid_cluster as np_grid_cluster
-from polykeops.torch import Genred, Vi, Vj
+from polykeops.torch import Genred, LazyTensor, Vi, Vj
 from polykeops.torch.cluster import cluster_ranges_centroids, from_matrix, grid_cluster, sort_clusters
 
 
@@ -293,3 +293,26 @@ def test_grid_cluster_voxels_as_pykeops():
     assert grid_cluster(x, 0.1).tolist() == [0, 0, 1, 1, 2]
     # from 0: voxels 0, 1, 2, 3, 5 -> labels 0, 1, 2, 3, 4
     assert np_grid_cluster(x.numpy(), 0.1).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_list_of_numbers_is_a_parameter():
+    x = torch.randn(31, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(20, 3, dtype=torch.float64)
+    c = [1.0, -2.0, 0.5]
+    out = (Vi(x) - LazyTensor(c)).abs().sum(-1).sum(1)
+    (Vi(x) - c).abs()  # a raw list combines too
+    dense = (x - torch.tensor(c, dtype=torch.float64)).abs().sum(-1, keepdim=True)
+    torch.testing.assert_close(out, dense)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(g, torch.sign(x - torch.tensor(c, dtype=torch.float64)))
+    K = (-(Vi(x) - Vj(y)).sqnorm2() * LazyTensor([0.5])).exp()
+    torch.testing.assert_close(K.sum(1), _gauss(x, y, 0.5).sum(1, keepdim=True))
+    xn = x.detach().numpy().astype(np.float32)
+    outn = (pknp.Vi(xn) * [2.0, 2.0, 2.0]).sum(-1).sum(1)
+    assert outn.dtype == np.float32
+    np.testing.assert_allclose(outn, 2 * xn.sum(-1, keepdims=True), rtol=1e-6)
+    dense_lt = (Vi(x.detach()[:2]) * LazyTensor([1.0, 2.0, 3.0])).dense()
+    expected = x.detach()[:2] * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    torch.testing.assert_close(dense_lt.reshape(2, 3), expected)
+    with pytest.raises(FormulaError):
+        LazyTensor([])

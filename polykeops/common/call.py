@@ -33,7 +33,7 @@ def signature_sizes(tools, spec: ReductionSpec, arrays, leaves=None):
             leaf = leaves[pos - first_leaf]
             infos.append((v, None if leaf.is_scalar else leaf.n, leaf.batch, a))
             continue
-        if isinstance(a, float):
+        if isinstance(a, (float, tuple)):  # a Python scalar or list parameter of a LazyTensor
             infos.append((v, None, (), a))
             continue
         if not tools.is_array(a):
@@ -118,9 +118,9 @@ def run_spec(tools, spec: ReductionSpec, arrays, backend=None, leaves=None, out=
     normalised = []
     for v, n, b, a in infos:
         padded = (1,) * (nbatch - len(b)) + tuple(b)
-        if isinstance(a, float):
+        if isinstance(a, (float, tuple)):
             normalised.append(tools.scalar_array(a, spec.dtype, like=_first_array(tools, arrays),
-                                                 shape=padded + (1,)))
+                                                 shape=padded + (v.dim,)))
         elif v.cat == CAT_P:
             normalised.append(tools.as_arg(a, padded + (v.dim,), spec.dtype))
         else:

@@ -93,6 +93,15 @@ class GenericLazyTensor(ReductionMixin):
         if isinstance(x, Fraction):
             self.formula = Const(x)
             return
+        if isinstance(x, list):  # pykeops: a list of numbers is a parameter (no dtype of its own)
+            if axis not in (None, 2):
+                raise ShapeError(f"a list of numbers is a parameter; axis={axis} is not allowed")
+            if not x or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x):
+                raise FormulaError(f"a LazyTensor list must be a non-empty list of numbers, got {x!r:.80}")
+            leaf = L.list_leaf(x)
+            self.formula = leaf.node
+            self.leaves[leaf.node] = leaf
+            return
         if not tools.is_array(x):
             raise FormulaError(
                 f"cannot make a LazyTensor from {type(x).__name__}; expected a "
@@ -265,6 +274,8 @@ class GenericLazyTensor(ReductionMixin):
         if scalar is not None:
             return scalar
         tools = self._tools
+        if isinstance(other, list):
+            return self._real_type()(other)
         if tools.is_array(other):
             shape = tuple(tools.shape(other))
             if len(shape) == 2:
@@ -673,7 +684,7 @@ class GenericLazyTensor(ReductionMixin):
             like = leaf.array
         for node, leaf in self.leaves.items():
             if leaf.is_scalar:
-                values[node] = tools.scalar_array(leaf.array, dtype, like=like, shape=(1, 1, 1))
+                values[node] = tools.scalar_array(leaf.array, dtype, like=like, shape=(1, 1, leaf.dim))
         xp = tools.namespace(dtype, like)
         full = tuple(self.batch) + (self.ni or 1, self.nj or 1, self.formula.dim)
         out = evaluate(self.formula, xp, values)

@@ -42,6 +42,8 @@ class TorchTools(TorchLibrary, ArrayTools):
     @staticmethod
     def scalar_array(value, dtype, like=None, shape=(1,)):
         device = like.device if like is not None else "cpu"
+        if isinstance(value, tuple):
+            return torch.tensor(value, dtype=_DTYPES[dtype], device=device).reshape(shape)
         return torch.full(shape, value, dtype=_DTYPES[dtype], device=device)
 
     @staticmethod
