@@ -316,3 +316,14 @@ def test_list_of_numbers_is_a_parameter():
     torch.testing.assert_close(dense_lt.reshape(2, 3), expected)
     with pytest.raises(FormulaError):
         LazyTensor([])
+
+
+def test_complex_out_checked():
+    z = torch.randn(4, 1, 2, dtype=torch.complex128)
+    w = torch.randn(1, 3, 2, dtype=torch.complex128)
+    K = LazyTensor(z) * LazyTensor(w)
+    out = torch.empty(4, 2, dtype=torch.complex128)
+    assert K.sum(1, out=out) is out
+    torch.testing.assert_close(out, (z * w).sum(1))
+    with pytest.raises(DTypeError):
+        K.sum(1, out=torch.empty(4, 2, dtype=torch.complex64))
