@@ -2,9 +2,9 @@
 
 A formula is a tree (in practice a DAG: nodes are hash-consed, so equal sub-trees
 are one object, and equality is identity) of :class:`Node` values.  Every node
-carries an operation name (a key of the op table, :mod:`polykeops.formula.optable`), its arguments, hashable static
-parameters, and its *vector dimension* ``dim`` (the length of the value the
-formula produces for one (i, j) pair).
+carries an operation name (a key of the op table, :mod:`polykeops.formula.optable`),
+its arguments, hashable static parameters, and its *vector dimension* ``dim`` (the
+length of the value the formula produces for one (i, j) pair).
 
 Leaves are:
 
