@@ -327,3 +327,20 @@ def test_complex_out_checked():
     torch.testing.assert_close(out, (z * w).sum(1))
     with pytest.raises(DTypeError):
         K.sum(1, out=torch.empty(4, 2, dtype=torch.complex64))
+
+
+def test_top_level_helpers_of_pykeops(monkeypatch, tmp_path, capsys):
+    import polykeops
+
+    monkeypatch.setenv("POLYKEOPS_CACHE_DIR", str(tmp_path / "a"))
+    assert polykeops.get_build_folder() == str(tmp_path / "a")
+    polykeops.set_build_folder(tmp_path / "b")
+    assert polykeops.get_build_folder() == str(tmp_path / "b")
+    monkeypatch.setenv("POLYKEOPS_VERBOSE", "1")  # restored after the test
+    polykeops.set_verbose(False)
+    assert polykeops.config.verbose() is False
+    assert polykeops.test_numpy_bindings() is True
+    assert polykeops.test_torch_bindings() is True
+    assert "working" in capsys.readouterr().out
+    assert isinstance(polykeops.clean_pykeops(), list)
+    polykeops.set_build_folder(None)
