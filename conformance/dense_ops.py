@@ -20,9 +20,9 @@ Conventions, shared by every definition:
   expected gradients that way);
 * special points follow the documented KeOps conventions (``Rsqrt(0) = 0``,
   ``SinXDivX(0) = 1``, ``Step(0) = 1``, rounding halves away from zero, the first
-  NaN, else the first extremum, for ``ArgMin``/``ArgMax``...), and the ``0 x other``
-  terms through which a backend propagates an infinite or NaN unselected operand
-  of ``IfElse``/``Clamp``.
+  NaN, else the first extremum, for ``ArgMin``/``ArgMax``...); ``IfElse``,
+  ``Clamp``, ``ClampInt`` and ``ReLU`` are selections: an infinite or NaN operand that is
+  not selected never reaches the result (nor, through ``torch.where``, the gradients).
 
 An op without a definition here (an op a third party registers, or the Soft-DTW
 primitives) is evaluated through its ``ref``; :func:`define` adds a definition.
@@ -48,11 +48,6 @@ def define(fn: Callable, name: str | None = None) -> Callable:
 def definition(name: str) -> Callable | None:
     """The independent definition of the op ``name`` (None if it has none)."""
     return DEFINITIONS.get(name)
-
-
-def _zero_like_any(*xs):
-    """0 broadcast like ``xs`` (0 x inf = NaN kept: how backends propagate unselected operands)."""
-    return sum(0 * x for x in xs)
 
 
 def _round_half_away(x, decimals: int = 0):
@@ -273,19 +268,18 @@ def GreaterOrEqual(a, b):
 
 @define
 def IfElse(c, a, b):
-    return torch.where(c >= 0, a + 0 * b, b + 0 * a)
+    return torch.where(c >= 0, a, b)
 
 
 @define
 def Clamp(x, a, b):
     """``a`` below ``a``, else ``b`` above ``b``, else ``x`` (``a`` wins when ``a > b``)."""
-    zero = _zero_like_any(x, a, b)
-    return torch.where(x < a, a + zero, torch.where(x > b, b + zero, x + zero))
+    return torch.where(x < a, a, torch.where(x > b, b, x))
 
 
 @define
 def ClampInt(x, a, b):
-    return torch.where(x < a, 0 * x + a, torch.where(x > b, 0 * x + b, x))
+    return torch.where(x < a, float(a), torch.where(x > b, float(b), x))
 
 
 @define

@@ -214,3 +214,38 @@ def test_batch_broadcasting(backend, device, reduction, layout):
     per = per[: len(spec.variables)]
     case = case_from(spec, 23, 37, seed=layout, batch=batch, per_var_batch=per)
     check_forward(backend, case, device=device, deterministic=True)
+
+
+#: piecewise ops that select (see the README's IEEE section): the branch not taken may be infinite
+PIECEWISE = ["ReLU", "Abs", "Sign", "Step", "Clamp", "ClampInt", "IfElse"]
+
+
+@AXES
+@pytest.mark.parametrize("op", PIECEWISE)
+@property_test(0.5)
+def test_piecewise_ops_select_with_infinities(backend, device, op, axis, data):
+    """±inf and NaN fed to the selecting ops, and in the branch IfElse / Clamp do not take:
+    selections, never arithmetic with a zero (relu(-inf) = 0, clamp(+inf, a, b) = b...)."""
+    reduction = data.draw(st.sampled_from(["Sum", "Min", "Max"]), label="reduction")
+    claims(backend, reduction)
+    x, y = Var(0, 1, 0), Var(1, 1, 1)
+    if op == "IfElse":
+        f = A.node("IfElse", A.sub(x, y), y, x)  # y where x >= y, else x: either may be infinite
+    elif op == "Clamp":
+        f = A.node("Clamp", x, A.sub(y, Const(1)), A.add(y, Const(1)))
+    elif op == "ClampInt":
+        f = A.node("ClampInt", A.add(x, y), params=(-1, 2))
+    else:
+        f = A.node(op, A.add(x, y))
+    spec = ReductionSpec(reduction, (f,), (x, y), axis=axis, dtype=_dtype(backend))
+    M = data.draw(st.integers(1, 40), label="M")
+    N = data.draw(st.integers(1, 40), label="N")
+    base = case_from(spec, M, N, seed=data.draw(st.integers(0, 2**31), label="seed"))
+    sizes = [int(np.prod(s)) for s in base.shapes]
+    specials = []
+    for _ in range(data.draw(st.integers(1, 6), label="number of special values")):
+        p = data.draw(st.sampled_from([0, 1]), label="argument")
+        idx = data.draw(st.integers(0, sizes[p] - 1), label="position")
+        value = data.draw(st.sampled_from([float("nan"), float("inf"), float("-inf")]), label="value")
+        specials.append((p, idx, value))
+    check_forward(backend, replace(base, specials=tuple(specials)), device=device)

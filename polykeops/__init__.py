@@ -7,6 +7,7 @@ torch nor any CUDA library.
 
 from __future__ import annotations
 
+from . import config as _config
 from .config import __version__
 from .errors import (
     BackendError,
@@ -35,6 +36,12 @@ __all__ = [
     "__version__",
     "check_health",
     "clean_cache",
+    "clean_pykeops",
+    "get_build_folder",
+    "set_build_folder",
+    "set_verbose",
+    "test_numpy_bindings",
+    "test_torch_bindings",
 ]
 
 
@@ -96,3 +103,78 @@ def _version_of(module: str):
         return version(module)
     except PackageNotFoundError:
         return None
+
+
+# -- pykeops' top-level helpers, under their names -------------------------------------------
+
+
+def set_verbose(val: bool) -> None:
+    """pykeops' ``set_verbose``: sets ``POLYKEOPS_VERBOSE`` (read at use time)."""
+    import os
+
+    os.environ["POLYKEOPS_VERBOSE"] = "1" if val else "0"
+
+
+def clean_pykeops(recompile_jit_binaries: bool = True) -> list[str]:
+    """pykeops' ``clean_pykeops``: :func:`clean_cache` (nothing needs recompiling up front)."""
+    return clean_cache()
+
+
+def get_build_folder() -> str:
+    """pykeops' ``get_build_folder``: where compiled kernels are cached (``POLYKEOPS_CACHE_DIR``)."""
+    return str(_config.cache_dir())
+
+
+def set_build_folder(path=None) -> None:
+    """pykeops' ``set_build_folder``: sets ``POLYKEOPS_CACHE_DIR`` (None: back to the default)."""
+    import os
+
+    if path is None:
+        os.environ.pop("POLYKEOPS_CACHE_DIR", None)
+    else:
+        os.environ["POLYKEOPS_CACHE_DIR"] = str(path)
+
+
+def _bindings_check(lib: str) -> bool:
+    import importlib
+
+    import numpy as np
+
+    front = importlib.import_module(f"polykeops.{lib}")
+    x = np.arange(1, 10, dtype=np.float32).reshape(-1, 3)
+    y = np.arange(3, 9, dtype=np.float32).reshape(-1, 3)
+    expected = np.exp(-((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)).sum(1)
+    if lib == "torch":
+        import torch
+
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+    conv = front.Genred("Exp(-SqDist(x, y))", ["x = Vi(3)", "y = Vj(3)"], reduction_op="Sum", axis=1)
+    got = conv(x, y)
+    got = got.numpy() if lib == "torch" else got
+    ok = bool(np.allclose(got.reshape(-1), expected, rtol=1e-5, atol=1e-7))
+    print(f"polykeops with {lib} bindings is working!" if ok else f"polykeops with {lib}: wrong result")
+    return ok
+
+
+def test_torch_bindings() -> bool:
+    """pykeops' ``test_torch_bindings``: one small reduction checked against NumPy."""
+    return _bindings_check("torch")
+
+
+def test_numpy_bindings() -> bool:
+    """pykeops' ``test_numpy_bindings``: one small reduction checked against NumPy."""
+    return _bindings_check("numpy")
+
+
+def _config_getattr(name: str):
+    """pykeops' ``config.gpu_available``, computed on first access (importing polykeops detects no GPU)."""
+    if name == "gpu_available":
+        from .common.gpu_utils import gpu_available
+
+        value = gpu_available()
+        _config.gpu_available = value
+        return value
+    raise AttributeError(f"module 'polykeops.config' has no attribute {name!r}")
+
+
+_config.__getattr__ = _config_getattr

@@ -400,8 +400,8 @@ def test_other_errors():
         R.concat(Z)
     with pytest.raises(FormulaError, match="incompatible"):
         Z + pkt.LazyTensor(torch.randn(1, 4, 3, dtype=torch.complex128))
-    with pytest.raises(FormulaError, match="raw array"):
-        Z * z
+    # a raw 3-D array is wrapped as pykeops does (LazyTensor(z)), not refused
+    torch.testing.assert_close((Z * z).sum(dim=0), (Z * pkt.LazyTensor(z)).sum(dim=0))
     with pytest.raises(DTypeError):
         Z * pkt.LazyTensor(torch.randn(3, 1, 2, dtype=torch.float32))
     with pytest.raises(DTypeError, match="float32 or float64"):

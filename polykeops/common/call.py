@@ -14,7 +14,7 @@ from ..backends.dispatch import dispatch
 from ..backends.ranges import ranges_error
 from ..backends.reduction_call import ReductionCall
 from ..backends.request import BackendRequest
-from ..errors import DeviceError, FormulaError, ShapeError
+from ..errors import DeviceError, DTypeError, FormulaError, ShapeError
 from ..formula.nodes import CAT_I, CAT_J, CAT_P, Node
 from ..formula.spec import ReductionSpec
 
@@ -33,7 +33,7 @@ def signature_sizes(tools, spec: ReductionSpec, arrays, leaves=None):
             leaf = leaves[pos - first_leaf]
             infos.append((v, None if leaf.is_scalar else leaf.n, leaf.batch, a))
             continue
-        if isinstance(a, float):
+        if isinstance(a, (float, tuple)):  # a Python scalar or list parameter of a LazyTensor
             infos.append((v, None, (), a))
             continue
         if not tools.is_array(a):
@@ -133,9 +133,9 @@ def prepare_call(tools, spec: ReductionSpec, arrays, backend=None, leaves=None, 
     normalised = []
     for v, n, b, a in infos:
         padded = (1,) * (nbatch - len(b)) + tuple(b)
-        if isinstance(a, float):
+        if isinstance(a, (float, tuple)):
             normalised.append(tools.scalar_array(a, spec.dtype, like=_first_array(tools, arrays),
-                                                 shape=padded + (1,)))
+                                                 shape=padded + (v.dim,)))
         elif v.cat == CAT_P:
             normalised.append(tools.as_arg(a, padded + (v.dim,), spec.dtype))
         else:
@@ -170,10 +170,31 @@ def finish_outputs(tools, spec: ReductionSpec, outputs, out=None):
         res.append(o)
     if out is not None:
         if len(res) != 1:
-            raise FormulaError("out= is only supported for reductions with one output")
+            raise FormulaError(
+                f"out= is only supported for reductions with one output ({spec.reduction} has {len(res)})"
+            )
+        check_out(tools, out, res[0], spec)
         tools.copy_into(out, res[0])
         return out
     return res[0] if len(res) == 1 else tuple(res)
+
+
+def check_out(tools, out, res, spec) -> None:
+    """``out=`` must be an array of the result's kind, shape and dtype (no silent rounding)."""
+    what = f"out= of the {spec.reduction} reduction"
+    if not tools.is_array(out):
+        raise ShapeError(f"{what} must be a {tools.array_kind} array, got {type(out).__name__}")
+    want, got = tuple(tools.shape(res)), tuple(tools.shape(out))
+    if want != got:
+        raise ShapeError(f"{what} has shape {got}; the result has shape {want}")
+    dt_out, dt_res = str(out.dtype).replace("torch.", ""), str(res.dtype).replace("torch.", "")
+    if dt_out != dt_res:
+        raise DTypeError(
+            f"{what} has dtype {dt_out}; the result has dtype {dt_res}: pass an array of dtype "
+            f"{dt_res} (polykeops never rounds into out= silently)"
+        )
+    if tools.device_name(out) != tools.device_name(res):
+        raise DeviceError(f"{what} is on {tools.device_name(out)}; the result is on {tools.device_name(res)}")
 
 
 def check_ranges(tools, ranges, ni: int, nj: int, batch: tuple) -> tuple:

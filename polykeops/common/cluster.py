@@ -19,6 +19,10 @@ def grid_cluster(ops, x, size):
     shape = ops.shape(x)
     if len(shape) != 2:
         raise ShapeError(f"grid_cluster: x must have shape (N, D), got {shape}")
+    if getattr(ops, "grid_from_minimum", False) and shape[0] > 0:
+        # pykeops 2.3's torch grid_cluster counts the voxels from the data's minimum (its NumPy
+        # one from 0): the same choice per library gives the same voxels
+        x = x - ops.lib.amin(x, 0, keepdim=True)
     cells = ops.floor_int(x / size)
     keys = _row_keys(ops, cells)
     return ops.unique_rows_inverse(cells) if keys is None else ops.unique_inverse(keys)

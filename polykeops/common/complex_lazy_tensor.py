@@ -454,6 +454,9 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
     def _complex_output(self, res, out=None):
         res = self._tools.from_real_blocks(res)
         if out is not None:
+            from .call import check_out
+
+            check_out(self._tools, out, res, _ComplexOut)
             self._tools.copy_into(out, res)
             return out
         return res
@@ -477,6 +480,9 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
         Differentiable with torch (``m`` is a constant shift: it does not change the
         value).  With placeholder variables, returns a callable.
         """
+        from .reduce import _weight_alias
+
+        weight = _weight_alias(weight, kwargs, "logsumexp")
         if self.ndim != 1:
             raise FormulaError(
                 f"logsumexp needs a scalar formula; {self._summary()} has complex dimension {self.ndim}"
@@ -499,6 +505,9 @@ class ComplexGenericLazyTensor(GenericLazyTensor):
             return lse
         res = lse()
         if out is not None:
+            from .call import check_out
+
+            check_out(self._tools, out, res, _ComplexOut)
             self._tools.copy_into(out, res)
             return out
         return res
@@ -623,3 +632,7 @@ def _install_unsupported() -> None:
 
 
 _install_unsupported()
+
+
+class _ComplexOut:
+    reduction = "complex"

@@ -10,7 +10,7 @@ order): ``(M, D)`` for ``Vi`` variables, ``(N, D)`` for ``Vj``, ``(D,)`` for
 from __future__ import annotations
 
 from ..backends.request import BackendRequest
-from ..errors import FormulaError
+from ..errors import FormulaError, ShapeError
 from ..formula.parser import parse_alias, parse_formula, parse_reduction_formula
 from ..formula.spec import ReductionSpec
 from .call import run_spec
@@ -66,6 +66,14 @@ class GenericGenred:
             raise FormulaError(
                 f"Genred({self.formula!r}) takes {n} array(s) (aliases {self.aliases}), got {len(args)}"
             )
+        for i, (a, v) in enumerate(zip(args, self.spec.variables)):
+            if not tools.is_array(a):
+                from .call import describe_variable
+
+                raise ShapeError(
+                    f"Genred({self.formula!r}): argument {i} ({describe_variable(v)}) must be a "
+                    f"{tools.array_kind} array, got {type(a).__name__}"
+                )
         dtypes = {tools.dtype_name(a, f"Genred argument {i}") for i, a in enumerate(args)}
         if len(dtypes) > 1:
             from ..errors import DTypeError

@@ -11,6 +11,7 @@ with a backend.  Subclasses set ``_tools``, the array-library glue (see
 from __future__ import annotations
 
 import math
+import numbers
 from fractions import Fraction
 
 from ..errors import DeviceError, DTypeError, FormulaError, ShapeError
@@ -51,8 +52,12 @@ class GenericLazyTensor(ReductionMixin):
     _dim_label = "vector dimension"  # in error messages
     __array_priority__ = 1000  # NumPy defers binary operators to us
     __hash__ = object.__hash__
+    #: pykeops' block-sparsity attribute: ``K.ranges = ranges_ij`` makes every reduction of K (and
+    #: of the LazyTensors built from it) block-sparse; a ``ranges=`` keyword of a reduction wins
+    ranges = None
 
     def __init__(self, x=None, axis=None):
+        self.ranges = None
         self.leaves: dict[Node, L.LeafData] = {}
         self.ni = None
         self.nj = None
@@ -87,6 +92,15 @@ class GenericLazyTensor(ReductionMixin):
             return
         if isinstance(x, Fraction):
             self.formula = Const(x)
+            return
+        if isinstance(x, list):  # pykeops: a list of numbers is a parameter (no dtype of its own)
+            if axis not in (None, 2):
+                raise ShapeError(f"a list of numbers is a parameter; axis={axis} is not allowed")
+            if not x or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x):
+                raise FormulaError(f"a LazyTensor list must be a non-empty list of numbers, got {x!r:.80}")
+            leaf = L.list_leaf(x)
+            self.formula = leaf.node
+            self.leaves[leaf.node] = leaf
             return
         if not tools.is_array(x):
             raise FormulaError(
@@ -129,6 +143,13 @@ class GenericLazyTensor(ReductionMixin):
         nj = self.nj if self.nj is not None else 1
         d = self.ndim
         return tuple(self.batch) + (ni, nj) + ((d,) if d > 1 else ())
+
+    @property
+    def _shape(self) -> tuple:
+        """``(*batch, M, N, D)``, D included even when it is 1 (pykeops' internal shape)."""
+        ni = self.ni if self.ni is not None else 1
+        nj = self.nj if self.nj is not None else 1
+        return tuple(self.batch) + (ni, nj, self.ndim)
 
     @property
     def ndim(self) -> int:
@@ -184,6 +205,7 @@ class GenericLazyTensor(ReductionMixin):
         res.complex_placeholders = self.complex_placeholders
         res.ni, res.nj, res.batch = self.ni, self.nj, self.batch
         res.dtype_name, res.device, res.array_kind = self.dtype_name, self.device, self.array_kind
+        res.ranges = self.ranges
         for o in others:
             res._merge(o)
         return res
@@ -211,6 +233,7 @@ class GenericLazyTensor(ReductionMixin):
             if a is None:
                 setattr(self, attr, b)
         self.batch = _broadcast_batch(self.batch, other.batch, self, other)
+        self._merge_ranges(other)
         self.dtype_name = self.dtype_name or other.dtype_name
         self.device = self.device or other.device
         self.array_kind = self.array_kind or other.array_kind
@@ -224,23 +247,57 @@ class GenericLazyTensor(ReductionMixin):
             self.placeholders[k] = v
         self.complex_placeholders = self.complex_placeholders | other.complex_placeholders
 
+    def _merge_ranges(self, other: GenericLazyTensor) -> None:
+        """The ``ranges`` attribute of a combination: the one of either operand (as pykeops' join);
+        two different ones are an error."""
+        mine, theirs = self.ranges, getattr(other, "ranges", None)
+        if theirs is None or mine is theirs:
+            return
+        if mine is None:
+            self.ranges = theirs
+            return
+        tools = self._tools
+        same = len(mine) == len(theirs) and all(
+            tuple(tools.shape(a)) == tuple(tools.shape(b)) and bool((a == b).all())
+            for a, b in zip(mine, theirs)
+        )
+        if not same:
+            raise ShapeError(
+                f"cannot combine {self._summary()} and {other._summary()}: they carry different "
+                "block-sparsity ranges (the .ranges attribute)"
+            )
+
     def _lift(self, other) -> GenericLazyTensor:
         if isinstance(other, GenericLazyTensor):
             return other
         scalar = self._lift_scalar(other)
         if scalar is not None:
             return scalar
-        if self._tools.is_array(other):
-            raise FormulaError(
-                f"cannot combine {self._summary()} with a raw array of shape "
-                f"{self._tools.shape(other)}; wrap it in a LazyTensor first"
-            )
+        tools = self._tools
+        if isinstance(other, list):
+            return self._real_type()(other)
+        if tools.is_array(other):
+            shape = tuple(tools.shape(other))
+            if len(shape) == 2:
+                raise FormulaError(
+                    f"cannot combine {self._summary()} with a raw 2-D array of shape {shape}: "
+                    "it is ambiguous, wrap it in a LazyTensor with axis=0 (i) or axis=1 (j) first"
+                )
+            # as pykeops: LazyTensor(other) -- a 0-d or 1-D array is a parameter, a 3-D+ one is
+            # indexed by its shape (..., M, 1, D) / (..., 1, N, D) / (..., 1, 1, D)
+            return self._real_type()(other)
         raise FormulaError(f"cannot combine {self._summary()} with {type(other).__name__}")
 
     def _lift_scalar(self, other):
         """A real LazyTensor for a Python int, float or Fraction; None for anything else."""
-        if isinstance(other, (int, float, Fraction)) and not isinstance(other, bool):
+        if isinstance(other, bool):
+            return None
+        if isinstance(other, (int, float, Fraction)):
             return self._real_type()(other)
+        if isinstance(other, numbers.Integral):
+            return self._real_type()(int(other))
+        if isinstance(other, numbers.Real) and not self._tools.is_array(other):
+            return self._real_type()(float(other))  # NumPy float scalars (np.float32(0.5)...)
         return None
 
     def _real_type(self) -> type:
@@ -627,7 +684,7 @@ class GenericLazyTensor(ReductionMixin):
             like = leaf.array
         for node, leaf in self.leaves.items():
             if leaf.is_scalar:
-                values[node] = tools.scalar_array(leaf.array, dtype, like=like, shape=(1, 1, 1))
+                values[node] = tools.scalar_array(leaf.array, dtype, like=like, shape=(1, 1, leaf.dim))
         xp = tools.namespace(dtype, like)
         full = tuple(self.batch) + (self.ni or 1, self.nj or 1, self.formula.dim)
         out = evaluate(self.formula, xp, values)
@@ -700,6 +757,9 @@ class GenericLazyTensor(ReductionMixin):
         res.placeholders = {k: swap_category(v) for k, v in self.placeholders.items()}
         res.formula = substitute(self.formula, mapping)
         res.ni, res.nj = self.nj, self.ni
+        if self.ranges is not None:  # i and j exchanged: (ranges_j, slices_j, redranges_i, ranges_i, ...)
+            r = tuple(self.ranges)
+            res.ranges = r[3:6] + r[0:3] if len(r) == 6 else r
         return res
 
     @property

@@ -31,7 +31,8 @@ class LeafData:
 
     @property
     def is_scalar(self) -> bool:
-        return isinstance(self.array, float)
+        """A Python float, or a tuple of floats (pykeops' list parameters): no array, no dtype."""
+        return isinstance(self.array, (float, tuple))
 
 
 def classify(shape: tuple[int, ...], axis: int | None, what: str) -> tuple[int, int | None, tuple, int]:
@@ -85,6 +86,12 @@ def make_leaf(array, cat: int, dim: int, n: int | None, batch: tuple) -> LeafDat
 
 def scalar_leaf(value: float) -> LeafData:
     return make_leaf(float(value), CAT_P, 1, None, ())
+
+
+def list_leaf(values) -> LeafData:
+    """A parameter from a list of numbers (as pykeops: ``LazyTensor([1.0, 2.0])`` is a ``Pm(2)``
+    taking the dtype of the arrays it is combined with)."""
+    return make_leaf(tuple(float(v) for v in values), CAT_P, len(values), None, ())
 
 
 def placeholder(ind: int, dim: int, cat: int) -> Node:

@@ -55,8 +55,15 @@ class ReductionMixin:
             raise FormulaError(f"{what}: dim must be an int, got {dim!r}")
         full = nb + 3
         given = dim
-        if dim < 0:
+        if dim == -1:  # pykeops: -1 is the vector dimension; no other negative axis is accepted
             dim += full
+        elif dim < 0:
+            raise FormulaError(
+                f"{what}: dim={given} is not valid: as in pykeops, reductions take dim={nb} (over i) "
+                f"or dim={nb + 1} (over j), counted from the left ({nb} batch dimension(s) first), "
+                f"and -1 means the vector dimension; negative dims other than -1 are refused because "
+                f"the shape {self.shape} does not always show the vector axis"
+            )
         if dim == nb:
             return 0
         if dim == nb + 1:
@@ -80,6 +87,8 @@ class ReductionMixin:
         if weight is not None:
             weight = self._lift(weight)
             lt = self._new(self.formula, weight)
+        if opts["ranges"] is None:  # pykeops: K.ranges = ... applies unless the call names ranges
+            opts["ranges"] = lt.ranges
         formulas = [self.formula] + ([weight.formula] if weight is not None else [])
         spec, leaves = _number(lt, formulas, reduction, red_axis, k, opts)
         if lt.placeholders or not call:  # a callable: takes the placeholders' arrays (maybe none)
@@ -102,7 +111,9 @@ class ReductionMixin:
         return self._reduce("Sum", dim, axis, **kwargs)
 
     def logsumexp(self, dim=None, axis=None, weight=None, **kwargs):
-        """log sum exp of a scalar formula; with ``weight``, log sum exp(F) * weight."""
+        """log sum exp of a scalar formula; with ``weight`` (pykeops also spells it ``other``),
+        log sum exp(F) * weight."""
+        weight = _weight_alias(weight, kwargs, "logsumexp")
         name = "LogSumExpWeight" if weight is not None else "LogSumExp"
         return self._reduce(name, dim, axis, weight=weight, **kwargs)
 
@@ -113,6 +124,7 @@ class ReductionMixin:
 
     def max_sumshiftexp(self, dim=None, axis=None, weight=None, **kwargs):
         """The raw (max, sum of shifted exponentials) pair of a scalar formula."""
+        weight = _weight_alias(weight, kwargs, "max_sumshiftexp")
         name = "Max_SumShiftExpWeight" if weight is not None else "Max_SumShiftExp"
         return self._reduce(name, dim, axis, weight=weight, **kwargs)
 
@@ -173,8 +185,11 @@ class ReductionMixin:
     Kmin_argKmin_reduction = Kmin_argKmin
 
     # -- linear algebra ----------------------------------------------------
-    def __matmul__(self, v):
-        """``K @ v``: sum_j K_ij v_j for an array v of shape (N,), (N, E) or (*batch, N, E)."""
+    def __matmul__(self, v, **kwargs):
+        """``K @ v``: sum_j K_ij v_j for an array v of shape (N,), (N, E) or (*batch, N, E).
+
+        ``K.__matmul__(v, **kwargs)`` passes pykeops' reduction keywords (``backend``,
+        ``sum_scheme``, ``dtype_acc``, ``ranges``, ``out``...) to the Sum reduction."""
         tools = self._tools
         if not tools.is_array(v):
             raise FormulaError(f"K @ v needs an array v, got {type(v).__name__}")
@@ -190,8 +205,16 @@ class ReductionMixin:
         if squeeze:
             v = tools.reshape(v, (shape[0], 1))
         vj = type(self)(tools.insert_j_axis(v))
-        res = (self * vj).sum(dim=self.nbatchdims + 1)
-        return tools.reshape(res, tools.shape(res)[:-1]) if squeeze else res
+        out = kwargs.pop("out", None)
+        res = (self * vj).sum(dim=self.nbatchdims + 1, **kwargs)
+        res = tools.reshape(res, tools.shape(res)[:-1]) if squeeze else res
+        if out is None:
+            return res
+        from .call import check_out
+
+        check_out(tools, out, res, _MATMUL_SPEC)
+        tools.copy_into(out, res)
+        return out
 
     def solve(self, other, var=None, call=True, *, alpha=0, eps=None, max_iter=None, backend=None,
               **kwargs):
@@ -214,6 +237,9 @@ class ReductionMixin:
                 raise FormulaError("solve: the right-hand side must be an i-variable LazyTensor or an array")
             leaf = leaves[0]
             other = self._tools.reshape(leaf.array, tuple(leaf.batch) + (leaf.n, leaf.dim))
+        if not call:  # pykeops: a callable that solves the system when called
+            return _PendingSolve(self, other, dict(alpha=alpha, eps=eps, max_iter=max_iter, backend=request,
+                                                   **opts))
         return solve(self, other, alpha=alpha, eps=eps, max_iter=max_iter, backend=request, **opts)
 
     def matvec(self, v):
@@ -223,6 +249,38 @@ class ReductionMixin:
     def rmatvec(self, v):
         """``K.T @ v``."""
         return self.t() @ v
+
+
+class _MatmulSpec:
+    reduction = "K @ v (Sum)"
+
+
+_MATMUL_SPEC = _MatmulSpec()
+
+
+def _weight_alias(weight, kwargs: dict, what: str):
+    """pykeops passes the weight of a logsumexp as ``other=`` (its reduction's argument name)."""
+    other = kwargs.pop("other", None)
+    if other is not None and weight is not None:
+        raise FormulaError(f"{what}: pass the weight once, as weight= or other=")
+    return weight if weight is not None else other
+
+
+class _PendingSolve:
+    """``K.solve(b, call=False)``: call it (without arguments) to solve the system."""
+
+    def __init__(self, lazy, other, options):
+        self.lazy, self.other, self.options = lazy, other, options
+
+    def __call__(self, *args, **kwargs):
+        from .solve import solve
+
+        if args:
+            raise FormulaError("this solve takes no arrays: its right-hand side was given to solve()")
+        return solve(self.lazy, self.other, **dict(self.options, **kwargs))
+
+    def __repr__(self):
+        return f"<polykeops pending solve of {self.lazy._summary()}>"
 
 
 def _number(lt, formulas: list[Node], reduction, red_axis, k, opts):

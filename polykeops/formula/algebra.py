@@ -12,10 +12,12 @@ from __future__ import annotations
 from fractions import Fraction
 
 from ..errors import FormulaError
-from .nodes import Const, Node, Zero, is_const, is_zero
+from .nodes import Const, Node, Zero, _short, is_const, is_zero
 from .optable import OPS
 
 _EXACT = (int, Fraction)
+#: largest |exponent| of Pow (a C int in the compiled engines)
+MAX_POW = (1 << 31) - 1
 
 
 def _exact(n: Node) -> bool:
@@ -174,8 +176,17 @@ def power(a: Node, n: int) -> Node:
         return square(a)
     if n == -1:
         return Node("Inv", (a,))
+    if not isinstance(n, int) or isinstance(n, bool) or abs(n) > MAX_POW:
+        raise FormulaError(f"Pow: the exponent must be an int in [-{MAX_POW}, {MAX_POW}], got {_short(n)}")
     if _exact(a) and not (is_zero(a) and n < 0):
-        return Const(Fraction(a.value) ** n, a.dim)
+        v = Fraction(a.value)
+        if abs(v) != 1 and v != 0:
+            bits = abs(n) * max(v.numerator.bit_length(), v.denominator.bit_length(), 2)
+            if bits > 2 * 1100:  # the exact power is far outside float64's range: refuse, fast
+                raise FormulaError(
+                    f"Pow: the constant {_short(a.value)} ** {n} is outside float64's range"
+                )
+        return Const(v**n, a.dim)
     return Node("Pow", (a,), (int(n),))
 
 

@@ -1,10 +1,10 @@
 """Immutable formula nodes.
 
-A formula is a tree (in practice a DAG, since equal sub-trees compare and hash
-equal) of :class:`Node` values.  Every node carries an operation name (a key of
-the op table, :mod:`polykeops.formula.optable`), its arguments, hashable static
-parameters, and its *vector dimension* ``dim`` (the length of the value the
-formula produces for one (i, j) pair).
+A formula is a tree (in practice a DAG: nodes are hash-consed, so equal sub-trees
+are one object, and equality is identity) of :class:`Node` values.  Every node
+carries an operation name (a key of the op table, :mod:`polykeops.formula.optable`),
+its arguments, hashable static parameters, and its *vector dimension* ``dim`` (the
+length of the value the formula produces for one (i, j) pair).
 
 Leaves are:
 
@@ -18,6 +18,8 @@ Leaves are:
 
 from __future__ import annotations
 
+import threading
+import weakref
 from fractions import Fraction
 from typing import Any
 
@@ -32,24 +34,54 @@ CATEGORY_NAMES = {CAT_I: "Vi", CAT_J: "Vj", CAT_P: "Pm"}
 #: longest text of a node's repr (longer ones end with "...")
 REPR_LIMIT = 400
 
+#: largest vector dimension of a node (a formula value is held per (i, j) pair by the engines)
+MAX_DIM = 1 << 24
+#: largest variable index (indices are C ints in the compiled engines)
+MAX_INDEX = (1 << 31) - 1
+#: exact constants: |value| below 2**1024 (float64's range) and at most this many bits in the
+#: numerator and the denominator (exact folding of huge powers would take unbounded time)
+MAX_CONST_BITS = 4096
+
 
 class Node:
-    """One immutable node of a formula, compared and hashed by structure."""
+    """One immutable node of a formula.
 
-    __slots__ = ("op", "args", "params", "dim", "_hash", "_order")
+    Nodes are *hash-consed*: building a node equal to a live one (same op, same argument nodes,
+    same parameters, compared with their types: ``1``, ``1.0`` and ``Fraction(1)`` differ)
+    returns that very object.  Structural equality is therefore identity, in O(1) whatever the
+    size of the formulas compared (a recursive comparison of two big DAGs is exponential in
+    their depth without a memo).
+    """
 
-    def __init__(self, op: str, args: tuple = (), params: tuple = (), dim: int | None = None):
+    __slots__ = ("op", "args", "params", "dim", "_hash", "_order", "_simple", "__weakref__")
+
+    def __new__(cls, op: str, args: tuple = (), params: tuple = (), dim: int | None = None):
+        args = tuple(args)
+        params = tuple(params)
+        key = (op, args, _params_key(params)) if params else (op, args)
+        try:
+            found = _TABLE.get(key)
+        except TypeError:
+            raise FormulaError(f"{op}: parameters {params!r} are not hashable") from None
+        if found is not None:
+            return found
         if dim is None:
             for a in args:
                 if not isinstance(a, Node):
                     raise FormulaError(f"{op}: argument {a!r} is not a formula node")
-            dim = infer_dim(op, tuple(a.dim for a in args), tuple(params))
+            dim = infer_dim(op, tuple(a.dim for a in args), params)
+        if dim > MAX_DIM:
+            raise FormulaError(f"{op}: vector dimension {dim} is larger than the maximum {MAX_DIM}")
+        self = object.__new__(cls)
         object.__setattr__(self, "op", op)
-        object.__setattr__(self, "args", tuple(args))
-        object.__setattr__(self, "params", tuple(params))
+        object.__setattr__(self, "args", args)
+        object.__setattr__(self, "params", params)
         object.__setattr__(self, "dim", int(dim))
-        object.__setattr__(self, "_hash", hash((op, self.args, self.params)))
+        object.__setattr__(self, "_hash", hash((op, args, params)))
         object.__setattr__(self, "_order", None)  # walk()'s order, computed on first use
+        object.__setattr__(self, "_simple", False)  # a fixed point of simplification (simplify.py)
+        with _TABLE_LOCK:
+            return _TABLE.setdefault(key, self)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("formula nodes are immutable")
@@ -58,11 +90,10 @@ class Node:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
-        if self is other:
-            return True
-        if not isinstance(other, Node) or self._hash != other._hash:
-            return False
-        return self.op == other.op and self.params == other.params and self.args == other.args
+        return self is other  # hash-consed: equal nodes are one object
+
+    def __ne__(self, other: object) -> bool:
+        return self is not other
 
     def __reduce__(self):
         return (Node, (self.op, self.args, self.params, self.dim))
@@ -111,10 +142,31 @@ class Node:
         return self.params[0]
 
 
+#: the live nodes, by (op, argument nodes, typed parameters): the hash-consing table
+_TABLE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_TABLE_LOCK = threading.Lock()
+
+
+def _params_key(params: tuple) -> tuple:
+    """Parameters compared with their types (``1 == 1.0 == Fraction(1)`` and ``0.0 == -0.0`` in
+    Python, not in a formula); NaNs are equal to each other here."""
+    out = []
+    for p in params:
+        if isinstance(p, tuple):
+            out.append(("tuple", _params_key(p)))
+        elif isinstance(p, float):
+            out.append(("float", p.hex()))
+        else:
+            out.append((type(p).__name__, p))
+    return tuple(out)
+
+
 def Var(index: int, dim: int, cat: int) -> Node:
     """A numbered variable: ``index`` >= 0, ``dim`` >= 1, ``cat`` in 0 (i), 1 (j), 2 (parameter)."""
-    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-        raise FormulaError(f"variable index must be a non-negative int, got {index!r}")
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0 or index > MAX_INDEX:
+        raise FormulaError(
+            f"variable index must be a non-negative int (at most {MAX_INDEX}), got {_short(index)}"
+        )
     _check_dim(dim, "variable")
     if cat not in CATEGORIES:
         raise FormulaError(f"variable category must be 0 (i), 1 (j) or 2 (parameter), got {cat!r}")
@@ -138,6 +190,8 @@ def Const(value, dim: int = 1) -> Node:
         value = int(value)
     if not isinstance(value, (int, Fraction, float)):
         raise FormulaError(f"constants must be int, Fraction or float, got {type(value).__name__}")
+    if isinstance(value, (int, Fraction)):
+        check_exact_constant(value)
     if value == 0:
         return Zero(dim)
     return Node("Const", (), (value, int(dim)), dim)
@@ -150,8 +204,23 @@ def Zero(dim: int = 1) -> Node:
 
 
 def _check_dim(dim, what: str) -> None:
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-        raise FormulaError(f"{what} dimension must be a positive int, got {dim!r}")
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1 or dim > MAX_DIM:
+        raise FormulaError(f"{what} dimension must be a positive int (at most {MAX_DIM}), got {_short(dim)}")
+
+
+def _short(value) -> str:
+    big = isinstance(value, int) and value.bit_length() >= 200
+    text = f"~2**{value.bit_length()}" if big else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_exact_constant(value) -> None:
+    """An exact constant must be representable in float64 (and of bounded size)."""
+    num, den = (value, 1) if isinstance(value, int) else (value.numerator, value.denominator)
+    if num.bit_length() > MAX_CONST_BITS or den.bit_length() > MAX_CONST_BITS:
+        raise FormulaError(f"the constant {_short(value)} has more than {MAX_CONST_BITS} bits")
+    if abs(num) >= (den << 1024):
+        raise FormulaError(f"the constant {_short(value)} overflows float64 (|c| >= 2**1024)")
 
 
 def is_zero(node: Node) -> bool:

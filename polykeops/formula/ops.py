@@ -203,16 +203,27 @@ register_op(
         method="square",
     )
 )
-_unary("Abs", lambda xp, a: xp.abs(a), lambda n, g: (A.mul(g, A.node("Sign", n.args[0])),))
-_unary("Sign", lambda xp, a: xp.sign(a), None, smooth=False, doc="-1, 0 or 1")
+_unary(
+    "Abs",
+    lambda xp, a: xp.abs(a),
+    lambda n, g: (_where_positive(n.args[0], g, _where_positive(A.neg(n.args[0]), A.neg(g), Zero(g.dim))),),
+)
+_unary(
+    "Sign",
+    lambda xp, a: xp.cast(a > 0, a) - xp.cast(a < 0, a),
+    None,
+    smooth=False,
+    doc="-1, 0 or 1 (0 at NaN, as torch.sign)",
+)
 _unary(
     "Step", lambda xp, a: xp.cast(a >= 0, a), None, smooth=False, doc="0 for x < 0, 1 for x >= 0"
 )
 _unary(
     "ReLU",
-    lambda xp, a: xp.where(a > 0, a, a * 0),
-    lambda n, g: (A.mul(g, A.node("Step", n.args[0])),),
-    doc="max(x, 0)",
+    lambda xp, a: xp.where(a <= 0, 0.0, a),
+    # torch's rule: 0 where x <= 0, g elsewhere (NaN included), selected (g may be infinite)
+    lambda n, g: (A.node("IfElse", A.neg(n.args[0]), Zero(g.dim), g),),
+    doc="max(x, 0) (NaN stays NaN, as torch.relu)",
 )
 _unary("Floor", lambda xp, a: xp.floor(a), None, smooth=False, public=False, doc="floor(x)")
 _unary(
@@ -343,6 +354,21 @@ for _name, _fn in (
 # ---------------------------------------------------------------------------
 
 
+def _where_positive(x: Node, a: Node, b: Node) -> Node:
+    """``a`` where ``x > 0``, ``b`` elsewhere (NaN included): a selection, never a product with a
+    0/1 factor (an infinite or NaN ``a`` must not leak where ``b`` is chosen)."""
+    return _where_true(A.node("GreaterThan", x, A.const(0)), a, b)
+
+
+def _where_true(mask: Node, a: Node, b: Node) -> Node:
+    """``a`` where the 0/1 ``mask`` is 1, ``b`` where it is 0 (``mask - 1`` is 0 or -1, never NaN)."""
+    if mask.op == "Const":
+        return a if mask.value == 1 else b
+    if mask.op == "Zero":
+        return b
+    return A.node("IfElse", A.sub(mask, A.const(1)), a, b)
+
+
 def _vjp_ifelse(n, g):
     c, a, b = n.args
     z = Zero(g.dim)
@@ -364,7 +390,7 @@ register_op(
         "IfElse",
         3,
         _broadcast,
-        lambda xp, c, a, b: xp.where(c >= 0, a + 0 * b, b + 0 * a),
+        lambda xp, c, a, b: xp.where(c >= 0, a, b),
         _vjp_ifelse,
         domain=("real", "real", "real"),
         build=_build_ifelse,
@@ -375,11 +401,12 @@ register_op(
 
 def _vjp_clamp(n, g):
     x, a, b = n.args
+    z = Zero(g.dim)
     inside = A.mul(A.node("GreaterOrEqual", x, a), A.node("LessOrEqual", x, b))
     return (
-        _unb(A.mul(g, inside), x),
-        _unb(A.mul(g, A.node("LessThan", x, a)), a),
-        _unb(A.mul(g, A.mul(A.node("GreaterThan", x, b), A.node("GreaterOrEqual", x, a))), b),
+        _unb(_where_true(inside, g, z), x),
+        _unb(_where_true(A.node("LessThan", x, a), g, z), a),
+        _unb(_where_true(A.mul(A.node("GreaterThan", x, b), A.node("GreaterOrEqual", x, a)), g, z), b),
     )
 
 
@@ -388,7 +415,7 @@ register_op(
         "Clamp",
         3,
         _broadcast,
-        lambda xp, x, a, b: xp.where(x < a, a + 0 * x, xp.where(x > b, b + 0 * x, x + 0 * a + 0 * b)),
+        lambda xp, x, a, b: xp.where(x < a, a, xp.where(x > b, b, x)),
         _vjp_clamp,
         domain=("real", "real", "real"),
         doc="min(max(x, a), b)",
@@ -407,14 +434,15 @@ register_op(
         "ClampInt",
         1,
         _dim_clampint,
-        lambda xp, x, a, b: xp.where(x < a, x * 0 + a, xp.where(x > b, x * 0 + b, x)),
+        lambda xp, x, a, b: xp.where(x < a, float(a), xp.where(x > b, float(b), x)),
         lambda n, g: (
-            A.mul(
-                g,
+            _where_true(
                 A.mul(
                     A.node("GreaterOrEqual", n.args[0], A.const(n.params[0])),
                     A.node("LessOrEqual", n.args[0], A.const(n.params[1])),
                 ),
+                g,
+                Zero(g.dim),
             ),
         ),
         params=("a", "b"),
@@ -471,7 +499,7 @@ register_op(
 
 
 def _dim_pow(d, n):
-    _check_int("n", n)
+    _check_int("n", n, -((1 << 31) - 1), (1 << 31) - 1)
     return d
 
 
@@ -540,7 +568,7 @@ register_op(
 def _vjp_vmax(n, g):
     x = n.args[0]
     arg = A.node("ArgMax" if n.op == "Max" else "ArgMin", x)
-    return (A.mul(g, Node("OneHot", (arg,), (x.dim,))),)
+    return (_where_true(Node("OneHot", (arg,), (x.dim,)), g, Zero(x.dim)),)
 
 
 register_op(

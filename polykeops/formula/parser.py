@@ -768,11 +768,17 @@ def parse_formula(text: str, aliases: dict[str, Node] | None = None) -> Node:
     arguments, unbalanced parentheses, incompatible dimensions...) is a
     :class:`FormulaSyntaxError` whose ``position`` is the offending character.
     """
+    return _parse_with_variables(text, aliases)[0]
+
+
+def _parse_with_variables(text: str, aliases: dict[str, Node] | None = None) -> tuple[Node, dict]:
+    """The formula and every variable written in it or in the aliases, by index (including those
+    that simplification removed from the formula, as ``Var(0,3,0) * 0``)."""
     if not isinstance(text, str):
         raise FormulaError(f"a formula must be a string, got {type(text).__name__}")
     parser = _Parser(text, dict(aliases or {}))
     try:
-        return parser.parse()
+        return parser.parse(), parser.known_vars
     except RecursionError:
         raise FormulaSyntaxError(
             "formula: nested too deeply to be parsed", text, parser.peek().pos
@@ -787,20 +793,30 @@ def parse_reduction_formula(text: str, aliases: Sequence[str]) -> tuple[Node, tu
     ``0 .. n-1``: a hole raises :class:`FormulaError` naming the missing index.
     """
     alias_map = parse_aliases(aliases)
-    formula = parse_formula(text, alias_map)
+    formula, written = _parse_with_variables(text, alias_map)
     by_index: dict[int, Node] = {}
-    for v in [*(n for n in alias_map.values() if n.op == "Var"), *variables(formula)]:
+    # as pykeops: every variable of the formula as written counts (the call takes all of them),
+    # even one that simplification removed (``Var(0,3,0) * 0``)
+    for v in [*(n for n in alias_map.values() if n.op == "Var"), *written.values(), *variables(formula)]:
         other = by_index.setdefault(v.index, v)
         if other != v:
             raise FormulaError(
                 f"variable index {v.index} is used with two signatures: {other!r} and {v!r}"
             )
     if by_index:
-        missing = sorted(set(range(max(by_index) + 1)) - set(by_index))
-        if missing:
-            shown = ", ".join(str(k) for k in missing)
+        top = max(by_index)
+        if top + 1 != len(by_index):  # holes: name the first few (top may be huge)
+            missing = []
+            k = 0
+            while len(missing) < 5 and k <= top:
+                if k not in by_index:
+                    missing.append(k)
+                k += 1
+            count = top + 1 - len(by_index)
+            shown = ", ".join(str(k) for k in missing) + (f" and {count - len(missing)} more"
+                                                          if count > len(missing) else "")
             raise FormulaError(
                 f"variable index {missing[0]} is missing: variable indices must be "
-                f"0 .. {max(by_index)} without holes (missing: {shown})"
+                f"0 .. {top} without holes (missing: {shown})"
             )
     return formula, tuple(by_index[k] for k in sorted(by_index))

@@ -38,8 +38,14 @@ class GradientPlan:
     sum_rows: bool  # parameter: sum the result over the output rows
 
 
-def sum_like_gradient(spec: ReductionSpec, p: int) -> GradientPlan:
-    """Plan for d(output)/d(argument p) of a canonical Sum-like spec."""
+def sum_like_gradient(spec: ReductionSpec, p: int, split_lse: bool = False) -> GradientPlan:
+    """Plan for d(output)/d(argument p) of a canonical Sum-like spec.
+
+    ``split_lse`` (LogSumExp and LogSumExpWeight): the caller has the forward's stable state, the
+    max ``m`` and ``log s`` (``OUT = m + log s``); the gradient weight ``exp(F - OUT)`` is then
+    computed as ``exp((F - m) - log s)`` (extras ``"M"`` and ``"LOGS"``), without the rounding
+    error of ``OUT`` (``|OUT| * eps``, large next to ``F - OUT`` when ``|OUT|`` is large).
+    """
     red = spec.red
     if not red.is_sum_like or not red.differentiable:
         raise NotDifferentiableError(
@@ -51,18 +57,23 @@ def sum_like_gradient(spec: ReductionSpec, p: int) -> GradientPlan:
     e = Var(n, out_dim, CAT_I)
     f = spec.formulas[0]
     name = spec.reduction
+    extra_vars = [e, Var(n + 1, out_dim, CAT_I)]
+    lse = name in ("LogSumExp", "LogSumExpWeight")
+    if lse and split_lse:
+        m, logs = Var(n + 1, 1, CAT_I), Var(n + 2, out_dim, CAT_I)
+        shifted = A.sub(A.sub(f, m), logs)  # (F - m) first: exact-ish for the pairs that matter
+        extras, extra_vars = ("G", "M", "LOGS"), [e, m, logs]
+    elif lse:
+        shifted = A.sub(f, Var(n + 1, out_dim, CAT_I))
+        extras = ("G", "OUT")
     if name == "Sum":
         h, extras = grad(f, v, e), ("G",)
     elif name == "LogSumExp":
-        o = Var(n + 1, out_dim, CAT_I)
-        h = grad(f, v, A.mul(e, A.node("Exp", A.sub(f, o))))
-        extras = ("G", "OUT")
+        h = grad(f, v, A.mul(e, A.node("Exp", shifted)))
     elif name == "LogSumExpWeight":
         g = spec.formulas[1]
-        o = Var(n + 1, out_dim, CAT_I)
-        w = A.mul(e, A.node("Exp", A.sub(f, o)))
+        w = A.mul(e, A.node("Exp", shifted))
         h = A.add(grad(f, v, A.vsum(A.mul(w, g))), grad(g, v, w))
-        extras = ("G", "OUT")
     elif name == "SumSoftMaxWeight":
         g = spec.formulas[1]
         lse = Var(n + 1, 1, CAT_I)
@@ -75,7 +86,6 @@ def sum_like_gradient(spec: ReductionSpec, p: int) -> GradientPlan:
         extras = ("G", "LSE", "OUT")
     else:  # pragma: no cover - every Sum-like reduction is handled above
         raise NotDifferentiableError(f"no gradient rule for reduction {name}")
-    extra_vars = [e, Var(n + 1, out_dim, CAT_I), None]
     if name == "SumSoftMaxWeight":
         extra_vars = [e, Var(n + 1, 1, CAT_I), Var(n + 2, out_dim, CAT_I)]
     variables = tuple(spec.variables) + tuple(extra_vars[: len(extras)])

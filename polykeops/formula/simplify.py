@@ -16,7 +16,7 @@ from .nodes import Node, walk
 def simplify_once(f: Node) -> Node:
     memo: dict[Node, Node] = {}
     for n in walk(f):
-        if not n.args:
+        if not n.args or n._simple:  # a known fixed point (and so are its arguments)
             memo[n] = n
             continue
         args = tuple(memo[a] for a in n.args)
@@ -30,6 +30,10 @@ def simplify(f: Node, max_rounds: int = 8) -> Node:
     for _ in range(max_rounds):
         g = simplify_once(f)
         if g == f:
+            # every node of a fixed point is one: later passes skip them (nodes are hash-consed
+            # and immutable, so this is a property of the node, shared by every formula using it)
+            for n in walk(g):
+                object.__setattr__(n, "_simple", True)
             return g
         f = g
     return f

@@ -33,6 +33,8 @@ class NumpyTools(NumpyLibrary, ArrayTools):
 
     @staticmethod
     def scalar_array(value, dtype, like=None, shape=(1,)):
+        if isinstance(value, tuple):
+            return np.asarray(value, dtype=dtype).reshape(shape)
         return np.full(shape, value, dtype=dtype)
 
     @staticmethod

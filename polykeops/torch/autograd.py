@@ -52,6 +52,25 @@ def _tracks_indices(spec) -> bool:
     return red.is_selection and red.differentiable and not red.want_index
 
 
+def _splits_lse(spec) -> bool:
+    """Whether the function computes a LogSumExp from its stable state ``(m, s)`` (a
+    Max_SumShiftExp reduction), returned as a hidden last output for an accurate backward (as
+    pykeops does); only where the state is kept in the output dtype (no wider accumulator)."""
+    return (spec.reduction in ("LogSumExp", "LogSumExpWeight")
+            and spec.accumulation_dtype == spec.dtype and spec.dtype != "float16")
+
+
+def _hidden_outputs(spec) -> int:
+    return 1 if _tracks_indices(spec) or _splits_lse(spec) else 0
+
+
+def _lse_from_state(ms):
+    """``OUT = m + log s`` from the Max_SumShiftExp output ``(m, s)`` (the shift 0 where m is
+    infinite or NaN, as the LogSumExp reduction's finalize)."""
+    m, s = ms[..., :1], ms[..., 1:]
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m)) + torch.log(s)
+
+
 class GenredFunction(torch.autograd.Function):
     """One reduction: ``apply(call, *args)`` for a
     :class:`~polykeops.backends.reduction_call.ReductionCall` ``call``.
@@ -66,6 +85,11 @@ class GenredFunction(torch.autograd.Function):
         if red.is_selection and red.differentiable:
             return _evaluate(call.with_spec(call.spec.with_(reduction=_WITH_INDICES[call.spec.reduction])),
                              args)
+        if _splits_lse(call.spec):
+            raw = "Max_SumShiftExpWeight" if call.spec.reduction == "LogSumExpWeight" else "Max_SumShiftExp"
+            (ms,) = _evaluate(call.with_spec(call.spec.with_(reduction=raw)), args)
+            with torch.no_grad():
+                return _lse_from_state(ms), ms
         return _evaluate(call, args)
 
     @staticmethod
@@ -74,10 +98,15 @@ class GenredFunction(torch.autograd.Function):
         spec = call.spec
         ctx.call = call
         ctx.n_args = len(args)
-        indices = [o for o in output if not o.is_floating_point()]
-        values = [o for o in output if o.is_floating_point()]
-        ctx.mark_non_differentiable(*indices)
         ctx.has_indices = spec.red.is_selection and spec.red.differentiable
+        if _splits_lse(spec):  # (OUT, hidden stable state (m, s))
+            ctx.mark_non_differentiable(output[1])
+            indices, values = [output[1]], [output[0]]
+            ctx.has_indices = True
+        else:
+            indices = [o for o in output if not o.is_floating_point()]
+            values = [o for o in output if o.is_floating_point()]
+            ctx.mark_non_differentiable(*indices)
         saved = list(args) + values + (indices[-1:] if ctx.has_indices else [])
         ctx.save_for_backward(*saved)
         ctx.save_for_forward(*saved)
@@ -96,7 +125,7 @@ class GenredFunction(torch.autograd.Function):
             if spec.red.is_selection:
                 r = _selection_grad(call, p, args, g, indices)
             else:
-                r = _sum_like_grad(call, p, args, g, float_outs)
+                r = _sum_like_grad(call, p, args, g, float_outs, indices)
             grads.append(_unbroadcast(r, a.shape))
         return tuple(grads)
 
@@ -116,7 +145,7 @@ class GenredFunction(torch.autograd.Function):
                 res.append(None)
         else:
             res = [_sum_like_jvp(call, positions, args, tangents, float_outs)]
-        if _tracks_indices(spec):
+        if _hidden_outputs(spec):
             res.append(None)
         return tuple(res) if len(res) > 1 else res[0]
 
@@ -157,7 +186,7 @@ def apply(call, args):
     """Evaluate ``call`` through :class:`GenredFunction`; returns the spec's outputs as a tuple."""
     out = GenredFunction.apply(call, *args)
     out = out if isinstance(out, tuple) else (out,)
-    return out[:-1] if _tracks_indices(call.spec) else out
+    return out[:-1] if _hidden_outputs(call.spec) else out
 
 
 def reduce(call, args):
@@ -181,21 +210,28 @@ def _is_functorch(args) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def _extras(names, call, args, g, outs):
+def _extras(names, call, args, g, outs, state=None):
     extras = []
     for name in names:
         if name == "G":
             extras.append(g.contiguous())
         elif name == "OUT":
             extras.append(outs[0])
+        elif name == "M":  # the max of the stable state: a constant shift
+            extras.append(state[..., :1].contiguous())
+        elif name == "LOGS":
+            # log s, carrying the dependence of OUT (= m + log s) for higher orders: its value is
+            # log s exactly (OUT - OUT.detach() is 0), its derivative that of OUT
+            out = outs[0]
+            extras.append(((out - out.detach()) + torch.log(state[..., 1:])).contiguous())
         else:  # "LSE"
             extras.append(apply(call.with_spec(lse_spec(call.spec)), args)[0])
     return extras
 
 
-def _sum_like_grad(call, p, args, g, outs):
-    plan = sum_like_gradient(call.spec, p)
-    extras = _extras(plan.extras, call, args, g, outs)
+def _sum_like_grad(call, p, args, g, outs, state=None):
+    plan = sum_like_gradient(call.spec, p, split_lse=state is not None)
+    extras = _extras(plan.extras, call, args, g, outs, state)
     res = apply(call.gradient(plan.spec), args + extras)[0]
     if plan.sum_rows:
         res = res.sum(-2)

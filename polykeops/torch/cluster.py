@@ -13,6 +13,7 @@ from ..common import cluster as _c
 
 
 class _Ops(TorchLibrary, ClusterOps):
+    grid_from_minimum = True  # as pykeops 2.3's torch grid_cluster
     where_zero = staticmethod(lambda w, v: torch.where(w == 0, torch.full_like(w, v), w))
     as_bool = staticmethod(lambda k: torch.as_tensor(k).to(torch.bool))
     nonzero = staticmethod(lambda k: torch.nonzero(k, as_tuple=True))

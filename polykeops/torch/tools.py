@@ -19,6 +19,11 @@ class TorchTools(TorchLibrary, ArrayTools):
 
     @staticmethod
     def dtype_name(x, what: str) -> str:
+        if x.layout != torch.strided:
+            raise DTypeError(
+                f"{what}: a {str(x.layout).replace('torch.', '')} tensor of shape {tuple(x.shape)} is not "
+                "supported: pass a dense tensor (x.to_dense())"
+            )
         name = _NAMES.get(x.dtype, str(x.dtype).replace("torch.", ""))
         return check_float_dtype(name, what, x.shape)
 
@@ -37,6 +42,8 @@ class TorchTools(TorchLibrary, ArrayTools):
     @staticmethod
     def scalar_array(value, dtype, like=None, shape=(1,)):
         device = like.device if like is not None else "cpu"
+        if isinstance(value, tuple):
+            return torch.tensor(value, dtype=_DTYPES[dtype], device=device).reshape(shape)
         return torch.full(shape, value, dtype=_DTYPES[dtype], device=device)
 
     @staticmethod

@@ -283,7 +283,8 @@ class CRenderer:
         return self.literal(0)
 
     def _sign(self, a):
-        return f"(({a}) > 0 ? {self._one()} : (({a}) < 0 ? {self.literal(-1)} : ({a})))"
+        # torch's sign: 0 at +-0 and at NaN (a selection, never arithmetic on the argument)
+        return f"(({a}) > 0 ? {self._one()} : (({a}) < 0 ? {self.literal(-1)} : {self._zero()}))"
 
     def _round(self, a, decimals):
         s = self.literal(10.0**decimals)
@@ -556,7 +557,8 @@ def _builtin_rules() -> dict:
         "Abs": f1("fabs"),
         "Sign": lambda r, a: r._sign(a),
         "Step": lambda r, a: f"(({a}) >= {z(r)} ? {one(r)} : {z(r)})",
-        "ReLU": lambda r, a: f"(({a}) > {z(r)} ? ({a}) : ({a}) * {z(r)})",
+        # max(x, 0) as a selection: 0 at -inf, NaN stays NaN (as torch.relu)
+        "ReLU": lambda r, a: f"((({a}) > {z(r)} || ({a}) != ({a})) ? ({a}) : {z(r)})",
         "Floor": f1("floor"),
         "Tanh": f1("tanh"),
         "Sinh": f1("sinh"),
@@ -576,18 +578,12 @@ def _builtin_rules() -> dict:
         "GreaterThan": cmp(">"),
         "LessOrEqual": cmp("<="),
         "GreaterOrEqual": cmp(">="),
-        # the reference adds 0 * other-operand terms (its broadcasting idiom); so do we,
-        # so that infinities and NaNs propagate identically
-        "IfElse": lambda r, c, a, b: (
-            f"(({c}) >= {z(r)} ? ({a}) + {z(r)} * ({b}) : ({b}) + {z(r)} * ({a}))"
-        ),
-        "Clamp": lambda r, x, a, b: (
-            f"(({x}) < ({a}) ? ({a}) + {z(r)} * ({x}) : (({x}) > ({b}) ? ({b}) + {z(r)} * ({x})"
-            f" : ({x}) + {z(r)} * ({a}) + {z(r)} * ({b})))"
-        ),
+        # selections, never arithmetic with a zero: the branch not taken may be +-inf or NaN
+        "IfElse": lambda r, c, a, b: f"(({c}) >= {z(r)} ? ({a}) : ({b}))",
+        "Clamp": lambda r, x, a, b: f"(({x}) < ({a}) ? ({a}) : (({x}) > ({b}) ? ({b}) : ({x})))",
         "ClampInt": lambda r, x, lo, hi: (
-            f"(({x}) < {r.literal(lo)} ? ({x}) * {z(r)} + {r.literal(lo)} : "
-            f"(({x}) > {r.literal(hi)} ? ({x}) * {z(r)} + {r.literal(hi)} : ({x})))"
+            f"(({x}) < {r.literal(lo)} ? {r.literal(lo)} : "
+            f"(({x}) > {r.literal(hi)} ? {r.literal(hi)} : ({x})))"
         ),
         "Mod": lambda r, x, m, off: f"(({x}) - ({m}) * {r.call('floor', _paren_div(x, off, m))})",
         "Round": lambda r, a, decimals: r._round(a, decimals),

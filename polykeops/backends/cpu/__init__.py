@@ -42,6 +42,7 @@ import warnings
 
 from ... import config
 from ...errors import BackendError
+from ...formula.nodes import walk
 from ..arrays import adapter_for
 from ..codegen import CRenderer
 from ..contract import Backend, Capabilities
@@ -166,6 +167,8 @@ class CpuBackend(Backend):
                 self._warn_once("nocc", "no C compiler: POLYKEOPS_JIT=sync falls back to the generic engine")
                 return _usable(gen, mode), False
         # auto
+        if gen is not None and _node_count(spec) > JIT_MAX_NODES:
+            return gen, False  # a huge formula: the compiler would take minutes and gigabytes
         kernel = table.get_loaded(spec)
         if kernel is not None:
             return kernel, False
@@ -224,3 +227,12 @@ def _prod(shape) -> int:
 
 
 __all__ = ["CpuBackend", "JIT_WORK_THRESHOLD", "SWITCH_PAIRS"]
+
+
+#: formulas with more distinct nodes than this run on the generic engine in POLYKEOPS_JIT=auto
+#: mode (their specialised kernel would be one huge C function: minutes and gigabytes of gcc)
+JIT_MAX_NODES = 1500
+
+
+def _node_count(spec) -> int:
+    return len({n for f in spec.formulas for n in walk(f)})

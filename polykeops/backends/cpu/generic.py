@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...formula.nodes import CAT_I, CAT_J, CAT_P, Node
+from ...formula.nodes import CAT_I, CAT_J, CAT_P, Node, walk
 from ...formula.reductions import ACCUMULATOR, FAMILIES, VALUE
 from ..codegen import generic_ops, plan
 from ..codegen.states import layout
@@ -136,6 +136,20 @@ def compile_program(spec) -> Program:
             phases[kind].append(_instr(n, s, args))
         slot_of[n] = s
         return s
+
+    # slot() recurses into the arguments of a node without a slot: visiting the nodes children
+    # first (iteratively) keeps that recursion one level deep, whatever the depth of the formula;
+    # the inner nodes of a fused SqDist are never given slots of their own
+    fused_inner = set()
+    for f in spec.formulas:
+        for n in walk(f):
+            if sqdist_operands(n) is not None:
+                fused_inner.update((n.args[0], n.args[0].args[0]))
+    roots_set = set(spec.formulas)  # slotted below (a Sum of a product may need none: dot)
+    for f in spec.formulas:
+        for n in walk(f):
+            if n not in fused_inner and n not in roots_set:
+                slot(n)
 
     vec_kinds = (S_LANE, S_TILE, S_JVAR)
     dot = None

@@ -105,8 +105,16 @@ def main(argv=None) -> int:
     c.add_argument("--ptx", action="store_true", help="compile to PTX instead of a cubin")
     c.add_argument("--source", action="store_true", help="print the generated CUDA C")
     c.add_argument("--no-cache", action="store_true", help="do not use the disk cache")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_formulas_as_positionals(sys.argv[1:] if argv is None else list(argv)))
     return compile_command(args)
+
+
+def _formulas_as_positionals(argv: list) -> list:
+    """``-SqDist(x,y)`` is a formula, not an option: arguments that start with one ``-`` and are
+    not ``-h`` get a leading space (argparse then takes them as positionals; the formula parser
+    and ``int()`` ignore it)."""
+    return [" " + a if isinstance(a, str) and a.startswith("-") and not a.startswith("--") and a != "-h"
+            else a for a in argv]
 
 
 if __name__ == "__main__":

@@ -409,8 +409,8 @@ PK_DEV void pk_st(unsigned short* p, float v) { *p = pk_f2h(v); }
 PK_DEV void pk_st(unsigned short* p, double v) { *p = pk_f2h((float)v); }
 PK_DEV void pk_st(long long* p, long long v) { *p = v; }
 PK_DEV float pk_round_h(float x) { return pk_h2f(pk_f2h(x)); }
-PK_DEV float pk_sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }
-PK_DEV double pk_sign(double x) { return x > 0.0 ? 1.0 : (x < 0.0 ? -1.0 : x); }
+PK_DEV float pk_sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
+PK_DEV double pk_sign(double x) { return x > 0.0 ? 1.0 : (x < 0.0 ? -1.0 : 0.0); }
 PK_DEV float pk_abs(float x) { return fabsf(x); }
 PK_DEV double pk_abs(double x) { return fabs(x); }
 // the shift of a max-shifted sum: the max itself, or 0 when it is infinite or NaN

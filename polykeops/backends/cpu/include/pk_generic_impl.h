@@ -169,7 +169,7 @@ static void PK_FN(pk_exec)(const pk_ginstr *in, const PK_FN(pk_views) * V, int n
             const int la = PKV_ARGL(0);
             for (int l = 0; l < n; ++l) {
                 const PK_T a = A[l * la];
-                O[l] = a < lo ? a * zero + lo : (a > hi ? a * zero + hi : a);
+                O[l] = a < lo ? lo : (a > hi ? hi : a);  // a selection: +-inf give the bounds
             }
         }
         break;
