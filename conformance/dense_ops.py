@@ -50,11 +50,6 @@ def definition(name: str) -> Callable | None:
     return DEFINITIONS.get(name)
 
 
-def _zero_like_any(*xs):
-    """0 broadcast like ``xs`` (0 x inf = NaN kept: how backends propagate unselected operands)."""
-    return sum(0 * x for x in xs)
-
-
 def _round_half_away(x, decimals: int = 0):
     s = 10.0**decimals
     return torch.sign(x) * torch.floor(torch.abs(x) * s + 0.5) / s
@@ -273,19 +268,24 @@ def GreaterOrEqual(a, b):
 
 @define
 def IfElse(c, a, b):
-    return torch.where(c >= 0, a + 0 * b, b + 0 * a)
+    """``a`` where ``c >= 0``, else ``b``: the branch not taken does not matter, even when it is
+    infinite or NaN (torch.where; NaN ``c`` takes ``b``)."""
+    c, a, b = torch.broadcast_tensors(c, a, b)
+    return torch.where(c >= 0, a, b)
 
 
 @define
 def Clamp(x, a, b):
-    """``a`` below ``a``, else ``b`` above ``b``, else ``x`` (``a`` wins when ``a > b``)."""
-    zero = _zero_like_any(x, a, b)
-    return torch.where(x < a, a + zero, torch.where(x > b, b + zero, x + zero))
+    """``a`` below ``a``, else ``b`` above ``b``, else ``x`` (``a`` wins when ``a > b``); infinite
+    ``x`` clamps to ``a`` or ``b``, NaN ``x`` stays NaN (as torch.clamp)."""
+    x, a, b = torch.broadcast_tensors(x, a, b)
+    return torch.where(x < a, a, torch.where(x > b, b, x))
 
 
 @define
 def ClampInt(x, a, b):
-    return torch.where(x < a, 0 * x + a, torch.where(x > b, 0 * x + b, x))
+    """:func:`Clamp` with integer bounds."""
+    return torch.where(x < a, torch.full_like(x, a), torch.where(x > b, torch.full_like(x, b), x))
 
 
 @define
