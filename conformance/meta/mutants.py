@@ -33,6 +33,18 @@ def _is_torch(a) -> bool:
     return type(a).__module__.startswith("torch")
 
 
+def _backward_locals():
+    """Locals of the innermost ``GenredFunction.backward`` on the stack (None outside one)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "backward" and frame.f_globals.get("__name__", "").endswith(
+            "torch.autograd"
+        ) and "ctx" in frame.f_locals:
+            return frame.f_locals
+        frame = frame.f_back
+    return None
+
+
 def _nested_backward() -> int:
     """How many ``GenredFunction.backward`` frames are on the stack (2: a second-order pass)."""
     frame, count = sys._getframe(1), 0
@@ -567,13 +579,27 @@ class BackwardLastITileDropped(Mutant):
 
 
 class SecondOrderDropsLastTile(Mutant):
-    """Second-order passes (a gradient of a gradient reduction) drop the last partial j tile."""
+    """Second-order passes (the gradient of a gradient reduction) drop the last partial j tile."""
 
     bug = "second-order gradient reductions drop the last partial j tile"
 
+    def __init__(self):
+        super().__init__()
+        self._gradient_specs = set()
+        self._second = False
+
+    def evaluate(self, spec, args, *, nx, ny, batch_shape, ranges=None):
+        loc = _backward_locals()
+        self._second = False
+        if loc is not None:
+            fwd = loc.get("spec")
+            self._second = fwd is not None and fwd.canonical() in self._gradient_specs
+            self._gradient_specs.add(spec.canonical())
+        return super().evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch_shape, ranges=ranges)
+
     def j_tiles(self, start, stop):
         tiles = super().j_tiles(start, stop)
-        if _nested_backward() >= 2 and len(tiles) > 1 and tiles[-1][1] - tiles[-1][0] < self.TJ:
+        if self._second and len(tiles) > 1 and tiles[-1][1] - tiles[-1][0] < self.TJ:
             tiles.pop()
         return tiles
 
