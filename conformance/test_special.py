@@ -171,8 +171,8 @@ def test_nan_and_infinities(backend, device, reduction, axis, data):
 PIECEWISE = {
     "ReLU": lambda x, y: A.node("ReLU", A.mul(x, y)),
     "Abs": lambda x, y: A.node("Abs", A.add(x, y)),
-    "Sign": lambda x, y: A.node("Sign", A.add(x, y)),
-    "Step": lambda x, y: A.node("Step", A.add(x, y)),
+    "Sign": lambda x, y: A.node("Sign", A.mul(x, y)),
+    "Step": lambda x, y: A.node("Step", A.mul(x, y)),
     "Clamp": lambda x, y: Node("Clamp", (A.mul(x, y), Const(Fraction(-1, 2), 1), Const(2, 1))),
     "IfElse": lambda x, y: Node("IfElse", (x, y, A.neg(A.mul(y, y)))),
 }

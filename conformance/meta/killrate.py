@@ -112,8 +112,14 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown bugs {unknown}; known: {', '.join(table)}")
     start = time.monotonic()
+    def one(name):
+        r = run_one(name, table[name], args.max_examples)
+        print(f"  {name}: rc {r['returncode']}, {r['seconds']:.0f} s, {r['first_failure'] or 'passed'}",
+              file=sys.stderr, flush=True)
+        return r
+
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda n: run_one(n, table[n], args.max_examples), names))
+        results = list(pool.map(one, names))
     total = time.monotonic() - start
     planted = [r for r in results if r["name"] != "correct"]
     killed = [r for r in planted if r["killed"]]
