@@ -7,6 +7,7 @@ LogSumExp of an all ``-inf`` row is ``-inf`` and ``+inf`` with a ``+inf`` value.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from fractions import Fraction
 
@@ -22,7 +23,7 @@ from polykeops.formula.reductions import REDUCTIONS
 from polykeops.formula.spec import ReductionSpec
 
 from .checks import check_forward
-from .pending import issue11_xfail
+from .pending import ISSUE11_PENDING, issue11_xfail
 from .session import AXES, claims, property_test
 from .strategies import (
     FINITE_SPECIALS,
@@ -107,7 +108,7 @@ def _special_values(dtype):
 
 
 @st.composite
-def _special_case(draw, spec, *, max_size=300, nonfinite_rows=True):
+def _special_case(draw, spec, *, max_size=300, nonfinite_rows=True, without=()):
     """``spec`` on drawn sizes (up to ``max_size``, tile boundaries weighted) with special values
     at drawn positions (first / last / middle tile, next to tile boundaries), sometimes a whole
     row of one infinity."""
@@ -120,7 +121,9 @@ def _special_case(draw, spec, *, max_size=300, nonfinite_rows=True):
             spec = spec.with_(k=n_red)
     base = case_from(spec, M, N, seed=draw(st.integers(0, 2**31), label="seed"))
     specials = []
-    values = _special_values(spec.dtype)
+    values = [v for v in _special_values(spec.dtype) if not any(v is w or v == w for w in without)]
+    if any(isinstance(w, float) and math.isnan(w) for w in without):
+        values = [v for v in values if not math.isnan(v)]
     for _ in range(draw(st.integers(1, 6), label="number of special values")):
         p = draw(st.integers(0, len(spec.variables) - 1), label="argument")
         idx = draw(special_positions(base, p), label="position")
@@ -171,14 +174,15 @@ def test_nan_and_infinities(backend, device, reduction, axis, data):
 PIECEWISE = {
     "ReLU": lambda x, y: A.node("ReLU", A.mul(x, y)),
     "Abs": lambda x, y: A.node("Abs", A.add(x, y)),
-    "Sign": lambda x, y: A.node("Sign", A.mul(x, y)),
-    "Step": lambda x, y: A.node("Step", A.mul(x, y)),
+    # of a leaf: an exact zero stays exact under the oracle's perturbation (Sign(0) = 0 is enforced)
+    "Sign": lambda x, y: A.add(A.node("Sign", y), A.mul(x, Const(Fraction(1, 2), 1))),
+    "Step": lambda x, y: A.add(A.node("Step", y), A.mul(x, Const(Fraction(1, 2), 1))),
     "Clamp": lambda x, y: Node("Clamp", (A.mul(x, y), Const(Fraction(-1, 2), 1), Const(2, 1))),
     "IfElse": lambda x, y: Node("IfElse", (x, y, A.neg(A.mul(y, y)))),
 }
 PIECEWISE_PARAMS = [
     pytest.param(name, marks=issue11_xfail(f"{name} at infinities / NaN in the C rules"), id=name)
-    if name in ("ReLU", "Clamp", "IfElse", "Sign")
+    if name in ("ReLU", "Clamp", "IfElse")
     else pytest.param(name, id=name)
     for name in PIECEWISE
 ]
@@ -193,7 +197,9 @@ def test_piecewise_ops_at_special_values(backend, device, op, reduction, data):
     claims(backend, reduction)
     x, y = Var(0, 1, 0), Var(1, 1, 1)
     spec = ReductionSpec(reduction, (PIECEWISE[op](x, y),), (x, y), dtype=_dtype(backend))
-    case = data.draw(_special_case(spec, max_size=100, nonfinite_rows=False), label="case")
+    # issue 11: Sign(NaN) of the C rules is NaN (torch: 0); its zeros are checked meanwhile
+    without = (float("nan"),) if op == "Sign" and ISSUE11_PENDING else ()
+    case = data.draw(_special_case(spec, max_size=100, nonfinite_rows=False, without=without), label="case")
     check_forward(backend, case, device=device)
 
 
