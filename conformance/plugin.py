@@ -55,14 +55,14 @@ def pytest_addoption(parser):
         "--tier",
         default=None,
         choices=["fast", "full"],
-        help="fast (default, CI): 5 examples, cases <= 40 000 cells; full (certification): 60 examples, "
-        "cases <= 2 000 000 cells (see the README)",
+        help="fast (default, CI): 5 examples, cases <= 40 000 cells; full (certification): 25 examples, "
+        "cases <= 400 000 cells (see the README)",
     )
     group.addoption(
         "--max-examples",
         type=int,
         default=None,
-        help="hypothesis examples per property test (default 5 fast / 60 full)",
+        help="hypothesis examples per property test (default 5 fast / 25 full)",
     )
     group.addoption("--skips-file", default=None, help="file of test-id prefixes (or globs) to skip")
     group.addoption(

@@ -60,7 +60,7 @@ SPECIAL_SIZES_FAST = (
 SPECIAL_SIZES_FULL = SPECIAL_SIZES_FAST + (3000, 8191, 8192, 8193)
 #: elements (batch x M x N x widest vector) a case may have, per tier: over budget, the dimension
 #: that is *not* reduced shrinks first (so that a drawn tile boundary of the reduced one survives)
-CELL_BUDGET = {"fast": 40_000, "full": 2_000_000}
+CELL_BUDGET = {"fast": 40_000, "full": 400_000}
 #: K (KMin, ArgKMin...) up to this, and K = N, K = N - 1, weighted at the boundaries
 K_MAX = 64
 K_REDUCTIONS = tuple(name for name, red in REDUCTIONS.items() if red.uses_k)

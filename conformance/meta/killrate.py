@@ -82,7 +82,7 @@ def run_one(name: str, factory: str, max_examples: int, extra=()) -> dict:
     failed = [
         line.split(" ", 1)[1].split(" - ")[0] for line in text.splitlines() if line.startswith("FAILED ")
     ]
-    titles = re.findall(r"polykeops conformance: ([^\n]*)", text)
+    titles = re.findall(r"ConformanceFailure: polykeops conformance: ([^\n]*)", text)
     snippet = "Reproduce (run from the repository root):" in text
     killed = proc.returncode == 1 and bool(failed) and bool(titles) and snippet
     return {

@@ -236,7 +236,9 @@ class IndexWithoutTileOffset(Mutant):
     bug = "argmin/argKmin indices lack the tile offset"
 
     def tile(self, red, xp, vals, j0, j1):
-        return red.tile(xp, vals, 0)
+        if isinstance(red, (Select, KMin)):
+            return red.tile(xp, vals, 0)
+        return super().tile(red, xp, vals, j0, j1)
 
 
 class LaterTilePreferred(Mutant):
@@ -245,7 +247,9 @@ class LaterTilePreferred(Mutant):
     bug = "combine takes its arguments in the wrong order (ties go to later tiles)"
 
     def combine(self, red, xp, state, new):
-        return red.combine(xp, new, state)
+        if isinstance(red, (Select, KMin)):
+            return red.combine(xp, new, state)
+        return super().combine(red, xp, state, new)
 
 
 # ---------------------------------------------------------------------------
