@@ -268,18 +268,24 @@ def GreaterOrEqual(a, b):
 
 @define
 def IfElse(c, a, b):
+    """``a`` where ``c >= 0``, else ``b``: the branch not taken does not matter, even when it is
+    infinite or NaN (torch.where; NaN ``c`` takes ``b``)."""
+    c, a, b = torch.broadcast_tensors(c, a, b)
     return torch.where(c >= 0, a, b)
 
 
 @define
 def Clamp(x, a, b):
-    """``a`` below ``a``, else ``b`` above ``b``, else ``x`` (``a`` wins when ``a > b``)."""
+    """``a`` below ``a``, else ``b`` above ``b``, else ``x`` (``a`` wins when ``a > b``); infinite
+    ``x`` clamps to ``a`` or ``b``, NaN ``x`` stays NaN (as torch.clamp)."""
+    x, a, b = torch.broadcast_tensors(x, a, b)
     return torch.where(x < a, a, torch.where(x > b, b, x))
 
 
 @define
 def ClampInt(x, a, b):
-    return torch.where(x < a, float(a), torch.where(x > b, float(b), x))
+    """:func:`Clamp` with integer bounds."""
+    return torch.where(x < a, torch.full_like(x, a), torch.where(x > b, torch.full_like(x, b), x))
 
 
 @define

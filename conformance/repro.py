@@ -14,6 +14,8 @@ from __future__ import annotations
 from polykeops.formula.nodes import CAT_I, CAT_J, walk
 from polykeops.formula.printing import to_string
 
+from .strategies import DATA_KINDS
+
 _CAT = {CAT_I: "Vi", CAT_J: "Vj"}
 #: the suite's package as imported now: ``conformance`` in a checkout, ``polykeops.conformance`` installed
 SUITE = __package__
@@ -70,12 +72,16 @@ def _registration(bt) -> list[str]:
 def data_lines(case, var: str = "a"):
     """Lines regenerating the case's data (float64 NumPy arrays), and their names."""
     lines = [f"rng = np.random.default_rng({case.seed})"]
+    if case.data == "cancelling":
+        lines.append(f"from {SUITE}.strategies import cancelling")
     names = []
     for pos, (v, shape) in enumerate(zip(case.spec.variables, case.shapes)):
         what = {CAT_I: "(*batch, M, dim)", CAT_J: "(*batch, N, dim)"}.get(v.cat, "(*batch, dim)")
         if case.data == "int":
             lo, hi = case.int_range
             expr = f"rng.integers({lo}, {hi + 1}, {tuple(shape)}).astype(np.float64)"
+        elif case.data in DATA_KINDS:
+            expr = DATA_KINDS[case.data].replace("shape", repr(tuple(shape)))
         else:
             scale = "" if case.scale == 1.0 else f" * {case.scale!r}"
             expr = f"3 * np.tanh(rng.standard_normal({tuple(shape)}) / 3){scale}"

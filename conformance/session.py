@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import pytest
 
 #: examples per property test when --max-examples is not given
-DEFAULT_MAX_EXAMPLES = {"fast": 5, "full": 60}
+DEFAULT_MAX_EXAMPLES = {"fast": 5, "full": 25}
 
 
 class BackendUnderTest:

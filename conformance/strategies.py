@@ -32,7 +32,7 @@ examples read well.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from functools import cache
 
@@ -51,11 +51,18 @@ from polykeops.formula.spec import ReductionSpec
 LEAF = 3.0
 #: magnitude above which a node's arguments are squashed before it is built
 NODE_LIMIT = 40.0
-#: sizes that are not multiples of usual tile / block / warp sizes, plus 1 and 2
-SPECIAL_SIZES_FAST = (1, 2, 3, 5, 7, 17, 31, 32, 33, 63, 65, 100, 127, 129, 200, 255, 257, 300)
-SPECIAL_SIZES_FULL = SPECIAL_SIZES_FAST + (511, 513, 1000, 1023, 1025, 2047, 2049, 3000)
-#: elements (batch x M x N x widest vector) a case may have, per tier
-CELL_BUDGET = {"fast": 40_000, "full": 2_000_000}
+#: sizes at the boundaries of any plausible tiling: 1, 2, the powers of two and their +-1 up to a
+#: few thousand, primes (multiples of no tile size) -- drawn half of the time (see :func:`sizes`)
+SPECIAL_SIZES_FAST = (
+    1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 127, 128, 129, 200, 255, 256, 257, 300,
+    509, 511, 512, 513, 1021, 1023, 1024, 1025, 2047, 2048, 2049, 4093, 4095, 4096, 4097,
+)
+SPECIAL_SIZES_FULL = SPECIAL_SIZES_FAST + (3000, 8191, 8192, 8193)
+#: elements (batch x M x N x widest vector) a case may have, per tier: over budget, the dimension
+#: that is *not* reduced shrinks first (so that a drawn tile boundary of the reduced one survives)
+CELL_BUDGET = {"fast": 40_000, "full": 400_000}
+#: K (KMin, ArgKMin...) up to this, and K = N, K = N - 1, weighted at the boundaries
+K_MAX = 64
 K_REDUCTIONS = tuple(name for name, red in REDUCTIONS.items() if red.uses_k)
 CONSTANTS = (1, 2, 3, -1, Fraction(1, 2), Fraction(-3, 2), Fraction(1, 3))
 
@@ -104,6 +111,40 @@ class BlockSparse:
         return f"BlockSparse({counts}, batch={self.batch}, {self.shapes[2][-2]} (i-range, j-interval) pairs)"
 
 
+#: data distributions that stress a streaming reduction, as NumPy expressions of ``rng`` and
+#: ``shape`` (the same text regenerates them in the reproduction snippets); values in (-3, 3)
+DATA_KINDS = {
+    # sorted along the rows (i or j): the max of every reduced row is in its last tile
+    "sorted": "np.sort(3 * np.tanh(rng.standard_normal(shape) / 3), axis=-2 if len(shape) > 1 else -1)",
+    "descending": "-np.sort(3 * np.tanh(rng.standard_normal(shape) / 3), axis=-2 if len(shape) > 1 else -1)",
+    # a few clusters, tight around their centres (near-ties, close values to separate)
+    "clustered": "rng.integers(-2, 3, shape) + 1e-3 * np.tanh(rng.standard_normal(shape))",
+    # large dynamic range: magnitudes from 1e-6 to 3
+    "wide": "3 * np.tanh(rng.standard_normal(shape) / 3) * 10.0 ** rng.uniform(-6, 0, shape)",
+    # +-a pairs and 1/2, shuffled along the rows (see cancelling): for the accumulation options
+    "cancelling": "cancelling(rng, shape)",
+}
+
+
+def cancelling(rng, shape) -> np.ndarray:
+    """Along the rows (axis -2), independently for every batch and component: pairs ``a, -a``
+    (``a`` uniform in [1, 2), every mantissa bit random) and, for an odd count, one ``1/2``,
+    shuffled.  The exact sum is 1/2 (0 for an even count); partial sums are as large as ``sqrt(n)``, so an
+    accumulator of the data's own precision rounds (any order), while one a few bits wider adds
+    exactly (float16 data in float32, float32 data in float64)."""
+    shape = tuple(shape)
+    if len(shape) < 2:
+        return 1 + rng.random(shape)
+    n = shape[-2]
+    lead = shape[:-2] + shape[-1:]
+    out = np.empty(lead + (n,))
+    for idx in np.ndindex(*lead):
+        a = 1 + rng.random(n // 2)
+        row = np.concatenate([a, -a, [0.5] if n % 2 else []])
+        out[idx] = rng.permutation(row)
+    return np.moveaxis(out, -1, -2)
+
+
 @dataclass(frozen=True)
 class Case:
     """One conformance case: a spec, argument shapes and the recipe of its data.
@@ -114,6 +155,8 @@ class Case:
     * ``data == "normal"``: ``3 * np.tanh(rng.standard_normal(shape) / 3) * scale`` (in (-3, 3),
       without the atoms at +-3 that clipping would create);
     * ``data == "int"``: ``rng.integers(lo, hi + 1, shape)`` (many exact ties);
+    * the distributions of :data:`DATA_KINDS` (sorted, clustered, wide dynamic range...):
+      the expressions written there, evaluated with ``rng`` and ``shape``;
 
     then ``specials`` (``(p, flat_index, value)``) are written in, and every
     array is rounded to ``spec.dtype``.
@@ -145,6 +188,9 @@ class Case:
             if self.data == "int":
                 lo, hi = self.int_range
                 a = rng.integers(lo, hi + 1, shape).astype(np.float64)
+            elif self.data in DATA_KINDS:
+                names = {"rng": rng, "shape": shape, "cancelling": cancelling}
+                a = eval(DATA_KINDS[self.data], {"np": np}, names)  # noqa: S307
             else:
                 a = LEAF * np.tanh(rng.standard_normal(shape) / LEAF) * self.scale
             out.append(a)
@@ -465,19 +511,32 @@ def formulas(
 
 
 def sizes(tier: str = "fast", *, max_size: int | None = None):
+    """M or N: a boundary size (up to a few thousand, capped by ``max_size``) half of the time,
+    else any size up to 300 (fast) / 3000 (full)."""
     special = SPECIAL_SIZES_FULL if tier == "full" else SPECIAL_SIZES_FAST
-    top = max_size or (3000 if tier == "full" else 300)
-    special = [s for s in special if s <= top]
-    return st.one_of(st.sampled_from(special), st.integers(1, top))
+    plain_top = 3000 if tier == "full" else 300
+    if max_size:
+        plain_top = min(plain_top, max_size)
+        special = [s for s in special if s <= max_size]
+    return st.one_of(st.sampled_from(special), st.integers(1, plain_top))
+
+
+def k_values(n_red: int, k_max: int = K_MAX):
+    """K for a reduction over ``n_red`` elements: 1, 2, n_red, n_red - 1 and the powers of two +-1
+    up to ``k_max`` half of the time, else any K in [1, min(k_max, n_red)]."""
+    top = max(1, min(k_max, n_red))
+    edges = {1, 2, n_red, n_red - 1} | {b + d for b in (8, 16, 32, 64) for d in (-1, 0, 1)}
+    edges = sorted(k for k in edges if 1 <= k <= n_red and (k <= top or k >= n_red - 1))
+    return st.one_of(st.sampled_from(edges), st.integers(1, top))
 
 
 @st.composite
-def batch_layouts(draw, variables_, *, allow: bool = True, max_batch_dims: int = 2):
+def batch_layouts(draw, variables_, *, allow: bool = True, max_batch_dims: int = 3):
     """``(batch_shape, per-variable batch shapes)``: each variable's batch dims broadcast to the batch."""
     if not allow or not draw(st.integers(0, 2), label="batched?"):
         return (), tuple(() for _ in variables_)
     nb = draw(st.integers(1, max_batch_dims), label="number of batch dims")
-    full = tuple(draw(st.sampled_from([2, 3, 1, 2]), label="batch size") for _ in range(nb))
+    full = tuple(draw(st.sampled_from([2, 3, 1, 2, 5, 4]), label="batch size") for _ in range(nb))
     per = []
     for _ in variables_:
         drop = (
@@ -518,9 +577,11 @@ def cases(
     forms=None,
     data: str = "normal",
     max_size: int | None = None,
-    k_max: int = 8,
+    k_max: int = K_MAX,
     consts: bool = True,
     int_range=(-3, 3),
+    data_kinds=None,
+    specials: bool = False,
 ):
     """A full :class:`Case` for ``reduction`` along ``axis`` in ``dtype``."""
     if forms is None:
@@ -546,14 +607,15 @@ def cases(
     budget = CELL_BUDGET[tier]
     nbatch = int(np.prod(bshape)) if bshape else 1
     while M * N * width * nbatch > budget and max(M, N) > 1:
-        if M >= N:
+        # the dimension that is not reduced shrinks first, then the reduced one
+        if (axis == 1 and M > 1) or (axis == 0 and N == 1):
             M = max(1, M // 2 + (M % 2))
         else:
             N = max(1, N // 2 + (N % 2))
     k = None
     if red.uses_k:
         n_red = N if axis == 1 else M
-        k = draw(st.integers(1, max(1, min(k_max, n_red))), label="K")
+        k = draw(k_values(n_red, k_max), label="K")
     spec = ReductionSpec(
         reduction=reduction, formulas=forms, variables=vars_, axis=axis, k=k, dtype=dtype, sum_scheme=scheme
     )
@@ -564,7 +626,9 @@ def cases(
         else array_kinds[0]
     )
     seed = draw(st.integers(0, 2**32 - 1), label="data seed")
-    return Case(
+    if data_kinds and data == "normal":
+        data = draw(st.sampled_from(("normal",) + tuple(data_kinds)), label="data distribution")
+    case = Case(
         spec=spec,
         shapes=shapes,
         M=M,
@@ -575,6 +639,9 @@ def cases(
         array_kind=kind,
         int_range=tuple(int_range),
     )
+    if specials and draw(st.integers(0, 2), label="special values? (0: yes)") == 0:
+        case = replace(case, specials=draw(finite_specials(case), label="special values"))
+    return case
 
 
 def draw_case(source, caps, reduction: str, axis: int, dtype: str, *, tier: str, **kwargs) -> Case:
@@ -599,6 +666,65 @@ def _shapes(variables_, per_var_batch, M: int, N: int) -> tuple[tuple[int, ...],
     """The argument shapes: each variable's batch shape, then (M, dim), (N, dim) or (dim,)."""
     rows = {CAT_I: (M,), CAT_J: (N,)}
     return tuple(b + rows.get(v.cat, ()) + (v.dim,) for v, b in zip(variables_, per_var_batch))
+
+
+# ---------------------------------------------------------------------------
+# special values at drawn positions
+# ---------------------------------------------------------------------------
+
+#: the tile sizes whose boundaries special values are put next to (any plausible tiling)
+TILE_EDGES = (8, 16, 32, 64, 128, 256, 512, 1024)
+#: finite special values of every dtype: zeros, rounding ties, tiny, subnormal (see SEMANTICS.md)
+FINITE_SPECIALS = {
+    "float16": (0.0, -0.0, 0.5, -0.5, 1.5, -2.5, 2.0**-14, 2.0**-20, -(2.0**-24)),
+    "float32": (0.0, -0.0, 0.5, -0.5, 1.5, -2.5, 1e-30, 1e-40, -1.4e-45),
+    "float64": (0.0, -0.0, 0.5, -0.5, 1.5, -2.5, 1e-300, 1e-310, -5e-324),
+}
+#: IEEE special values (placed by the tests of NaN / infinities)
+NONFINITE = (float("nan"), float("inf"), float("-inf"))
+
+
+def positions(n: int):
+    """A row position in ``range(n)``: the first, the last, next to a tile boundary, the middle,
+    anywhere (so that "the interesting element" is in the first, last and a middle tile alike)."""
+    edges = {0, n - 1, n // 2} | {t + d for t in TILE_EDGES for d in (-1, 0, 1)}
+    edges = sorted(p for p in edges if 0 <= p < n)
+    return st.one_of(st.sampled_from(edges), st.integers(0, n - 1))
+
+
+@st.composite
+def special_positions(draw, case, p: int):
+    """A flat index into argument ``p`` of ``case``: its row drawn by :func:`positions`."""
+    shape = case.shapes[p]
+    v = case.spec.variables[p]
+    if v.cat in (CAT_I, CAT_J) and len(shape) >= 2:
+        row = draw(positions(shape[-2]), label="row of the special value")
+        lead = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+        b = draw(st.integers(0, lead - 1), label="batch of the special value")
+        c = draw(st.integers(0, shape[-1] - 1), label="component of the special value")
+        return (b * shape[-2] + row) * shape[-1] + c
+    return draw(st.integers(0, int(np.prod(shape)) - 1), label="position of the special value")
+
+
+@st.composite
+def finite_specials(draw, case, values=None, max_count: int = 4):
+    """``Case.specials``: 1 to ``max_count`` finite special values (zeros, halves, tiny and subnormal
+    numbers, or a copy of another entry of the same argument: an exact tie) at drawn positions."""
+    values = FINITE_SPECIALS[case.dtype] if values is None else values
+    arrays = None
+    out = []
+    for _ in range(draw(st.integers(1, max_count), label="number of special values")):
+        p = draw(st.integers(0, len(case.shapes) - 1), label="argument of the special value")
+        idx = draw(special_positions(case, p), label="special position")
+        if draw(st.integers(0, 3), label="copy of another entry (a tie)? (0: yes)") == 0:
+            if arrays is None:
+                arrays = case.arrays64()
+            src = draw(special_positions(case, p), label="copied position")
+            value = float(arrays[p].flat[src])
+        else:
+            value = draw(st.sampled_from(values), label="special value")
+        out.append((p, int(idx), value))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------

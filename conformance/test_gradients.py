@@ -61,6 +61,24 @@ def test_second_order(backend, device, options, reduction, axis, data):
     check_gradients(backend, case, order=2, device=device)
 
 
+@pytest.mark.parametrize("large_dim", [20, 64, 257])
+@pytest.mark.parametrize("reduction", ["Sum", "LogSumExp", "SumSoftMaxWeight", "Min"])
+@property_test(0.4)
+def test_large_dimension_gradient(backend, device, options, reduction, large_dim, data):
+    """Gradients of formulas of large vectors (20 to 257 components: the chunked code paths of
+    the gradient reductions, e.g. the LogSumExp of squared distances), first and second order."""
+    caps = needs_torch(backend, reduction)
+    dtype = data.draw(st.sampled_from(grad_dtypes(backend, options)), label="dtype")
+    axis = data.draw(st.sampled_from([0, 1]), label="axis")
+    case = draw_case(
+        data, caps, reduction, axis, dtype, tier=options.tier, max_depth=2, large_dim=large_dim,
+        max_size=options.max_size(60),
+    )
+    check_gradients(backend, case, device=device)
+    if reduction in ("Sum", "LogSumExp") and data.draw(st.booleans(), label="second order?"):
+        check_gradients(backend, case, order=2, device=device)
+
+
 def _param_spec(reduction, dtype):
     """exp(-p |x_i - y_j|^2) with weights: a parameter p (dim 1) and a parameter vector q (dim 3)."""
     x, y, p, q, b = Var(0, 3, 0), Var(1, 3, 1), Var(2, 1, 2), Var(3, 3, 2), Var(4, 2, 1)

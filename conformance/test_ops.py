@@ -21,7 +21,8 @@ OP_NAMES = [o.name for o in public_ops()]
 @pytest.mark.parametrize("op", OP_NAMES)
 @property_test(0.5)
 def test_op(backend, device, options, op, data):
-    """``op`` applied to variables (arguments kept in its domain), Sum-reduced; gradient if smooth."""
+    """``op`` applied to variables (arguments kept in its domain), Sum-reduced; gradient if smooth;
+    a third of the cases with finite special values (zeros, halves, tiny, subnormal, ties)."""
     caps = backend.capabilities
     dtype = "float64" if "float64" in caps.dtypes else sorted(caps.dtypes)[-1]
     opdef = OPS[op]
@@ -33,7 +34,7 @@ def test_op(backend, device, options, op, data):
     kinds = tuple(backend.array_kinds())
     case = draw_case(
         data, caps, "Sum", axis, dtype, tier=options.tier, forms=forms, array_kinds=kinds,
-        max_size=options.max_size(100),
+        max_size=options.max_size(100), specials=True,
     )
     check_forward(backend, case, device=device)
     if opdef.smooth and opdef.vjp is not None and "torch" in caps.array_kinds:

@@ -291,3 +291,30 @@ def test_specialised_source_is_deterministic():
     """The same spec gives the same source (and cache key) in every process."""
     spec, _ = all_ops_spec("float32")
     assert KernelWriter(spec).source() == KernelWriter(spec).source()
+
+
+@pytest.mark.parametrize("dim", [12, 20, 64, 300])
+def test_large_vector_stage_reading_its_own_sum_is_scheduled(dim, monkeypatch):
+    """Gradient of a LogSumExp of squared distances in large dimension: the component loop of
+    ``x - y`` feeds ``Sum((x - y)^2)``, whose exp scales ``x - y`` again (a cycle of stages
+    when the two vector nodes shared one component loop: a bare StopIteration from 20 on)."""
+    torch = pytest.importorskip("torch")
+    from polykeops.torch import LazyTensor
+
+    if not CpuBackend().compiler_status()[0]:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("POLYKEOPS_JIT", "sync")
+    g = torch.Generator().manual_seed(dim)
+    x = torch.randn(37, dim, dtype=torch.float64, generator=g) / dim**0.5
+    y = torch.randn(45, dim, dtype=torch.float64, generator=g) / dim**0.5
+    grads = {}
+    for backend in ("cpu", "reference"):
+        xs = x.clone().requires_grad_()
+        d2 = ((LazyTensor(xs[:, None, :]) - LazyTensor(y[None, :, :])) ** 2).sum(-1)
+        out = (-d2).logsumexp(dim=1, backend=backend)
+        (grads[backend],) = torch.autograd.grad((out * out).sum(), xs, create_graph=False)
+        # a Gaussian-kernel product too: the vector reads the scalar exp(-|x - y|^2)
+        out2 = ((-d2).exp() * LazyTensor(y[None, :, :])).sum(dim=1, backend=backend)
+        (grads[backend + "2"],) = torch.autograd.grad(out2.sum(), xs)
+    torch.testing.assert_close(grads["cpu"], grads["reference"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grads["cpu2"], grads["reference2"], rtol=1e-10, atol=1e-12)

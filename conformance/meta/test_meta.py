@@ -11,6 +11,11 @@ of its own: that bug is planted in the op table of the whole process).  The same
 machinery checks the skips/xfails files and the third-party plugin example
 of ``examples/plugin_backend`` (registered through its entry point).
 
+A sample of the planted bugs of :mod:`conformance.meta.mutants` (a tiled engine
+with one realistic bug each) runs against the whole default suite at
+``--max-examples 25`` (:mod:`conformance.meta.killrate`, whose command line runs
+all of them), and the engine without a bug must pass.
+
 The subprocesses start together (module fixture) and run concurrently.  The
 meta-tests check the suite, not a backend: they are skipped when a backend is
 named with ``--backend`` / ``POLYKEOPS_CONFORMANCE_BACKEND``.
@@ -113,6 +118,28 @@ class Run:
         return self._result
 
 
+#: planted bugs of meta/mutants.py run in CI against the whole default suite at --max-examples 25
+#: (the full set: python -m conformance.meta.killrate, see the README's kill rate)
+MUTANT_SAMPLE = ("index_without_tile_offset", "lse_combine_not_rescaled", "dtype_acc_ignored")
+
+
+class KillRateRun(Run):
+    """``python -m <suite>.meta.killrate --only ...``: planted bugs against the whole suite."""
+
+    def __init__(self, names, *, max_examples):
+        env = dict(os.environ)
+        for key in list(env):
+            if key.startswith("POLYKEOPS_CONFORMANCE_") or key == "POLYKEOPS_BACKEND":
+                env.pop(key)
+        env["PYTHONPATH"] = _pythonpath(env.get("PYTHONPATH"))
+        cmd = [sys.executable, "-m", f"{SUITE}.meta.killrate", "--only", ",".join(names)]
+        cmd += ["--max-examples", str(max_examples), "--jobs", "1"]
+        self._out = tempfile.TemporaryFile(mode="w+")
+        self._err = tempfile.TemporaryFile(mode="w+")
+        self._proc = subprocess.Popen(cmd, cwd=CWD, env=env, stdout=self._out, stderr=self._err, text=True)
+        self._result = None
+
+
 def _meta_args():
     names = list(TARGETS) + ["correct"]
     backends = ",".join(f"{SUITE}.meta.broken:{n}" for n in names)
@@ -156,6 +183,11 @@ def runs(tmp_path_factory):
         [str(SUITE_DIR / "test_ops.py"), str(SUITE_DIR / "test_op_table.py")]
         + ["--backend", f"{SUITE}.meta.broken:{WRONG_REF[1]}", "--max-examples", "3"]
         + ["-k", "test_op and Sin and not SinXDivX", "-rfs"]
+    )
+    started["mutant_sample"] = KillRateRun(MUTANT_SAMPLE, max_examples=25)
+    started["mutant_correct"] = Run(
+        [str(SUITE_DIR / "test_options.py"), str(SUITE_DIR / "test_special.py")]
+        + ["--backend", f"{SUITE}.meta.mutants:correct", "--max-examples", "2", "-x"]
     )
     if PLUGIN_SRC.is_dir():
         _write_entry_point(tmp)
@@ -341,3 +373,19 @@ def test_wrong_op_reference_is_caught(runs):
     assert titles and all(t.startswith("wrong") for t in titles), _tail(result)
     assert "test_ref_matches_the_independent_definition[Sin]" in result.stdout, _tail(result)
     assert "wrong reference implementation of Sin" in text, _tail(result)
+
+
+def test_mutant_sample_is_killed_by_the_whole_suite(runs):
+    """A sample of the planted bugs of meta/mutants.py, each against the whole default suite at
+    --max-examples 25, must fail it with a conformance failure and a reproduction snippet."""
+    result = runs["mutant_sample"].result()
+    assert result.returncode == 0, _tail(result)
+    assert f"kill rate: {len(MUTANT_SAMPLE)}/{len(MUTANT_SAMPLE)}" in result.stdout, _tail(result)
+
+
+def test_correct_tiled_engine_passes(runs):
+    """The tiled engine of meta/mutants.py without a planted bug passes (options and special values
+    here; the whole suite in the kill-rate run)."""
+    result = runs["mutant_correct"].result()
+    assert result.returncode == 0, _tail(result)
+    assert " passed" in result.stdout, _tail(result)

@@ -34,7 +34,7 @@ def lane_code(roots, known, leaf, counter, *, renderer, T: str, ACC: str, state,
     lane_set = set(lane_nodes)
     pos = {n: q for q, n in enumerate(lane_nodes)}
     big = {n for n in lane_nodes if n.dim > R.unroll_limit and R.is_elementwise(n)}
-    region = _regions(big, lane_nodes)
+    region = _regions(big, lane_nodes, lane_set)
     absorbed = {n: region[n.args[0]] for n in lane_nodes if n.op == "Sum" and n.args[0] in big}
     unit_of = {}
     for n in lane_nodes:
@@ -255,8 +255,18 @@ def lane_code(roots, known, leaf, counter, *, renderer, T: str, ACC: str, state,
     return lines, bufs, found_gemm
 
 
-def _regions(big: set, order: list) -> dict:
-    """Group large elementwise nodes that feed each other (same dimension) into component loops."""
+def _regions(big: set, order: list, lane_set: set) -> dict:
+    """Group large elementwise nodes that feed each other (same dimension) into component loops.
+
+    Nodes of one group are split by *level*: a big node that reads a value computed outside
+    its component loop (a scalar stage, e.g. ``exp(-|x - y|^2)``) which itself depends on
+    nodes of the same group (the ``Sum`` absorbed by the loop) sits one level above them.  Without the
+    split, ``(x - y) * exp(-Sum((x - y)^2))`` put ``x - y``, its absorbed ``Sum`` and the
+    product in one loop that depends on a scalar stage that depends on it: no schedule
+    (the gradient of a LogSumExp of squared distances in dimension 20 and more).  With it,
+    every dependency between different units goes to a strictly higher level or between
+    scalar nodes in order, so the units form a DAG.
+    """
     parent = {n: n for n in big}
 
     def find(n):
@@ -269,5 +279,25 @@ def _regions(big: set, order: list) -> dict:
         for a in n.args:
             if a in big and a.dim == n.dim:
                 parent[find(a)] = find(n)
+    level: dict = {}
+    seen: dict = {}  # node -> {group: highest level of that group among the values it reads}
+    for n in order:  # children first
+        reads: dict = {}
+        for a in n.args:
+            for c, lv in seen.get(a, {}).items():
+                reads[c] = max(reads.get(c, -1), lv)
+        if n in big:
+            c = find(n)
+            lv = 0
+            for a in n.args:
+                if a not in lane_set:
+                    continue
+                if a in big and a.dim == n.dim:
+                    lv = max(lv, level[a])
+                else:  # a value from another unit: above what it read of this group
+                    lv = max(lv, seen[a].get(c, -1) + 1)
+            level[n] = lv
+            reads[c] = max(reads.get(c, -1), lv)
+        seen[n] = reads
     reps: dict = {}
-    return {n: reps.setdefault(find(n), len(reps)) for n in order if n in big}
+    return {n: reps.setdefault((find(n), level[n]), len(reps)) for n in order if n in big}
