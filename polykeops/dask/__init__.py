@@ -35,8 +35,8 @@ from ..common.reduce import _number, _options
 from ..errors import FormulaError, NotDifferentiableError, ShapeError
 from ..formula.nodes import CAT_P
 from ..formula.reduction_grads import lse_spec, sum_like_gradient
-from .plan import reduce_chunks
-from .tools import DaskTools, as_dask
+from .plan import as_dask, reduce_chunks
+from .tools import DaskTools
 
 
 class LazyTensor(ComplexSupportMixin, GenericLazyTensor):

@@ -39,9 +39,16 @@ from ..backends.dispatch import dispatch_states
 from ..backends.split_j import combine_tree, piece
 from ..formula.nodes import CAT_I, CAT_J
 from ..formula.reductions import INDEX
-from .tools import as_dask
 
 DEFAULT_SPLIT_EVERY = 8
+
+
+def as_dask(a):
+    """``a`` as a Dask array (a NumPy array becomes one chunk: one key in the graph)."""
+    if isinstance(a, da.Array):
+        return a
+    a = np.asarray(a)
+    return da.from_array(a, chunks=a.shape or (), name=False) if a.ndim else da.from_array(a)
 
 
 # ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from ..backends.arrays.base import ArrayLibrary
 from ..common.adapters import ArrayTools
 from ..common.tools import check_float_dtype
 from ..errors import DTypeError, ShapeError
+from .plan import as_dask, reduce_chunks
 
 
 class DaskLibrary(ArrayLibrary):
@@ -47,14 +48,6 @@ class DaskLibrary(ArrayLibrary):
     @staticmethod
     def _contiguous(x):
         return x
-
-
-def as_dask(a):
-    """``a`` as a Dask array (a NumPy array becomes one chunk: one key in the graph)."""
-    if isinstance(a, da.Array):
-        return a
-    a = np.asarray(a)
-    return da.from_array(a, chunks=a.shape or (), name=False) if a.ndim else da.from_array(a)
 
 
 class DaskTools(DaskLibrary, ArrayTools):
@@ -98,11 +91,7 @@ class DaskTools(DaskLibrary, ArrayTools):
     def copy_into(out, res):
         raise ShapeError("out= is not supported for Dask arrays (they are immutable): use the result")
 
-    @staticmethod
-    def evaluate(call, args):
-        from .plan import reduce_chunks
-
-        return reduce_chunks(call, args)
+    evaluate = staticmethod(reduce_chunks)  # a lazy Dask graph, nothing computed
 
     @staticmethod
     def to_numpy(a):
