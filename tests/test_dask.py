@@ -270,3 +270,15 @@ def test_errors():
         pkd.Vi(unknown).sqdist(pkd.Vj(y)).sum(dim=1)
     with pytest.raises(Exception, match="dtype"):
         pkd.Vi(dx).sqdist(pkd.Vj(y.astype("float32"))).sum(dim=1)
+
+
+def test_import_polykeops_imports_no_dask():
+    import json
+    import subprocess
+    import sys
+
+    code = "import sys, json, polykeops, polykeops.numpy\nprint(json.dumps(sorted(sys.modules)))"
+    mods = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                     check=True, timeout=120).stdout)
+    assert [m for m in mods if m.split(".")[0] in ("dask", "distributed")] == []
+    assert "polykeops.dask" not in mods
