@@ -282,3 +282,54 @@ def test_import_polykeops_imports_no_dask():
                                      check=True, timeout=120).stdout)
     assert [m for m in mods if m.split(".")[0] in ("dask", "distributed")] == []
     assert "polykeops.dask" not in mods
+
+
+class DLPackChunk:
+    """A chunk of an array library that polykeops' backends do not know but that speaks DLPack,
+    as CuPy does (this module plays the library: ``from_dlpack`` and ``empty`` below)."""
+
+    def __init__(self, a):
+        self.a = np.asarray(a)
+        self.shape, self.dtype, self.ndim = self.a.shape, self.a.dtype, self.a.ndim
+
+    def __dlpack__(self, **kwargs):
+        return self.a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.a.__dlpack_device__()
+
+    def __getitem__(self, key):
+        return DLPackChunk(self.a[key])
+
+
+def from_dlpack(x):
+    return DLPackChunk(np.from_dlpack(x))
+
+
+def empty(shape, dtype=None):
+    return DLPackChunk(np.empty(shape, dtype=dtype))
+
+
+def _dlpack_array(a, rows):
+    from dask.highlevelgraph import HighLevelGraph
+
+    bounds = np.cumsum((0,) + rows)
+    name = f"dlpack-chunks-{id(a)}"
+    layer = {(name, k, 0): DLPackChunk(a[s:e]) for k, (s, e) in enumerate(zip(bounds[:-1], bounds[1:]))}
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=())
+    return da.Array(graph, name, chunks=(rows, (a.shape[1],)), meta=empty((0, 0), a.dtype))
+
+
+def test_chunks_of_a_dlpack_library_go_to_the_backends_without_copies():
+    """CuPy chunks on GPU workers take this path: DLPack to torch tensors on their device, the
+    backend that takes them, the outputs back in the chunks' library."""
+    x, y, b, p = _data(17, 22, "float64", seed=11)
+    dx, dy = _dlpack_array(x, (5, 5, 7)), _dlpack_array(y, (10, 12))
+    got_d, got_i = pkd.Vi(dx).sqdist(pkd.Vj(dy) * pkd.Pm(p)).Kmin_argKmin(3, dim=1)
+    assert isinstance(got_i._meta, DLPackChunk) and got_i.chunks[0] == (5, 5, 7)
+    blocks = [d.compute() for d in got_i.to_delayed().ravel()]
+    assert all(isinstance(blk, DLPackChunk) for blk in blocks)
+    want_d, want_i = pkn.Vi(x).sqdist(pkn.Vj(y) * pkn.Pm(p)).Kmin_argKmin(3, dim=1)
+    np.testing.assert_array_equal(np.concatenate([blk.a for blk in blocks]), want_i)
+    vals = np.concatenate([d.compute().a for d in got_d.to_delayed().ravel()])
+    np.testing.assert_allclose(vals, want_d, rtol=1e-12)

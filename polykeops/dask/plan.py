@@ -24,6 +24,7 @@ no task at all.  ``split_every`` is ``dask.config.get("polykeops.split_every", 8
 
 from __future__ import annotations
 
+import importlib
 import operator
 from dataclasses import replace
 
@@ -34,7 +35,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ..backends import partial_states
-from ..backends.arrays import adapter_for
+from ..backends.arrays import adapter_for, find
 from ..backends.dispatch import dispatch_states
 from ..backends.split_j import combine_tree, piece
 from ..formula.nodes import CAT_I, CAT_J
@@ -65,11 +66,38 @@ def rows(call, i0: int, i1: int):
     return replace(call, nx=i1 - i0, ranges=ranges)
 
 
+def backend_arrays(arrays) -> list:
+    """The chunks as arrays the backends take: NumPy and torch arrays as they are; the arrays
+    of another library that speaks DLPack (CuPy chunks on GPU workers) as torch tensors on the
+    same device, without a copy (``torch.from_dlpack``); NumPy arrays beside them (parameters
+    given as NumPy arrays) are copied to that device."""
+    foreign = [a for a in arrays if find(a) is None]
+    if not foreign:
+        return list(arrays)
+    if not all(hasattr(a, "__dlpack__") for a in foreign):
+        raise TypeError(f"chunks of type {type(foreign[0]).__name__} are neither NumPy, torch nor "
+                        "DLPack arrays")
+    import torch
+
+    device = torch.from_dlpack(foreign[0]).device
+    return [torch.from_dlpack(a) if find(a) is None else torch.as_tensor(a, device=device) for a in arrays]
+
+
+def chunk_library(meta) -> str | None:
+    """The name of the chunks' library when the backends do not take its arrays (``"cupy"``),
+    from a Dask array's meta; None for NumPy and torch chunks."""
+    if find(meta) is not None:
+        return None
+    return type(meta).__module__.split(".")[0]
+
+
 def chunk_states(call, i0: int, i1: int, j0: int, j1: int, *arrays) -> tuple:
     """The partial state of rows ``[i0, i1)`` over columns ``[j0, j1)`` (global j indices), from
     the chunks ``arrays`` (one per variable: i-variables' rows, j-variables' columns, parameters).
-    The backend is the call's request (auto: the worker's best backend for these chunks)."""
+    The backend is the call's request (auto: the worker's best backend for these chunks).  The
+    state of DLPack chunks (CuPy) stays in torch tensors on their device until :func:`finalize_states`."""
     sub, _ = piece(rows(call, i0, i1), [], j0, j1)
+    arrays = backend_arrays(arrays)
     ad = adapter_for(arrays[0])
     device = ad.device(arrays[0]).split(":")[0]
     sub = replace(sub, array_kind=ad.kind, device=device)
@@ -81,8 +109,14 @@ def combine_states(call, *states) -> tuple:
     return combine_tree(call.spec, list(states))
 
 
-def finalize_states(call, state) -> tuple:
-    return partial_states.finalize(call.spec, state)
+def finalize_states(call, state, library: str | None = None) -> tuple:
+    """The outputs of one i-chunk, as arrays of the chunks' ``library`` (by DLPack, no copy)
+    when it is not NumPy or torch."""
+    outs = partial_states.finalize(call.spec, state)
+    if library is not None:
+        lib = importlib.import_module(library)
+        outs = tuple(lib.from_dlpack(o.contiguous()) for o in outs)
+    return outs
 
 
 # ---------------------------------------------------------------------------
@@ -148,6 +182,8 @@ def reduce_chunks(call, args, split_every: int | None = None) -> tuple:
             whole[a.ndim - 2] = jchunks
         laid.append(a.rechunk(whole))
     ibounds, jbounds = _bounds(ichunks), _bounds(jchunks)
+    library = next((chunk_library(a._meta) for a in laid if chunk_library(a._meta)), None)
+    meta_lib = np if library is None else importlib.import_module(library)
     live = _interacting(call, ibounds, jbounds)
 
     token = tokenize(repr(spec), call.nx, call.ny, call.batch_shape, str(call.request), call.ranges,
@@ -184,7 +220,7 @@ def reduce_chunks(call, args, split_every: int | None = None) -> tuple:
                 dsk[key] = (combine_states, call_key, *group)
                 nxt.append(key)
             level, depth = nxt, depth + 1
-        dsk[(fin_name, ia)] = (finalize_states, call_key, level[0])
+        dsk[(fin_name, ia)] = (finalize_states, call_key, level[0], library)
 
     graph_deps = list(laid)
     outputs = []
@@ -196,6 +232,7 @@ def reduce_chunks(call, args, split_every: int | None = None) -> tuple:
                  for ia in range(len(ibounds))}
         graph = HighLevelGraph.from_collections(name, {**dsk, **layer}, dependencies=graph_deps)
         chunks = tuple((b,) for b in batch) + (ichunks, (out.dim,))
-        outputs.append(da.Array(graph, name, chunks=chunks, meta=np.empty((0,) * (len(batch) + 2), dtype)))
+        meta = meta_lib.empty((0,) * (len(batch) + 2), dtype=dtype)
+        outputs.append(da.Array(graph, name, chunks=chunks, meta=meta))
     return tuple(outputs)
 
