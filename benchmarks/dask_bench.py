@@ -27,6 +27,10 @@ import platform
 import time
 
 os.environ.setdefault("POLYKEOPS_NUM_THREADS", "1")  # read at use time, inherited by the workers
+# every process (this one, each worker) compiles its kernel before the first evaluation: the
+# warm-up runs then time the same specialised kernels everywhere, not the generic interpreter
+# that answers while a background build is under way
+os.environ.setdefault("POLYKEOPS_JIT", "sync")
 
 import numpy as np  # noqa: E402
 
@@ -125,6 +129,7 @@ def main(argv=None):
     problems = _problems(args.n, args.knn_n, args.chunk, args.knn_chunk, args.k)
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                            "engine_threads": os.environ["POLYKEOPS_NUM_THREADS"],
+                           "jit": os.environ["POLYKEOPS_JIT"],
                            "load_average_at_start": os.getloadavg()},
                "problems": {}}
     for name, (build, single, pairs, nchunks) in problems.items():

@@ -333,3 +333,14 @@ def test_chunks_of_a_dlpack_library_go_to_the_backends_without_copies():
     np.testing.assert_array_equal(np.concatenate([blk.a for blk in blocks]), want_i)
     vals = np.concatenate([d.compute().a for d in got_d.to_delayed().ravel()])
     np.testing.assert_allclose(vals, want_d, rtol=1e-12)
+
+
+def test_complex_lazy_tensors():
+    rng = np.random.default_rng(12)
+    x, y = rng.standard_normal((13, 2)), rng.standard_normal((17, 2))
+    z = rng.standard_normal((17, 1)) + 1j * rng.standard_normal((17, 1))
+    dx, dy, dz = da.from_array(x, chunks=5), da.from_array(y, chunks=(6, 2)), da.from_array(z, chunks=(6, 1))
+    got = ((-pkd.Vi(dx).sqdist(pkd.Vj(dy))).exp() * pkd.LazyTensor(dz[None, :, :])).sum(dim=1)
+    want = ((-pkn.Vi(x).sqdist(pkn.Vj(y))).exp() * pkn.LazyTensor(z[None, :, :])).sum(dim=1)
+    assert isinstance(got, da.Array) and got.dtype == np.complex128
+    np.testing.assert_allclose(got.compute(), want, rtol=1e-13)
