@@ -32,7 +32,9 @@ def _reductions(V_i, V_j, x, y, b, **kw):
 
 @needs_cxx
 @needs_nvrtc
-def test_numpy_chunks_with_backend_cuda_on_the_fake_gpu(fake_gpu):  # noqa: F811
+def test_numpy_chunks_with_backend_cuda_on_the_fake_gpu(fake_gpu, available_cuda, monkeypatch):  # noqa: F811
+    # modules loaded by earlier tests in this process (their fake GPU is gone): load them again here
+    monkeypatch.setattr(available_cuda, "_loaded", {})
     x, y, b = _data()
     dx = da.from_array(x, chunks=10)
     dy, db = da.from_array(y, chunks=(9, 3)), da.from_array(b, chunks=(9, 2))
