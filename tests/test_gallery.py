@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["kmeans.py", "knn_classification.py", "gaussian_process.py", "sinkhorn.py", "block_sparse.py"]
+SCRIPTS = ["kmeans.py", "knn_classification.py", "gaussian_process.py", "sinkhorn.py", "block_sparse.py",
+           "multi_gpu.py"]
 
 
 def test_gallery_lists_every_script():
