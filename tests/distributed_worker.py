@@ -264,6 +264,10 @@ CASES["Sum-over-i"] = lambda c: _reduction_case(c, "Sum", axis=0)
 CASES["KMin-over-i"] = lambda c: _reduction_case(c, "KMin_ArgKMin", "uneven", "empty", axis=0)
 CASES["Sum-i-whole"] = lambda c: _reduction_case(c, "Sum", shard_i=False)
 CASES["Min-i-whole"] = lambda c: _reduction_case(c, "Min_ArgMin", shard_i=False)
+CASES["KMin-i-whole-empty-shard"] = lambda c: _reduction_case(c, "KMin_ArgKMin", pattern_j="empty",
+                                                               shard_i=False)
+CASES["SoftMax-i-whole-empty-shard"] = lambda c: _reduction_case(c, "SumSoftMaxWeight", pattern_j="empty",
+                                                                  shard_i=False, batch=(2,))
 CASES["LogSumExp-j-whole"] = lambda c: _reduction_case(c, "LogSumExp", shard_j=False)
 CASES["KMin-j-whole"] = lambda c: _reduction_case(c, "KMin_ArgKMin", shard_j=False)
 CASES["Sum-second-order"] = lambda c: _reduction_case(c, "Sum", "uneven", "empty", second_order=True)

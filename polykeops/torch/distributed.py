@@ -12,7 +12,9 @@ build LazyTensors as usual; their reductions run on every rank of the group toge
   each rank reduces its own rows against the shard it holds into the reduction's *partial
   state* (:mod:`polykeops.backends.partial_states`), and the states are combined in global
   j order with the reduction's own rule, then finalized.  No rank holds more than its rows,
-  two j-shards and one state per row: memory stays linear;
+  two j-shards and one state per row: memory stays linear.  When only j is sharded (the
+  rows are whole on every rank), each rank reduces every row against its own j-shard and
+  the W states are all-gathered and combined in rank order;
 * an output indexed by a sharded axis comes back as this rank's shard (rows); an output
   indexed by an axis that is not sharded is the whole output, the same on every rank;
 * argmin / argKmin indices are global (positions in the concatenated variable).
@@ -48,11 +50,13 @@ from ..backends import partial_states
 from ..backends.dispatch import dispatch, dispatch_states
 from ..backends.reduction_call import ReductionCall
 from ..backends.request import BackendRequest
+from ..backends.split_j import combine_tree
 from ..common import leaves as L
 from ..common.call import describe_variable, finish_outputs
 from ..errors import DeviceError, FormulaError, ShapeError
 from ..formula.nodes import CAT_I, CAT_J, CAT_P, Var, substitute
 from ..formula.reduction_grads import lse_spec, selection_gradient, sum_like_gradient
+from ..formula.reductions import INDEX
 from .autograd import _WITH_INDICES, _tracks_indices, _unbroadcast
 from .autograd import apply as _apply_local
 
@@ -286,7 +290,7 @@ def evaluate(dcall: ShardedCall, args) -> tuple:
         if nx == 0:
             return _empty_outputs(call, args)
         return tuple(dispatch(replace(call, nx=nx), list(args)))
-    state = ring_state(dcall, args)
+    state = ring_state(dcall, args) if dcall.rows is not None else gathered_state(dcall, args)
     if state is None:  # no row here
         return _empty_outputs(call, args)
     return tuple(partial_states.finalize(call.spec, state))
@@ -340,6 +344,32 @@ def ring_state(dcall: ShardedCall, args):
     if low is None or high is None:
         return low if high is None else high
     return partial_states.combine(spec, low, high)
+
+
+def gathered_state(dcall: ShardedCall, args):
+    """The partial state of every row (the rows are whole on every rank) over every j-shard:
+    each rank reduces all the rows against its own j-shard (1/W of the pairs), the states are
+    all-gathered and combined in rank (= global j) order, the same way on every rank, so the
+    whole output is identical on every rank."""
+    call, spec = dcall.call, dcall.call.spec
+    world, rank, cols = dcall.world, dcall.rank, dcall.cols
+    if cols[rank]:
+        state = dispatch_states(replace(call, ny=cols[rank]), list(args))
+        state = [s.contiguous() for s in partial_states.offset(spec, state, _starts(cols)[rank])]
+    else:  # an empty j-shard: a placeholder of the state's shape, skipped by every rank below
+        ref = next(a for a in args if a.is_floating_point())
+        dtype = getattr(torch, partial_states.state_dtype(spec))
+        state = [torch.zeros((*call.batch_shape, call.nx, f.size), device=ref.device,
+                             dtype=torch.int64 if f.kind == INDEX else dtype)
+                 for f in partial_states.layout(spec)]
+    if world == 1:
+        return tuple(state)
+    gathered = []
+    for field in state:
+        parts = [torch.empty_like(field) for _ in range(world)]
+        dist.all_gather(parts, field, group=dcall.group)
+        gathered.append(parts)
+    return combine_tree(spec, [tuple(g[k] for g in gathered) for k in range(world) if cols[k]])
 
 
 def _peer(dcall, group_rank):
