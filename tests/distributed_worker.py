@@ -171,6 +171,7 @@ def _reduction_case(c, reduction, pattern_i="uneven", pattern_j="uneven", shard_
     else:  # d/d(inputs) of |d loss / d x|^2 + <d loss / d y, v>
         g1 = torch.autograd.grad(loss_ref, [xw, yw], create_graph=True)
         v = c.randn(*y.shape)
+        # d loss / d y for a y whole on every rank is the same on every rank: its term counts once
         vl = shard_of(v, sj, r) if shard_j else v
         obj_ref = (g1[0] ** 2).sum() + (g1[1] * v).sum()
         gref = torch.autograd.grad(obj_ref, inputs_ref, allow_unused=True)
@@ -273,6 +274,14 @@ CASES["KMin-j-whole"] = lambda c: _reduction_case(c, "KMin_ArgKMin", shard_j=Fal
 CASES["Sum-second-order"] = lambda c: _reduction_case(c, "Sum", "uneven", "empty", second_order=True)
 CASES["LogSumExp-second-order"] = lambda c: _reduction_case(c, "LogSumExp", second_order=True)
 CASES["SumSoftMaxWeight-second-order"] = lambda c: _reduction_case(c, "SumSoftMaxWeight", second_order=True)
+CASES["KMin-second-order"] = lambda c: _reduction_case(c, "KMin_ArgKMin", "empty", "uneven",
+                                                        second_order=True)
+CASES["Min-i-whole-second-order"] = lambda c: _reduction_case(c, "Min_ArgMin", shard_i=False,
+                                                               second_order=True)
+CASES["Min-j-whole-second-order"] = lambda c: _reduction_case(c, "Min_ArgMin", "empty", shard_j=False,
+                                                               second_order=True)
+CASES["LogSumExp-j-whole-second-order"] = lambda c: _reduction_case(c, "LogSumExp", shard_j=False,
+                                                                     second_order=True)
 CASES["K-at-v"] = _k_at_v
 CASES["ties"] = _ties
 CASES["errors"] = _errors

@@ -20,9 +20,12 @@ build LazyTensors as usual; their reductions run on every rank of the group toge
 * argmin / argKmin indices are global (positions in the concatenated variable).
 
 Autograd (:class:`ShardedReduction`): the gradient with respect to this rank's shard is the
-corresponding slice of the single-process gradient of ``sum over ranks of each rank's loss``
-(the usual data-parallel objective).  It reuses the symbolic gradient reductions of
-:mod:`polykeops.formula.reduction_grads`, evaluated by the same distributed reduction:
+corresponding slice of the single-process gradient of the global objective: the sum over the
+ranks of each rank's terms on its own rows (sharded outputs, the data-parallel objective),
+plus, once, the terms of tensors every rank holds alike (outputs indexed by an axis that is
+not sharded, gradients of parameters: every rank computes the same value from them).  It
+reuses the symbolic gradient reductions of :mod:`polykeops.formula.reduction_grads`,
+evaluated by the same distributed reduction:
 
 * i-variable shard: its rows reduced over all j (ring over j);
 * j-variable shard: a reduction over i whose output is indexed by j: the i-side data (the
@@ -34,7 +37,9 @@ corresponding slice of the single-process gradient of ``sum over ranks of each r
   from their owners around the ring and the j gradients sent back to them the same way.
 
 Every gradient is built from differentiable distributed operations, so higher orders work
-(``create_graph=True``) for the Sum-like reductions (Sum, LogSumExp, SumSoftMaxWeight...).
+(``create_graph=True``): tested to second order for Sum, LogSumExp, SumSoftMaxWeight and
+the values of Min and KMin.  Every rank must run the same backward passes (they are
+collectives): a rank with no rows still takes part.
 Not supported: block-sparse ``ranges``, placeholders, ``torch.func`` transforms (vmap, jvp).
 """
 
@@ -494,8 +499,13 @@ def _selection_grad(dcall, p, args, g, indices):
     missing = flat_idx < 0
     flat_idx = flat_idx.clamp_min(0)
     jpos = [k for k, var in enumerate(spec.variables) if var.cat == CAT_J]
+
+    def shared(a):  # the same on every rank while each rank has its own rows: in a higher-order
+        # backward, the gradient of the sum of the ranks' objectives is summed over the ranks
+        return a if dcall.rows is None or not a.requires_grad else SumGradient.apply(a, dcall.group)
+
     if dcall.cols is None:
-        fetched = [_gather_local(args[k], flat_idx) for k in jpos]
+        fetched = [_gather_local(shared(args[k]), flat_idx) for k in jpos]
     else:
         fetched = list(RingGather.apply(dcall, flat_idx, *[args[k] for k in jpos]))
     new_args, mapping = [], {}
@@ -506,12 +516,14 @@ def _selection_grad(dcall, p, args, g, indices):
             new_args.append(fetched[jpos.index(k)])
             mapping[var] = Var(var.index, var.dim, CAT_I)
         else:
-            new_args.append(a)
+            new_args.append(shared(a))
     new_args.append(e_rows)
     variables = tuple(mapping.get(var, var) for var in spec.variables) + (e,)
     gspec = spec.with_(reduction="Sum", formulas=(substitute(h, mapping),), variables=variables, k=None)
-    if rows == 0:
-        per_row = e_rows.new_zeros((*call.batch_shape, 0, v.dim))
+    if rows == 0:  # no selected pair here; still a function of the same inputs as on the other
+        # ranks, so that a higher-order backward runs the same collectives (ring gathers) here too
+        tie = sum(a.sum() for a in new_args if a.requires_grad) * 0
+        per_row = e_rows.new_zeros((*call.batch_shape, 0, v.dim)) + tie
     else:
         per_row = _apply_local(call.gradient(gspec, nx=rows, ny=1, ranges=None), new_args)[0]
     per_row = torch.where(missing.unsqueeze(-1), per_row.new_zeros(()), per_row)
@@ -537,19 +549,33 @@ def _gather_local(a, flat_idx):
 
 
 class AllReduceSum(torch.autograd.Function):
-    """``all_reduce(SUM)``, differentiable (its adjoint is itself: the objective is the sum of
-    every rank's loss)."""
+    """``all_reduce(SUM)``, differentiable.  Its result is held alike by every rank, and counts
+    once in the objective (see the module docstring): the cotangent, the same on every rank, is
+    that of each rank's term (the backward is the identity)."""
 
     @staticmethod
     def forward(ctx, x, group):
-        ctx.group = group
         y = x.detach().clone().contiguous()
         dist.all_reduce(y, op=dist.ReduceOp.SUM, group=group)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        return AllReduceSum.apply(gy.contiguous(), ctx.group), None
+        return gy, None
+
+
+class SumGradient(torch.autograd.Function):
+    """The identity, whose backward sums the gradient over the ranks (``all_reduce``): for a
+    tensor every rank holds alike (a parameter) used in each rank's own computation."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return all_reduce_sum(g.contiguous(), ctx.group), None
 
 
 def all_reduce_sum(x, group=None):
