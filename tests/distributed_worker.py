@@ -209,6 +209,10 @@ def _k_at_v(c):
     got0 = (K * Vi(sharded(vl))).sum(0)  # over i: the output is indexed by j (sharded)
     want0 = ((-Vi(x).sqdist(Vj(x))).exp() * Vi(v)).sum(0)
     c.check(got0, shard_of(want0, sizes, r), "sum over i")
+    y = c.randn(7, 2)
+    ysizes = split_sizes(7, W, "uneven")
+    Kt = (-Vi(sharded(xl)).sqdist(Vj(sharded(shard_of(y, ysizes, r))))).exp().t()  # rows: y's shards
+    c.check(Kt.sum(1), shard_of((-Vi(x).sqdist(Vj(y))).exp().t().sum(1), ysizes, r), "K.t() sum")
 
 
 def _ties(c):
