@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["kmeans.py", "knn_classification.py", "gaussian_process.py", "sinkhorn.py", "block_sparse.py",
-           "dask_knn.py"]
+           "dask_knn.py", "multi_gpu.py"]
 
 
 def test_gallery_lists_every_script():

@@ -102,6 +102,17 @@ class GenericLazyTensor(ReductionMixin):
             self.formula = leaf.node
             self.leaves[leaf.node] = leaf
             return
+        shard_leaf = getattr(x, "_polykeops_leaf", None)
+        if shard_leaf is not None:  # a shard of a variable split across processes
+            leaf = shard_leaf(axis)  # (polykeops.torch.distributed.sharded): sizes are local
+            self.dtype_name = tools.dtype_name(leaf.array, "LazyTensor input")
+            self.device = tools.device_name(leaf.array)
+            self.array_kind = tools.array_kind
+            self.formula = leaf.node
+            self.leaves[leaf.node] = leaf
+            self.batch = leaf.batch
+            self.ni, self.nj = (leaf.n, None) if leaf.cat == CAT_I else (None, leaf.n)
+            return
         if not tools.is_array(x):
             raise FormulaError(
                 f"cannot make a LazyTensor from {type(x).__name__}; expected a "

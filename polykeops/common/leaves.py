@@ -28,6 +28,9 @@ class LeafData:
     dim: int
     n: int | None  # M for i-variables, N for j-variables, None for parameters
     batch: tuple[int, ...]  # batch shape as given by the user (may be shorter than the result's)
+    #: None, or this process's shard of a variable split across processes (an object with a
+    #: ``reduce(tools, spec, leaves, opts, shape_hint)`` method: polykeops.torch.distributed)
+    shard: object = None
 
     @property
     def is_scalar(self) -> bool:
@@ -80,8 +83,8 @@ def classify(shape: tuple[int, ...], axis: int | None, what: str) -> tuple[int, 
     )
 
 
-def make_leaf(array, cat: int, dim: int, n: int | None, batch: tuple) -> LeafData:
-    return LeafData(Leaf(next(_uids), dim, cat), array, cat, dim, n, tuple(batch))
+def make_leaf(array, cat: int, dim: int, n: int | None, batch: tuple, shard=None) -> LeafData:
+    return LeafData(Leaf(next(_uids), dim, cat), array, cat, dim, n, tuple(batch), shard)
 
 
 def scalar_leaf(value: float) -> LeafData:
@@ -108,5 +111,5 @@ def swapped(leaf: LeafData, tools) -> LeafData:
     arr = leaf.array
     if tools.ndim(arr) >= 3:
         arr = tools.swap_ij(arr)
-    new = make_leaf(arr, cat, leaf.dim, leaf.n, leaf.batch)
+    new = make_leaf(arr, cat, leaf.dim, leaf.n, leaf.batch, leaf.shard)
     return new

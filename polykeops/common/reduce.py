@@ -91,8 +91,14 @@ class ReductionMixin:
             opts["ranges"] = lt.ranges
         formulas = [self.formula] + ([weight.formula] if weight is not None else [])
         spec, leaves = _number(lt, formulas, reduction, red_axis, k, opts)
+        shard = next((leaf.shard for leaf in leaves if leaf.shard is not None), None)
         if lt.placeholders or not call:  # a callable: takes the placeholders' arrays (maybe none)
+            if shard is not None:
+                raise FormulaError(f"{reduction}: placeholders cannot be mixed with sharded variables")
             return _PlaceholderReduction(type(self), spec, leaves, opts, lt)
+        if shard is not None:  # some variable is split across processes: they reduce together
+            return shard.reduce(self._tools, spec, leaves, opts, out=kwargs.get("out"),
+                                shape_hint=(lt.ni, lt.nj, lt.batch))
         arrays = [leaf.array for leaf in leaves]
         return run_spec(self._tools, spec, arrays, opts["backend"], leaves=leaves,
                         out=kwargs.get("out"), shape_hint=(lt.ni, lt.nj, lt.batch),
