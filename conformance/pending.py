@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from polykeops.formula.nodes import walk
 
-ISSUE11_PENDING = True
+ISSUE11_PENDING = False
 
 #: ops whose result differs for +0 and -0 (after a ReLU that returns -0), or whose derivative is
 #: singular at 0 (0 x inf = NaN in the derivative of a ReLU that clamps to 0)

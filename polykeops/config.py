@@ -10,6 +10,8 @@
                            engine compiles specialised kernels
 ``POLYKEOPS_NUM_THREADS``  number of CPU threads (default: the CPUs this process may run on)
 ``POLYKEOPS_VERBOSE``      ``0`` (default) or ``1``
+``POLYKEOPS_GENERIC_ISA``  ``avx512``, ``avx2`` or ``baseline``: force one build of the
+                           CPU generic engine (default: the best this CPU runs)
 ``POLYKEOPS_CACHE_SIZE``   the most bytes each backend's cache folder keeps
                            (``2GB`` by default; ``500MB``, ``1.5GiB``, plain bytes);
                            least recently used kernels are deleted past it
@@ -72,6 +74,12 @@ def verbose() -> bool:
     return _choice("POLYKEOPS_VERBOSE", value, ("0", "1")) == "1"
 
 
+def generic_isa() -> str | None:
+    """The generic-engine build ``POLYKEOPS_GENERIC_ISA`` forces, or None (the best one)."""
+    value = os.environ.get("POLYKEOPS_GENERIC_ISA", "").strip().lower()
+    return _choice("POLYKEOPS_GENERIC_ISA", value, ("avx512", "avx2", "baseline")) if value else None
+
+
 def cache_dir() -> Path:
     value = os.environ.get("POLYKEOPS_CACHE_DIR", "").strip()
     if value:
@@ -103,6 +111,7 @@ VARIABLES = {
     "POLYKEOPS_BACKEND": backend_name,
     "POLYKEOPS_CACHE_DIR": cache_dir,
     "POLYKEOPS_CACHE_SIZE": cache_size,
+    "POLYKEOPS_GENERIC_ISA": generic_isa,
     "POLYKEOPS_JIT": jit_mode,
     "POLYKEOPS_NUM_THREADS": num_threads,
     "POLYKEOPS_VERBOSE": verbose,

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import ctypes
 import importlib
-import os
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
+from ... import config
 from ...formula.nodes import CAT_I, CAT_J, CAT_P, Node, walk
 from ...formula.reductions import ACCUMULATOR, FAMILIES, VALUE
 from ..codegen import generic_ops, plan
@@ -291,7 +291,7 @@ def _load():
         if "lib" in _state or "error" in _state:
             return _state.get("lib")
         found = variants()
-        want = os.environ.get("POLYKEOPS_GENERIC_ISA", "").strip().lower()
+        want = config.generic_isa()
         if want and want in found:
             found = {want: found[want]}
         if not found:
