@@ -15,6 +15,9 @@
 ``POLYKEOPS_CACHE_SIZE``   the most bytes each backend's cache folder keeps
                            (``2GB`` by default; ``500MB``, ``1.5GiB``, plain bytes);
                            least recently used kernels are deleted past it
+``POLYKEOPS_MAX_KERNELS``  the most specialised CPU kernels a process keeps loaded
+                           (``512`` by default, about 50 KB each); the least
+                           recently used one is unloaded past it
 =========================  =================================================
 
 Every variable is validated when it is read, and all of them at every reduction
@@ -56,17 +59,30 @@ def jit_mode() -> str:
     return _choice("POLYKEOPS_JIT", value, ("auto", "sync", "off"))
 
 
-def num_threads() -> int | None:
-    value = os.environ.get("POLYKEOPS_NUM_THREADS", "").strip()
+def _positive_int(var: str, default: int | None) -> int | None:
+    value = os.environ.get(var, "").strip()
     if not value:
-        return None
+        return default
     try:
         n = int(value)
     except ValueError:
         n = 0
     if n < 1:
-        raise ConfigError(f"POLYKEOPS_NUM_THREADS={value!r} must be a positive integer")
+        hint = f" (default {default})" if default is not None else ""
+        raise ConfigError(f"{var}={value!r} must be a positive integer{hint}")
     return n
+
+
+def num_threads() -> int | None:
+    return _positive_int("POLYKEOPS_NUM_THREADS", None)
+
+
+DEFAULT_MAX_KERNELS = 512
+
+
+def max_kernels() -> int:
+    """``POLYKEOPS_MAX_KERNELS``: the most specialised CPU kernels loaded at once (default 512)."""
+    return _positive_int("POLYKEOPS_MAX_KERNELS", DEFAULT_MAX_KERNELS)
 
 
 def verbose() -> bool:
@@ -113,6 +129,7 @@ VARIABLES = {
     "POLYKEOPS_CACHE_SIZE": cache_size,
     "POLYKEOPS_GENERIC_ISA": generic_isa,
     "POLYKEOPS_JIT": jit_mode,
+    "POLYKEOPS_MAX_KERNELS": max_kernels,
     "POLYKEOPS_NUM_THREADS": num_threads,
     "POLYKEOPS_VERBOSE": verbose,
 }

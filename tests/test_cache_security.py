@@ -208,6 +208,33 @@ def test_an_unusable_cache_location(tmp_path, location):
     assert str(where) in sync.stderr
 
 
+def test_an_unusable_cache_in_auto_mode_gives_one_warning(tmp_path):
+    """Enough work to start a background build, which cannot store its kernel: one warning,
+    naming the path and the variable; the generic engine answers every call."""
+    where = tmp_path / "a-file"
+    where.write_text("")
+    code = """
+        import warnings
+        import numpy as np, polykeops.numpy as pk
+        from polykeops.backends.cpu import kernels
+        warnings.simplefilter("always")
+        x = np.linspace(0, 1, 3 * 3000).reshape(3000, 3)
+        want = ((x[:, None] - x[None]) ** 2).sum(-1).sum(1, keepdims=True)
+        with warnings.catch_warnings(record=True) as caught:
+            for n in range(8):
+                assert np.allclose((pk.Vi(x) - pk.Vj(x)).sqnorm2().sum(1), want)
+                if n == 3:
+                    assert kernels.TABLE.wait_idle(60)
+        for w in caught:
+            print("WARNING", w.message)
+    """
+    res = _run(code, {"POLYKEOPS_CACHE_DIR": str(where), "POLYKEOPS_JIT": "auto"})
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stdout.splitlines() if line.startswith("WARNING")]
+    assert len(lines) == 1, lines
+    assert str(where) in lines[0] and "POLYKEOPS_CACHE_DIR" in lines[0]
+
+
 def test_sync_on_an_unusable_cache_raises_a_polykeops_error(tmp_path, monkeypatch):
     import polykeops.numpy as pknp
 

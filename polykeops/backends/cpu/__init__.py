@@ -41,7 +41,7 @@ from __future__ import annotations
 import warnings
 
 from ... import config
-from ...errors import BackendError
+from ...errors import BackendError, CacheUnavailable
 from ...formula.nodes import walk
 from ..arrays import adapter_for
 from ..codegen import CRenderer
@@ -179,10 +179,11 @@ class CpuBackend(Backend):
             return kernel, False
         failure = table.failure(spec)
         if failure is not None:
-            self._warn_once(
-                ("fail", spec),
-                f"polykeops: specialised CPU kernel unavailable, using the generic engine: {failure}",
-            )
+            if not isinstance(failure, CacheUnavailable):  # (the cache has said so once, with its path)
+                self._warn_once(
+                    ("fail", spec),
+                    f"polykeops: specialised CPU kernel unavailable, using the generic engine: {failure}",
+                )
             return _usable(gen, mode), False
         hot = table.add_work(spec, pairs) >= JIT_WORK_THRESHOLD
         if gen is not None:

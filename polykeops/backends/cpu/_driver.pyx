@@ -20,7 +20,8 @@ KeyboardInterrupt.  In a process forked after this module was loaded, every call
 thread (GNU OpenMP's thread pool deadlocks in a forked child; a one-thread team does not use it).
 """
 
-from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
+from cpython.pycapsule cimport (PyCapsule_Destructor, PyCapsule_GetContext, PyCapsule_GetPointer, PyCapsule_IsValid, PyCapsule_New,
+                                PyCapsule_SetContext)
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport PyObject
 from cython.parallel cimport parallel, prange, threadid
@@ -389,6 +390,64 @@ cdef int run_engine(const pk_engine *e, object p, Switch switch) except -1:
     if err == 1:
         raise MemoryError("polykeops CPU engine: out of memory for its work buffers")
     return 0
+
+
+cdef extern from "dlfcn.h" nogil:
+    void *dlopen(const char *filename, int flag)
+    void *dlsym(void *handle, const char *symbol)
+    int dlclose(void *handle)
+    char *dlerror()
+    int RTLD_NOW
+    int RTLD_LOCAL
+
+
+ctypedef const pk_engine *(*pk_engine_getter)()
+#: loaded kernel libraries not yet unloaded (diagnostics and tests)
+cdef Py_ssize_t _libraries_loaded = 0
+
+
+cdef void _unload_library(object capsule) noexcept:
+    global _libraries_loaded
+    cdef void *handle = PyCapsule_GetContext(capsule)
+    if handle != NULL:
+        dlclose(handle)
+        _libraries_loaded -= 1
+
+
+def load_engine(path):
+    """The engine of the kernel library at ``path`` as a capsule that owns the library.
+
+    The library is mapped with ``dlopen`` (its Python module is never initialised: the engine is
+    plain C, reached through the exported ``pk_kernel_engine_get``) and unmapped by ``dlclose``
+    when the last reference to the capsule goes (the kernel table, a running call, a
+    :class:`Switch`).  Raises OSError with the loader's message when the library is rejected.
+    """
+    global _libraries_loaded
+    cdef bytes bpath = str(path).encode()
+    cdef const char *cpath = bpath
+    cdef void *handle
+    cdef void *sym
+    cdef const pk_engine *e
+    with nogil:
+        handle = dlopen(cpath, RTLD_NOW | RTLD_LOCAL)
+    if handle == NULL:
+        msg = dlerror()
+        raise OSError(f"cannot load the kernel library {path}: "
+                      f"{msg.decode(errors='replace') if msg != NULL else 'unknown loader error'}")
+    sym = dlsym(handle, b"pk_kernel_engine_get")
+    if sym == NULL:
+        dlclose(handle)
+        raise OSError(f"{path} is not a polykeops kernel library (no pk_kernel_engine_get)")
+    e = (<pk_engine_getter>sym)()
+    capsule = PyCapsule_New(<void *>e, b"polykeops.pk_engine", <PyCapsule_Destructor>_unload_library)
+    PyCapsule_SetContext(capsule, handle)
+    _libraries_loaded += 1
+    return capsule
+
+
+def libraries_loaded() -> int:
+    """Kernel libraries mapped by :func:`load_engine` and not yet unmapped."""
+    return _libraries_loaded
 
 
 def run_kernel(capsule, prepared, Switch switch=None):

@@ -78,6 +78,12 @@ def lookup(key: str) -> Path | None:
     return STORE.lookup(key)
 
 
+def discard(key: str) -> None:
+    """Delete the library of ``key`` and its metadata (a library the loader rejects)."""
+    with STORE.lock(key):
+        STORE.discard(key)
+
+
 def build(key: str, source: str, info: dict, background: bool = False) -> Path:
     """The library for ``key``: from the cache if valid, else compiled now (once across processes)."""
     found = STORE.lookup(key)

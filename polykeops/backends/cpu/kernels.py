@@ -1,10 +1,13 @@
 """Specialised CPU kernels in this process: loading, background builds, fork handling.
 
 Specialised kernels are Cython extension modules from :mod:`.cache` (one per spec,
-rendered by :mod:`.kernel_module`), imported from their cache path; their engine runs
-in the shared driver (``_driver.run_kernel``, which releases the GIL during the call).
-:data:`TABLE` maps each spec to its loaded kernel (guarded by a lock); background builds run
-on one daemon thread.
+rendered by :mod:`.kernel_module`); the driver maps each library and takes its engine
+(``_driver.load_engine``: a capsule that owns the library), which runs in the shared driver
+(``_driver.run_kernel``, which releases the GIL during the call).
+:data:`TABLE` maps each spec to its loaded kernel (guarded by a lock), least recently used
+first: past ``POLYKEOPS_MAX_KERNELS`` the oldest is dropped, and its library is unmapped once
+no running call holds it.  A cached library that the loader rejects is deleted and built
+again.  Background builds run on one daemon thread.
 After ``fork`` the child forgets pending builds and recreates its locks (see
 :meth:`KernelTable.after_fork`).  :func:`forget_loaded` empties the table (after the
 disk cache is cleaned).
@@ -12,44 +15,31 @@ disk cache is cleaned).
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
 import queue
 import threading
 import time
+from collections import OrderedDict
 
 from ... import config
 from . import cache
 from .call import PreparedCall
-from .kernel_module import MODULE, module_source
+from .compiler import CompileError
+from .kernel_module import module_source
 from .kernel_source import KernelWriter
 from .omp import driver  # (re-exported: the Cython driver module, or None)
 
-_modules: dict = {}  # path -> imported kernel module (a module is imported once per process)
-
-
-def _import(path: str, name: str):
-    mod = _modules.get(path)
-    if mod is None:
-        loader = importlib.machinery.ExtensionFileLoader(name, path)
-        spec = importlib.util.spec_from_file_location(name, path, loader=loader)
-        mod = importlib.util.module_from_spec(spec)
-        loader.exec_module(mod)
-        _modules[path] = mod
-    return mod
-
 
 class CompiledKernel:
-    """A loaded specialised kernel (its Cython module and the capsule of its engine)."""
+    """A loaded specialised kernel: the capsule of its engine, which owns the mapped library
+    (unmapped when the last reference goes).  Raises OSError when the loader rejects it."""
 
     def __init__(self, path, key: str, source_path=None):
         self.path = str(path)
         self.key = key
         self.source_path = source_path
-        self.module = _import(self.path, MODULE)
-        self.capsule = self.module.engine()
         self._driver = driver()
+        self.capsule = self._driver.load_engine(self.path)
         info = self._driver.engine_info(self.capsule)
         self.block_rows = int(info["bi"])
         self.range_rows = int(info["bir"])  # rows of a block-sparse work item
@@ -72,7 +62,7 @@ class KernelTable:
         self.sources: dict = {}  # spec -> (source, key), memoised
         self.work: dict = {}  # spec -> pairs evaluated so far (auto mode's build trigger)
         self.misses: dict = {}  # key -> time of the last disk lookup that found nothing
-        self.kernels: dict = {}
+        self.kernels: OrderedDict = OrderedDict()  # spec -> CompiledKernel, least recently used first
         self.key_locks: dict = {}
         self.pending: set = set()
         self.failures: dict = {}
@@ -103,7 +93,37 @@ class KernelTable:
             return total
 
     def get_loaded(self, spec):
-        return self.kernels.get(spec)
+        k = self.kernels.get(spec)
+        if k is not None:
+            try:
+                self.kernels.move_to_end(spec)
+            except KeyError:  # dropped meanwhile by another thread: this call still holds it
+                pass
+        return k
+
+    def _add(self, spec, k) -> None:
+        """Put ``k`` in the table (lock held), dropping the least recently used past the cap."""
+        self.kernels[spec] = k
+        self.kernels.move_to_end(spec)
+        cap = config.max_kernels()
+        while len(self.kernels) > cap:
+            self.kernels.popitem(last=False)
+        self.failures.pop(spec, None)
+
+    def _load(self, spec, key: str, path):
+        """Load the library at ``path`` into the table; None (and the artifact deleted) when
+        the loader rejects it."""
+        try:
+            k = CompiledKernel(path, key, cache.paths(key)["pyx"])
+        except OSError as exc:
+            cache.discard(key)
+            if config.verbose():
+                print(f"[polykeops] deleted the CPU kernel {path}, which the loader rejects: {exc}",
+                      flush=True)
+            return None
+        with self.lock:
+            self._add(spec, k)
+        return k
 
     def failure(self, spec):
         return self.failures.get(spec)
@@ -138,9 +158,7 @@ class KernelTable:
         with self._key_lock(spec):
             k = self.kernels.get(spec)
             if k is None:
-                k = CompiledKernel(path, key, cache.paths(key)["pyx"])
-                with self.lock:
-                    self.kernels[spec] = k
+                k = self._load(spec, key, path)  # None: deleted, the caller builds it again
         return k
 
     def build(self, spec, background: bool = False):
@@ -161,10 +179,13 @@ class KernelTable:
                     f"({'background' if background else 'sync'}): {path}",
                     flush=True,
                 )
-            k = CompiledKernel(path, key, cache.paths(key)["pyx"])
-            with self.lock:
-                self.kernels[spec] = k
-                self.failures.pop(spec, None)
+            k = self._load(spec, key, path)
+            if k is None:  # a cached library the loader rejects: deleted; build it again, once
+                path = cache.build(key, src, {"spec": str(spec)}, background=background)
+                k = self._load(spec, key, path)
+                if k is None:
+                    raise CompileError(f"the CPU kernel for {spec} was compiled but cannot be loaded; "
+                                       f"run with POLYKEOPS_VERBOSE=1 for the loader's message")
             return k
 
     def build_in_background(self, spec, switch=None) -> None:

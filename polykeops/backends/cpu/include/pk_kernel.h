@@ -7,7 +7,7 @@
  *   BI, BIR, TJ       rows per work item, rows per block-sparse item, columns per tile
  *   SCRATCH_BYTES     the per-thread scratch area
  * The work items, the threads and the merge of j chunks are the Cython driver's (_driver.pyx);
- * the kernel's Cython module (rendered by kernel_module.py) hands pk_kernel_engine to it.
+ * the driver reaches pk_kernel_engine through pk_kernel_engine_get (_driver.load_engine).
  */
 #ifndef PK_KERNEL_H
 #define PK_KERNEL_H
@@ -44,5 +44,12 @@ static void pk_k_finalize(void *self, const pk_call *c, const char *st, int64_t 
 static const pk_engine pk_kernel_engine = {NULL,          BI,        BIR,          TJ,
                                            SCRATCH_BYTES, sizeof(pk_state), pk_k_init, pk_k_process,
                                            pk_k_combine,  pk_k_finalize};
+
+/* the one exported symbol the driver looks up (_driver.load_engine maps the library with dlopen,
+ * without initialising its Python module, so that an evicted kernel can be unmapped) */
+__attribute__((visibility("default"))) const pk_engine *pk_kernel_engine_get(void)
+{
+    return &pk_kernel_engine;
+}
 
 #endif
