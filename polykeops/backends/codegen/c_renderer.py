@@ -103,6 +103,11 @@ class CRenderer:
     }
     #: components above which small arrays are filled by loops rather than unrolled text
     unroll_limit = 16
+    #: the fused multiply-add of each C scalar type (pk_math.h: one instruction where the CPU
+    #: has it): the CPU kernels are compiled without contraction (each op rounds as written,
+    #: whatever its context), and ops that are sums of products (``Sum(Square(u))``,
+    #: ``Sum(u * v)``) are written with it; empty: the dialect's compiler contracts (CUDA)
+    fma_funcs = {"float": "PK_FMAF", "double": "PK_FMA"}
 
     def __init__(self, dtype: str = "float32"):
         if dtype not in self.float_types:
@@ -354,13 +359,20 @@ class CRenderer:
         if a.dim == 1:
             lines.append(f"const {self.T} {name} = {access(a, 0)};")
             return
-        lines.append(f"{self.T} {name} = {access(a, 0)};")
+        fma = self.fma_funcs.get(self.T)
+        if fma and a.op in ("Square", "Mult"):  # a sum of products: multiply-adds
+            u, v = a.args[0], a.args[-1]
+            lines.append(f"{self.T} {name} = ({access(u, 0)}) * ({access(v, 0)});")
+            step = lambda k: f"{name} = {fma}({access(u, k)}, {access(v, k)}, {name});"  # noqa: E731
+        else:
+            lines.append(f"{self.T} {name} = {access(a, 0)};")
+            step = lambda k: f"{name} += {access(a, k)};"  # noqa: E731
         if a.dim - 1 <= self.unroll_limit:
             for k in range(1, a.dim):
-                lines.append(f"{name} += {access(a, k)};")
+                lines.append(step(k))
         else:
             lines.append(self.unroll(8))
-            lines.append(f"for (int k_ = 1; k_ < {a.dim}; ++k_) {name} += {access(a, 'k_')};")
+            lines.append(f"for (int k_ = 1; k_ < {a.dim}; ++k_) {step('k_')}")
 
     def _emit_sumt(self, n, name, access, lines):
         (a,) = n.args

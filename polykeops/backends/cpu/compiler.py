@@ -51,6 +51,7 @@ BASE_FLAGS = [
     "-fopenmp-simd",
     "-fno-math-errno",
     "-fno-trapping-math",
+    "-ffp-contract=off",  # each op rounds as written, in any context (multiply-adds are explicit)
     "-fvisibility=hidden",
     "-w",
 ]

@@ -42,7 +42,7 @@ def gemm_code(sname: str, bname: str, dim: int, simd_pragma: str) -> list[str]:
         out.append("    for (int j = 0; j < n; ++j) {")
         for r in range(rb):
             for c in range(cb):
-                out.append(f"        a{r}_{c} += (ACC)(k{r}[j] * b{c}[j]);")
+                out.append(f"        a{r}_{c} = PK_MADD(k{r}[j], b{c}[j], a{r}_{c});")
         out.append("    }")
         for r in range(rb):
             for c in range(cb):

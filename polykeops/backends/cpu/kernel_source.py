@@ -163,6 +163,11 @@ class KernelWriter:
         w("#define PK_FN(x) x")
         w(f"#define PK_EXPACC {'pk_expf' if ACC == 'float' else 'pk_exp'}")
         w(f"#define PK_LOGACC {'logf' if ACC == 'float' else 'log'}")
+        # c + a * b in ACC (a, b of type T): one fused multiply-add when T is ACC, else the
+        # product rounded in T, as the op it stands for (kernels are compiled without contraction)
+        fma = CRenderer.fma_funcs.get(ACC)
+        w(f"#define PK_MADD(a, b, c) {fma}((a), (b), (c))" if T == ACC and fma
+          else "#define PK_MADD(a, b, c) ((c) + (ACC)((a) * (b)))")
         w('#include "pk_reduce.h"')
         w(f"#define NV {len(variables)}")
         w(f"#define BI {BI}")

@@ -13,6 +13,18 @@ from ..codegen.plan import computed_between
 from .gemm import gemm_operands
 
 
+def _accumulate(rf, root, d: int) -> str:
+    """``acc<d> += component d of root``: a multiply-add when ``root`` is a product (kernels
+    are compiled without contraction, so this fusion is written out)."""
+    if root.op == "Mult" and len(root.args) == 2:
+        u, v = root.args
+        try:
+            return f"acc{d} = PK_MADD({rf.value(u, d)}, {rf.value(v, d)}, acc{d});"
+        except KeyError:  # an operand computed outside this loop (an i-only factor): no name here
+            pass
+    return f"acc{d} += (ACC)({rf.value(root, d)});"
+
+
 def lane_code(roots, known, leaf, counter, *, renderer, T: str, ACC: str, state, fused: bool):
     """Code run for one row and one tile (lanes = the tile's columns j), its buffers, and the
     ``K @ b`` operands of :func:`.gemm.gemm_operands` when the last stage is that product.
@@ -129,7 +141,7 @@ def lane_code(roots, known, leaf, counter, *, renderer, T: str, ACC: str, state,
                     accs = [f"acc{d}" for d in range(D)]
                     lines.append("ACC " + ", ".join(f"{a} = 0" for a in accs) + ";")
                     pragma += f" reduction(+ : {', '.join(accs)})"
-                    body.extend(f"acc{d} += (ACC)({rf.value(root0, d)});" for d in range(D))
+                    body.extend(_accumulate(rf, root0, d) for d in range(D))
                 elif buffered:
                     for buf, f in zip(("fb", "gb"), roots):
                         body.extend(f"{buf}[{d} * TJ + j] = {rf.value(f, d)};" for d in range(f.dim))

@@ -50,6 +50,7 @@ class CudaRenderer(CRenderer):
     infinity = "pk_inf_f()"
     nan = "pk_nan_f()"
     math_funcs = {}  # the C library's names (expf, tanhf...): NVRTC's built-in math library
+    fma_funcs = {}  # NVRTC contracts multiply-adds itself
     unroll_limit = 64
 
 

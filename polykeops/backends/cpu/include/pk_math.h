@@ -24,6 +24,18 @@
 PK_OPAQUE const float pk_expf_bounds[2] = {88.8f, -104.0f};
 PK_OPAQUE const double pk_exp_bounds[2] = {710.0, -746.0};
 
+/* Multiply-adds written out: kernels are compiled with -ffp-contract=off, so that every
+ * operation of a formula rounds as written, whatever surrounds it (the same value in a forward
+ * kernel and in its gradient's kernel, as in the generic engine); the polynomials here keep
+ * their fused multiply-adds explicitly where the CPU has them. */
+#if defined(__FMA__) || defined(__aarch64__)
+#define PK_FMAF(a, b, c) __builtin_fmaf((a), (b), (c))
+#define PK_FMA(a, b, c) __builtin_fma((a), (b), (c))
+#else
+#define PK_FMAF(a, b, c) ((a) * (b) + (c))
+#define PK_FMA(a, b, c) ((a) * (b) + (c))
+#endif
+
 PK_ALWAYS_INLINE float pk_expf(float x)
 {
     const float log2e = 1.44269504088896341f;
@@ -33,17 +45,17 @@ PK_ALWAYS_INLINE float pk_expf(float x)
      * from memory, see above) */
     float xc = pk_expf_bounds[0] < x ? pk_expf_bounds[0] : x;
     xc = pk_expf_bounds[1] > xc ? pk_expf_bounds[1] : xc;
-    const float t = xc * log2e + magic;
+    const float t = PK_FMAF(xc, log2e, magic);
     const float n = t - magic;
-    float r = xc - n * ln2hi;
-    r = r - n * ln2lo;
+    float r = PK_FMAF(-n, ln2hi, xc);
+    r = PK_FMAF(-n, ln2lo, r);
     float p = 1.9875691500E-4f;
-    p = p * r + 1.3981999507E-3f;
-    p = p * r + 8.3334519073E-3f;
-    p = p * r + 4.1665795894E-2f;
-    p = p * r + 1.6666665459E-1f;
-    p = p * r + 5.0000001201E-1f;
-    p = p * (r * r) + r + 1.0f;
+    p = PK_FMAF(p, r, 1.3981999507E-3f);
+    p = PK_FMAF(p, r, 8.3334519073E-3f);
+    p = PK_FMAF(p, r, 4.1665795894E-2f);
+    p = PK_FMAF(p, r, 1.6666665459E-1f);
+    p = PK_FMAF(p, r, 5.0000001201E-1f);
+    p = PK_FMAF(p, r * r, r) + 1.0f;
     /* 2^n = 2^n1 2^n2 from the bits of t, as in pk_exp below (no float -> int conversion) */
     uint32_t bt, bp;
     memcpy(&bt, &t, 4);
@@ -54,7 +66,7 @@ PK_ALWAYS_INLINE float pk_expf(float x)
     float ps, s2;
     memcpy(&ps, &bp, 4);
     memcpy(&s2, &e2, 4);
-    return ps * s2 + (xc - xc); /* + 0, or NaN when x is NaN; +inf beyond 88.7228 */
+    return PK_FMAF(ps, s2, xc - xc); /* + 0, or NaN when x is NaN; +inf beyond 88.7228 */
 }
 
 PK_ALWAYS_INLINE double pk_exp(double x)
@@ -66,24 +78,24 @@ PK_ALWAYS_INLINE double pk_exp(double x)
      * operand when unordered) */
     double xc = pk_exp_bounds[0] < x ? pk_exp_bounds[0] : x;
     xc = pk_exp_bounds[1] > xc ? pk_exp_bounds[1] : xc;
-    const double t = xc * log2e + magic;
+    const double t = PK_FMA(xc, log2e, magic);
     const double n = t - magic; /* round(x / ln 2), in [-1076, 1024] */
-    double r = xc - n * ln2hi;
-    r = r - n * ln2lo; /* |r| <= 0.3466 */
+    double r = PK_FMA(-n, ln2hi, xc);
+    r = PK_FMA(-n, ln2lo, r); /* |r| <= 0.3466 */
     /* exp(r) = 1 + r + r^2 q(r), q of degree 9 fitted on Chebyshev nodes (near-minimax):
      * relative error < 2e-17 with these rounded coefficients (2 multiply-adds fewer than the
      * Taylor polynomial of the same accuracy) */
     double q = 2.510065503606659e-08;
-    q = q * r + 2.762043894863442e-07;
-    q = q * r + 2.755726789174553e-06;
-    q = q * r + 2.480152055701783e-05;
-    q = q * r + 1.984126986342035e-04;
-    q = q * r + 1.3888888917690603e-03;
-    q = q * r + 8.333333333329989e-03;
-    q = q * r + 4.166666666662317e-02;
-    q = q * r + 1.6666666666666669e-01;
-    q = q * r + 5.000000000000001e-01;
-    const double p = q * (r * r) + r + 1.0;
+    q = PK_FMA(q, r, 2.762043894863442e-07);
+    q = PK_FMA(q, r, 2.755726789174553e-06);
+    q = PK_FMA(q, r, 2.480152055701783e-05);
+    q = PK_FMA(q, r, 1.984126986342035e-04);
+    q = PK_FMA(q, r, 1.3888888917690603e-03);
+    q = PK_FMA(q, r, 8.333333333329989e-03);
+    q = PK_FMA(q, r, 4.166666666662317e-02);
+    q = PK_FMA(q, r, 1.6666666666666669e-01);
+    q = PK_FMA(q, r, 5.000000000000001e-01);
+    const double p = PK_FMA(q, r * r, r) + 1.0;
     /* 2^n = 2^n1 2^n2, n1 = floor(n / 2), n2 = n - n1, in 64-bit integer lanes (no conversion
      * between lane widths): the low 12 bits of t are n (mod 4096) and t >> 1 holds n1 the same
      * way (the bits of magic are even, and zero in the low 13 bits).  p 2^n1 is a normal number,
@@ -100,7 +112,7 @@ PK_ALWAYS_INLINE double pk_exp(double x)
     memcpy(&s2, &e2, 8);
     /* + (xc - xc): + 0 (one rounding with the product: an fma), or NaN when x is NaN (then ps and
      * s2 are meaningless) */
-    return ps * s2 + (xc - xc);
+    return PK_FMA(ps, s2, xc - xc);
 }
 
 /* ------------------------------------------------------------------------
