@@ -134,14 +134,22 @@ def _lse_problem(dtype, weighted):
     return x, F, (Vj(w) if weighted else None)
 
 
-@pytest.mark.parametrize("backend, weighted", [("reference", False), ("reference", True), ("cpu", False)])
-def test_float32_logsumexp_gradient_accuracy(backend, weighted, monkeypatch):
+@pytest.mark.parametrize("backend, weighted, jit", [
+    ("reference", False, "off"), ("reference", True, "off"), ("cpu", False, "off"), ("cpu", False, "sync"),
+    ("cpu", True, "sync"),
+])
+def test_float32_logsumexp_gradient_accuracy(backend, weighted, jit, monkeypatch):
     """Max abs error of the float32 gradient vs float64: 7.0e-5 (3.5e-5 weighted) when the
     backward shifted by the rounded float32 output; pykeops reaches 5.9e-6 unweighted, the
     reference backend 5.5e-6 (1.5e-5 weighted), the generic CPU engine 1.8e-5 (its own exp and
-    SqDist roundings dominate there)."""
-    monkeypatch.setenv("POLYKEOPS_JIT", "off")
-    bound = {("reference", False): 8e-6, ("reference", True): 2e-5, ("cpu", False): 3e-5}[backend, weighted]
+    SqDist roundings dominate there).  The specialised kernels (``sync``) reached 4.6e-5 while
+    they were compiled with floating-point contraction: the compiler fused the forward's and the
+    gradient's ``F`` differently into their surroundings, so the gradient's weight
+    ``exp(F - m - log s)`` was off by the rounding of ``F`` (about ``|F| * 6e-8``); now 9.1e-6
+    (weighted: 6.4e-5 then, 2.6e-5 now)."""
+    monkeypatch.setenv("POLYKEOPS_JIT", jit)
+    bound = {("reference", False, "off"): 8e-6, ("reference", True, "off"): 2e-5, ("cpu", False, "off"): 3e-5,
+             ("cpu", False, "sync"): 1.2e-5, ("cpu", True, "sync"): 3.5e-5}[backend, weighted, jit]
     res = {}
     for dtype in (torch.float32, torch.float64):
         x, F, w = _lse_problem(dtype, weighted)
@@ -149,7 +157,8 @@ def test_float32_logsumexp_gradient_accuracy(backend, weighted, monkeypatch):
         (g,) = torch.autograd.grad(out.sum(), x)
         res[dtype] = (out, g)
     assert (res[torch.float32][0].double() - res[torch.float64][0]).abs().max() < 1e-5
-    assert (res[torch.float32][1].double() - res[torch.float64][1]).abs().max() < bound
+    err = (res[torch.float32][1].double() - res[torch.float64][1]).abs().max()
+    assert err < bound, float(err)
 
 
 @pytest.mark.parametrize("weighted", [False, True])
