@@ -189,8 +189,8 @@ def test_every_reduction_and_its_gradients_compile(arch):
 
 
 @needs_nvrtc
-@pytest.mark.parametrize("arch, dtype", [("sm_90", "float64"), ("sm_80", "float16")])
-def test_every_reduction_compiles_in_float64_and_float16(arch, dtype):
+@pytest.mark.parametrize("arch, dtype", [("sm_90", "float64"), ("sm_80", "float16"), ("sm_80", "bfloat16")])
+def test_every_reduction_compiles_in_float64_float16_and_bfloat16(arch, dtype):
     specs = all_reduction_specs(dtype)
     _compile(specs, arch)
     _compile(specs[:3], arch, n_batch_dims=2, idx64=True)  # batch dimensions, 64-bit indices
