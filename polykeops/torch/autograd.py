@@ -29,6 +29,7 @@ from ..formula.reduction_grads import (
     sum_like_gradient,
     sum_like_jvp,
 )
+from .custom_op import op_apply, traced
 
 #: value-selection reductions -> the variant that also returns the indices
 _WITH_INDICES = {
@@ -183,7 +184,10 @@ def _zeros_out(meta, args, nx, batch_shape):
 
 
 def apply(call, args):
-    """Evaluate ``call`` through :class:`GenredFunction`; returns the spec's outputs as a tuple."""
+    """Evaluate ``call`` through :class:`GenredFunction` (through the custom operator
+    ``polykeops::reduce`` while traced); returns the spec's outputs as a tuple."""
+    if traced(args):
+        return op_apply(call, args)
     out = GenredFunction.apply(call, *args)
     out = out if isinstance(out, tuple) else (out,)
     return out[:-1] if _hidden_outputs(call.spec) else out
@@ -191,6 +195,8 @@ def apply(call, args):
 
 def reduce(call, args):
     """Entry point of the torch front end (a canonical call, normalised arguments)."""
+    if args and traced(args):  # torch.compile / torch.export: one opaque operator per reduction
+        return op_apply(call, args)
     if torch.is_grad_enabled() and any(a.requires_grad for a in args) or _is_functorch(args):
         return apply(call, args)
     return _evaluate(call, args)
