@@ -53,9 +53,7 @@ def _unparam(p):
     raise FormulaError(f"unknown parameter kind {kind!r} in a serialized spec")
 
 
-def spec_to_text(spec: ReductionSpec) -> str:
-    """The exact text of ``spec`` (see the module docstring)."""
-    roots = tuple(spec.formulas) + tuple(spec.variables)
+def _dag(roots) -> tuple[list, dict]:
     position: dict[Node, int] = {}
     nodes = []
     for root in roots:
@@ -63,6 +61,33 @@ def spec_to_text(spec: ReductionSpec) -> str:
             if n not in position:
                 position[n] = len(nodes)
                 nodes.append([n.op, [position[a] for a in n.args], [_param(p) for p in n.params], n.dim])
+    return nodes, position
+
+
+def _undag(nodes) -> list[Node]:
+    built: list[Node] = []
+    for op, args, params, dim in nodes:
+        built.append(Node(op, tuple(built[a] for a in args), tuple(_unparam(p) for p in params), dim))
+    return built
+
+
+def formula_to_text(node: Node) -> str:
+    """The exact text of one formula (its DAG, as in :func:`spec_to_text`)."""
+    nodes, _ = _dag((node,))
+    return json.dumps([FORMAT, nodes], separators=(",", ":"))
+
+
+def formula_from_text(text: str) -> Node:
+    """The formula written by :func:`formula_to_text`."""
+    fmt, nodes = json.loads(text)
+    if fmt != FORMAT:
+        raise FormulaError(f"serialized formula format {fmt!r}; this version reads {FORMAT!r}")
+    return _undag(nodes)[-1]
+
+
+def spec_to_text(spec: ReductionSpec) -> str:
+    """The exact text of ``spec`` (see the module docstring)."""
+    nodes, position = _dag(tuple(spec.formulas) + tuple(spec.variables))
     return json.dumps([
         FORMAT, spec.reduction, nodes,
         [position[f] for f in spec.formulas], [position[v] for v in spec.variables],
@@ -79,10 +104,9 @@ def spec_from_text(text: str) -> ReductionSpec:
         raise FormulaError(f"not a serialized polykeops spec: {text[:80]!r}") from exc
     if fmt != FORMAT:
         raise FormulaError(f"serialized spec format {fmt!r}; this version reads {FORMAT!r}")
-    built: list[Node] = []
-    for op, args, params, dim in nodes:
-        built.append(Node(op, tuple(built[a] for a in args), tuple(_unparam(p) for p in params), dim))
+    built = _undag(nodes)
     return ReductionSpec(
-        reduction=reduction, formulas=tuple(built[f] for f in forms), variables=tuple(built[v] for v in vars_),
+        reduction=reduction, formulas=tuple(built[f] for f in forms),
+        variables=tuple(built[v] for v in vars_),
         axis=axis, k=k, dtype=dtype, dtype_acc=dtype_acc, sum_scheme=scheme,
     )

@@ -29,7 +29,7 @@ from ..formula.reduction_grads import (
     sum_like_gradient,
     sum_like_jvp,
 )
-from .custom_op import op_apply, traced
+from .custom_op import op_apply, op_call, reduce_op, traced
 
 #: value-selection reductions -> the variant that also returns the indices
 _WITH_INDICES = {
@@ -337,6 +337,43 @@ def _unbroadcast(r, shape):
     if dims:
         r = r.sum(dims, keepdim=True)
     return r.reshape(shape)
+
+
+# ---------------------------------------------------------------------------
+# the custom operator polykeops::reduce (torch.compile, torch.export): its autograd
+# ---------------------------------------------------------------------------
+
+
+def _op_setup_context(ctx, inputs, output):
+    spec, nx, ny, batch, backend, device_id, args = inputs
+    ctx.call = op_call(spec, nx, ny, batch, backend, device_id, args)
+    ctx.n_args, ctx.n_batch = len(args), len(batch)
+    ctx.save_for_backward(*args, *output)
+
+
+def _op_backward(ctx, grads):
+    saved = ctx.saved_tensors
+    args, outs = list(saved[: ctx.n_args]), list(saved[ctx.n_args :])
+    call = ctx.call
+    spec = call.spec
+    g = grads[0]
+    result = []
+    for p, a in enumerate(args):
+        if g is None or not a.is_floating_point():
+            result.append(None)
+            continue
+        if spec.red.is_selection:
+            if not spec.red.differentiable:
+                result.append(None)
+                continue
+            r = _selection_grad(call, p, args, g, outs[-1])
+        else:
+            r = _sum_like_grad(call, p, args, g, [o for o in outs if o.is_floating_point()])
+        result.append(_unbroadcast(r, a.shape))
+    return None, None, None, [None] * ctx.n_batch, None, None, result
+
+
+reduce_op.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 
 __all__ = ["GenredFunction", "apply", "reduce"]

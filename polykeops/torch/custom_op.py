@@ -10,7 +10,8 @@ opaque node per reduction, and an exported program can be saved and reloaded.
 
 * the fake implementation gives the output shapes and dtypes (symbolic sizes
   flow through it: changing M or N does not recompile);
-* autograd is registered on the operator: the backward evaluates the symbolic
+* autograd is registered on the operator (by :mod:`polykeops.torch.autograd`, which holds
+  the gradient rules of both paths): the backward evaluates the symbolic
   gradient reductions (:mod:`polykeops.formula.reduction_grads`) with the same
   operator, so a compiled training step holds the gradient reductions as opaque
   nodes too, to any order.
@@ -42,7 +43,7 @@ def traced(args) -> bool:
     return any(is_fake(a) for a in args)
 
 
-def _call(spec: str, nx, ny, batch, backend: str, device_id: int, args) -> ReductionCall:
+def op_call(spec: str, nx, ny, batch, backend: str, device_id: int, args) -> ReductionCall:
     request = BackendRequest(backend, None if device_id < 0 else device_id)
     device = args[0].device.type if args else "cpu"
     return ReductionCall(spec_from_text(spec), nx, ny, batch_shape=tuple(batch), request=request,
@@ -53,7 +54,7 @@ def _call(spec: str, nx, ny, batch, backend: str, device_id: int, args) -> Reduc
 def reduce_op(spec: str, nx: int, ny: int, batch: list[int], backend: str, device_id: int,
               args: list[torch.Tensor]) -> list[torch.Tensor]:
     """One canonical reduction (see the module docstring)."""
-    call = _call(spec, nx, ny, batch, backend, device_id, args)
+    call = op_call(spec, nx, ny, batch, backend, device_id, args)
     return list(dispatch(call, list(args)))
 
 
@@ -64,39 +65,6 @@ def _reduce_fake(spec, nx, ny, batch, backend, device_id, args):
     return [ref.new_empty((*batch, nx, o.dim), dtype=torch.int64 if o.kind == "index" else _DTYPES[s.dtype])
             for o in s.outputs()]
 
-
-def _setup_context(ctx, inputs, output):
-    spec, nx, ny, batch, backend, device_id, args = inputs
-    ctx.call = _call(spec, nx, ny, batch, backend, device_id, args)
-    ctx.n_args, ctx.n_batch = len(args), len(batch)
-    ctx.save_for_backward(*args, *output)
-
-
-def _backward(ctx, grads):
-    from .autograd import _selection_grad, _sum_like_grad, _unbroadcast
-
-    saved = ctx.saved_tensors
-    args, outs = list(saved[: ctx.n_args]), list(saved[ctx.n_args :])
-    call = ctx.call
-    spec = call.spec
-    g = grads[0]
-    result = []
-    for p, a in enumerate(args):
-        if g is None or not a.is_floating_point():
-            result.append(None)
-            continue
-        if spec.red.is_selection:
-            if not spec.red.differentiable:
-                result.append(None)
-                continue
-            r = _selection_grad(call, p, args, g, outs[-1])
-        else:
-            r = _sum_like_grad(call, p, args, g, [o for o in outs if o.is_floating_point()])
-        result.append(_unbroadcast(r, a.shape))
-    return None, None, None, [None] * ctx.n_batch, None, None, result
-
-
-reduce_op.register_autograd(_backward, setup_context=_setup_context)
 
 #: value-selection reductions -> the variant that also returns the indices (for the gradient)
 _WITH_INDICES = {"Min": "Min_ArgMin", "Max": "Max_ArgMax", "KMin": "KMin_ArgKMin"}
@@ -114,7 +82,8 @@ def op_apply(call: ReductionCall, args) -> tuple:
 
         raise FormulaError(
             f"{call.spec}: block-sparse ranges are not supported under torch.compile / torch.export "
-            "(their validation reads the ranges' values); reduce without ranges, or outside the compiled region"
+            "(their validation reads the ranges' values); reduce without ranges, or outside the "
+            "compiled region"
         )
     req = call.request
     outs = torch.ops.polykeops.reduce(
