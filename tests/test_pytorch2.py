@@ -98,3 +98,75 @@ def test_autocast_cpu_policy():
     assert low.dtype == torch.bfloat16  # all low precision: kept (accumulated in float32)
     with pytest.raises(Exception, match="convert one of them first"):
         LazyTensor(x.bfloat16()[:, None, :]) - LazyTensor(y[None, :, :])  # outside autocast: an error
+
+
+def _op_call(x, y):
+    """A Gaussian kernel sum as a (call, arguments) pair of the custom operator's path."""
+    from polykeops.common.call import prepare_call
+    from polykeops.common.reduce import _number, _options
+
+    K = (-LazyTensor(x[:, None, :]).sqdist(LazyTensor(y[None, :, :]))).exp()
+    spec, leaves = _number(K, [K.formula], "Sum", 1, None, _options({}))
+    return K, prepare_call(K._tools, spec, [leaf.array for leaf in leaves], leaves=leaves)
+
+
+def test_custom_op_passes_opcheck_and_differentiates_twice():
+    from polykeops.torch.custom_op import op_apply
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(30, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    y = torch.randn(20, 3, dtype=torch.float64, generator=gen)
+    K, (call, args) = _op_call(x, y)
+    (out,) = op_apply(call, args)
+    (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    (h,) = torch.autograd.grad((g**2).sum(), x)
+    ref = K.sum(1)  # the eager path (GenredFunction)
+    (ge,) = torch.autograd.grad(ref.sum(), x, create_graph=True)
+    (he,) = torch.autograd.grad((ge**2).sum(), x)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(g, ge)
+    torch.testing.assert_close(h, he)
+    a = [args[0].detach().requires_grad_(), args[1]]
+    op_args = (spec_to_text(call.spec), call.nx, call.ny, [], "auto", -1, a)
+    torch.library.opcheck(torch.ops.polykeops.reduce.default, op_args)
+
+
+def autocast_with_ranges(device: str) -> None:
+    """A block-sparse Gaussian sum under ``torch.autocast`` (bfloat16) on ``device``: a bfloat16
+    activation meets float32 data in float32; values and gradients as without autocast."""
+    from polykeops.torch.cluster import from_matrix
+
+    gen = torch.Generator().manual_seed(3)
+    m, n = 60, 50
+    x, y, b = (torch.randn(r, d, generator=gen).to(device) for r, d in ((m, 3), (n, 3), (n, 2)))
+    rx = torch.tensor([[0, 20], [20, m]], device=device)
+    ry = torch.tensor([[0, 30], [30, n]], device=device)
+    keep = torch.tensor([[True, False], [True, True]], device=device)
+    ranges = from_matrix(rx, ry, keep)
+    x.requires_grad_(True)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        h = torch.nn.functional.linear(x, torch.eye(3, device=device))  # bfloat16 under autocast
+        assert h.dtype == torch.bfloat16
+        out = gaussian_sum(h, y, b, ranges=ranges)
+    assert out.dtype == torch.float32
+    (g,) = torch.autograd.grad(out.sum(), x)
+    xr = x.detach().bfloat16().float().requires_grad_(True)
+    want = gaussian_sum(xr, y, b, ranges=ranges)
+    (gw,) = torch.autograd.grad(want.sum(), xr)
+    torch.testing.assert_close(out.detach(), want.detach())
+    # (the gradient flows back through the bfloat16 linear layer: rounded to bfloat16)
+    torch.testing.assert_close(g, gw, rtol=2.0**-7, atol=2.0**-7 * float(gw.abs().max()))
+    mask = torch.zeros(m, n, dtype=torch.bool, device=device)
+    mask[:20, :30] = True
+    mask[20:, :] = True
+    dense = (torch.exp(-torch.cdist(xr.detach().double(), y.double()) ** 2) * mask) @ b.double()
+    torch.testing.assert_close(want.detach().double(), dense, rtol=1e-5, atol=1e-5)
+
+
+def gaussian_sum(x, y, b, **options):
+    x_i, y_j, b_j = LazyTensor(x[:, None, :]), LazyTensor(y[None, :, :]), LazyTensor(b[None, :, :])
+    return ((-((x_i - y_j) ** 2).sum(-1)).exp() * b_j).sum(1, **options)
+
+
+def test_cpu_autocast_with_ranges():
+    autocast_with_ranges("cpu")

@@ -11,6 +11,7 @@ import torch
 from ..common.complex_lazy_tensor import ComplexSupportMixin
 from ..common.frontend import FRONT_END_NAMES, GENERIC_HELPER_NAMES, front_end, generic_helpers
 from ..common.lazy_tensor import GenericLazyTensor
+from . import autograd  # noqa: F401  (registers the autograd of the custom operator polykeops::reduce)
 from .tools import TorchTools
 from .tracing import make_traceable
 
