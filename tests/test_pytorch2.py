@@ -49,6 +49,22 @@ def test_compiled_training_step_matches_eager_without_recompiling(compiled):
     assert len(count) <= 2, f"{len(count)} compilations for 6 sizes (the first, then one dynamic)"
 
 
+def test_genred_built_outside_a_fullgraph_region():
+    from polykeops.torch import Genred
+
+    g = Genred("Exp(-SqDist(x,y)) * b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], reduction_op="Sum", axis=1)
+
+    def loss(x, y, b):
+        return (g(x, y, b) ** 2).sum()
+
+    fn = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    x = torch.randn(40, 3, requires_grad=True)
+    y, b = torch.randn(30, 3), torch.randn(30, 2)
+    got, want = fn(x, y, b), loss(x, y, b)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(want, x)[0])
+
+
 def test_export_of_a_module_that_reduces():
     class KernelMatvec(torch.nn.Module):
         def forward(self, x, y, b):

@@ -13,7 +13,7 @@ from ..common.frontend import FRONT_END_NAMES, GENERIC_HELPER_NAMES, front_end, 
 from ..common.lazy_tensor import GenericLazyTensor
 from . import autograd  # noqa: F401  (registers the autograd of the custom operator polykeops::reduce)
 from .tools import TorchTools
-from .tracing import make_traceable
+from .tracing import make_genred_traceable, make_traceable
 
 
 class LazyTensor(ComplexSupportMixin, GenericLazyTensor):
@@ -37,6 +37,7 @@ class LazyTensor(ComplexSupportMixin, GenericLazyTensor):
 
 ComplexLazyTensor, Vi, Vj, Pm, from_dense, Genred, KernelSolve = front_end(LazyTensor)
 make_traceable(LazyTensor)
+make_genred_traceable(Genred)
 generic_sum, generic_logsumexp, generic_argmin, generic_argkmin = generic_helpers(Genred)
 
 __all__ = ["LazyTensor", *FRONT_END_NAMES, *GENERIC_HELPER_NAMES]

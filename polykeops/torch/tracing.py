@@ -172,3 +172,19 @@ def make_traceable(cls) -> None:
         if not callable(raw) or isinstance(raw, (staticmethod, classmethod, type, property)):
             continue
         setattr(cls, name, _wrap(raw))
+
+
+def _same(self, other) -> bool:
+    return self is other
+
+
+def _identity_hash(self) -> int:
+    return id(self)
+
+
+def make_genred_traceable(cls) -> None:
+    """``Genred`` objects (built before the compiled region) are constants of the graph: compared
+    by identity, their call is an opaque ``nonstrict_trace`` call as LazyTensor methods are."""
+    cls.__eq__, cls.__hash__ = _same, _identity_hash
+    pytree.register_constant(cls)
+    cls.__call__ = _wrap(cls.__call__)
