@@ -77,6 +77,12 @@ def test_export_of_a_module_that_reduces():
     assert "polykeops.reduce" in ep.graph_module.code
     x2 = torch.randn(31, 3)
     torch.testing.assert_close(ep.module()(x2, y, b), KernelMatvec()(x2, y, b))
+    import io
+
+    buf = io.BytesIO()  # no Python object in the graph: the program saves and loads
+    torch.export.save(ep, buf)
+    buf.seek(0)
+    torch.testing.assert_close(torch.export.load(buf).module()(x2, y, b), KernelMatvec()(x2, y, b))
 
 
 def test_custom_op_signature_is_plain_and_the_spec_text_round_trips():
