@@ -186,7 +186,7 @@ def _zeros_out(meta, args, nx, batch_shape):
 def apply(call, args):
     """Evaluate ``call`` through :class:`GenredFunction` (through the custom operator
     ``polykeops::reduce`` while traced); returns the spec's outputs as a tuple."""
-    if traced(args):
+    if args and traced(args):
         return op_apply(call, args)
     out = GenredFunction.apply(call, *args)
     out = out if isinstance(out, tuple) else (out,)

@@ -14,7 +14,8 @@ opaque node per reduction, and an exported program can be saved and reloaded.
   the gradient rules of both paths): the backward evaluates the symbolic
   gradient reductions (:mod:`polykeops.formula.reduction_grads`) with the same
   operator, so a compiled training step holds the gradient reductions as opaque
-  nodes too, to any order.
+  nodes too.  That backward is itself differentiable (second order works through the
+  operator eagerly; a graph compiled by AOTAutograd is differentiated once).
 
 The eager front end keeps :class:`polykeops.torch.autograd.GenredFunction`
 (forward mode, ``torch.vmap``); :func:`traced` decides which path a call takes.
@@ -44,6 +45,7 @@ def traced(args) -> bool:
 
 
 def op_call(spec: str, nx, ny, batch, backend: str, device_id: int, args) -> ReductionCall:
+    """The :class:`ReductionCall` of the operator's arguments."""
     request = BackendRequest(backend, None if device_id < 0 else device_id)
     device = args[0].device.type if args else "cpu"
     return ReductionCall(spec_from_text(spec), nx, ny, batch_shape=tuple(batch), request=request,

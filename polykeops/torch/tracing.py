@@ -51,12 +51,12 @@ def _flatten(lt):
     for k, (node, leaf) in enumerate(lt.leaves.items()):
         if leaf.shard is not None:
             raise FormulaError(f"{lt._summary()}: sharded variables are not supported under torch.compile")
-        mapping[node] = Leaf(k + 1, leaf.dim, leaf.cat)
+        mapping[node] = Leaf(-1 - k, leaf.dim, leaf.cat)  # (negative: no front-end uid is)
         if isinstance(leaf.array, torch.Tensor):
             children.append(leaf.array)
-            metas.append((k + 1, leaf.cat, leaf.dim, None))
+            metas.append((-1 - k, leaf.cat, leaf.dim, None))
         else:  # a Python float or list parameter: its value is part of the formula
-            metas.append((k + 1, leaf.cat, leaf.dim, leaf.array))
+            metas.append((-1 - k, leaf.cat, leaf.dim, leaf.array))
     formula = None if lt.formula is None else formula_to_text(substitute(lt.formula, mapping))
     has = {leaf.cat for leaf in lt.leaves.values()}
     sizes = (None if CAT_I in has else lt.ni, None if CAT_J in has else lt.nj)
