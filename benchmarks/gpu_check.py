@@ -4,7 +4,8 @@
     python benchmarks/gpu_check.py --part bench    # only the benchmarks (or: tests, conformance)
     python benchmarks/gpu_check.py --quick         # smaller sizes, for a smoke run
 
-1. ``pytest tests/test_cuda_codegen.py tests/test_cuda_ranges.py tests/test_cuda_host.py``
+1. ``pytest tests/test_cuda_codegen.py tests/test_cuda_ranges.py tests/test_cuda_host.py
+   tests/test_pytorch2_cuda.py``
    (the GPU tests run: a GPU is present);
 2. ``pytest conformance --backend cuda`` when the conformance suite exists;
 3. benchmarks of the CUDA backend against PyTorch dense (chunked over rows so that it
@@ -37,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_tests(extra) -> int:
-    tests = ["tests/test_cuda_codegen.py", "tests/test_cuda_ranges.py", "tests/test_cuda_host.py"]
+    tests = ["tests/test_cuda_codegen.py", "tests/test_cuda_ranges.py", "tests/test_cuda_host.py",
+             "tests/test_pytorch2_cuda.py"]
     cmd = [sys.executable, "-m", "pytest", *tests, "-q", "-rs", *extra]
     print("$", " ".join(cmd), flush=True)
     return subprocess.call(cmd, cwd=ROOT)

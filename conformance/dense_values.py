@@ -28,7 +28,8 @@ from .dense_ops import definition
 from .ranges_mask import apply_mask, masked_value, oriented_mask, ranges_mask
 
 F64 = torch.float64
-TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+                "float64": torch.float64}
 
 
 @contextmanager

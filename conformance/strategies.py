@@ -196,7 +196,7 @@ class Case:
             out.append(a)
         for p, idx, value in self.specials:
             out[p].flat[idx] = value
-        return [a.astype(self.spec.dtype).astype(np.float64) for a in out]
+        return [round_to_dtype(a, self.spec.dtype) for a in out]
 
     def __repr__(self) -> str:
         s = self.spec
@@ -560,6 +560,19 @@ def _widest(forms) -> int:
     return max([n.dim for f in forms for n in walk(f)] + [1])
 
 
+#: dtypes stored in 16 bits: shallower formulas and smaller sizes (their sums round early)
+LOW_PRECISION = ("float16", "bfloat16")
+
+
+def round_to_dtype(a: np.ndarray, dtype: str) -> np.ndarray:
+    """``a`` rounded to ``dtype`` (to nearest even), as float64 (NumPy has no bfloat16: torch rounds)."""
+    if dtype == "bfloat16":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).to(torch.bfloat16).double().numpy()
+    return a.astype(dtype).astype(np.float64)
+
+
 @st.composite
 def cases(
     draw,
@@ -586,7 +599,7 @@ def cases(
     """A full :class:`Case` for ``reduction`` along ``axis`` in ``dtype``."""
     if forms is None:
         if max_depth is None:
-            max_depth = 2 if dtype == "float16" else 4
+            max_depth = 2 if dtype in LOW_PRECISION else 4
         forms, vars_ = draw(
             formulas(reduction, max_depth=max_depth, large_dim=large_dim, ops=ops, consts=consts),
             label="formulas",
@@ -599,7 +612,7 @@ def cases(
     scheme = "block_sum"
     if red.is_sum_like and len(sum_schemes) > 1:
         scheme = draw(st.sampled_from(sorted(sum_schemes)), label="sum_scheme")
-    top = max_size or (1000 if (dtype == "float16" and tier == "full") else None)
+    top = max_size or (1000 if (dtype in LOW_PRECISION and tier == "full") else None)
     M = draw(sizes(tier, max_size=top), label="M")
     N = draw(sizes(tier, max_size=top), label="N")
     bshape, per = draw(batch_layouts(vars_, allow=batch), label="batch layout")
@@ -620,6 +633,8 @@ def cases(
         reduction=reduction, formulas=forms, variables=vars_, axis=axis, k=k, dtype=dtype, sum_scheme=scheme
     )
     shapes = _shapes(vars_, per, M, N)
+    if dtype == "bfloat16":  # NumPy has no bfloat16
+        array_kinds = tuple(k for k in array_kinds if k != "numpy") or ("torch",)
     kind = (
         draw(st.sampled_from(list(array_kinds)), label="array kind")
         if len(array_kinds) > 1
@@ -677,6 +692,7 @@ TILE_EDGES = (8, 16, 32, 64, 128, 256, 512, 1024)
 #: finite special values of every dtype: zeros, rounding ties, tiny, subnormal (see SEMANTICS.md)
 FINITE_SPECIALS = {
     "float16": (0.0, -0.0, 0.5, -0.5, 1.5, -2.5, 2.0**-14, 2.0**-20, -(2.0**-24)),
+    "bfloat16": (0.0, -0.0, 0.5, -0.5, 1.5, -2.5, 1e-30, 2.0**-130, -(2.0**-133)),
     "float32": (0.0, -0.0, 0.5, -0.5, 1.5, -2.5, 1e-30, 1e-40, -1.4e-45),
     "float64": (0.0, -0.0, 0.5, -0.5, 1.5, -2.5, 1e-300, 1e-310, -5e-324),
 }

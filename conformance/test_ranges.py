@@ -36,7 +36,7 @@ from .ranges_mask import ranges_mask
 from .session import AXES, claims, property_test
 from .strategies import block_sparse, blocks_from, case_from, draw_case
 
-DTYPES = ("float16", "float32", "float64")
+DTYPES = ("float16", "bfloat16", "float32", "float64")
 DIFFERENTIABLE = sorted(name for name, red in REDUCTIONS.items() if red.differentiable)
 
 

@@ -11,7 +11,7 @@ from .checks import check_forward
 from .session import AXES, claims, property_test
 from .strategies import DATA_KINDS, draw_case
 
-DTYPES = ("float16", "float32", "float64")
+DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 @AXES

@@ -103,7 +103,7 @@ SPECIAL_REDUCTIONS = [
 def _special_values(dtype):
     """NaN, +-inf, +-0, huge and tiny (subnormal) magnitudes of ``dtype``, exact halves (huge:
     their squares and products stay finite, so that overflow is the data's, not the formula's)."""
-    huge = {"float16": 200.0, "float32": 1e18, "float64": 1e150}[dtype]
+    huge = {"float16": 200.0, "bfloat16": 1e18, "float32": 1e18, "float64": 1e150}[dtype]
     return NONFINITE + (0.0, -0.0, huge, -huge) + FINITE_SPECIALS[dtype][2:]
 
 

@@ -87,7 +87,7 @@ EPS32 = EPS["float32"]
 #: the spacing of the smallest (subnormal) numbers: outputs that underflow are exact to that
 TINY = {name: torch.finfo(dt).tiny * torch.finfo(dt).eps for name, dt in TORCH_DTYPES.items()}
 #: |F| above which a generic case is rejected as meaningless (float16: sums must not overflow)
-VALUE_LIMIT = {"float16": 20.0, "float32": 1e4, "float64": 1e4}
+VALUE_LIMIT = {"float16": 20.0, "bfloat16": 1e4, "float32": 1e4, "float64": 1e4}
 
 
 def _weighted(p, x):

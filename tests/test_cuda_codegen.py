@@ -189,8 +189,8 @@ def test_every_reduction_and_its_gradients_compile(arch):
 
 
 @needs_nvrtc
-@pytest.mark.parametrize("arch, dtype", [("sm_90", "float64"), ("sm_80", "float16")])
-def test_every_reduction_compiles_in_float64_and_float16(arch, dtype):
+@pytest.mark.parametrize("arch, dtype", [("sm_90", "float64"), ("sm_80", "float16"), ("sm_80", "bfloat16")])
+def test_every_reduction_compiles_in_float64_float16_and_bfloat16(arch, dtype):
     specs = all_reduction_specs(dtype)
     _compile(specs, arch)
     _compile(specs[:3], arch, n_batch_dims=2, idx64=True)  # batch dimensions, 64-bit indices
@@ -723,3 +723,36 @@ def test_gpu_modules_are_loaded_once():
     for _ in range(5):
         backend.evaluate(spec, args, nx=40, ny=50, batch_shape=())
     assert len(driver.device(0).modules) == n
+
+
+@needs_cxx
+def test_emulated_bfloat16_kernels_match_the_reference_backend():
+    """bfloat16 storage (pk_bf16: loads widen to float, stores round to nearest even) on the host
+    emulator: NumPy holds the bits as uint16, torch converts them."""
+    torch = pytest.importorskip("torch")
+
+    def bits(t):
+        return t.contiguous().view(torch.int16).numpy().view(np.uint16)
+
+    def from_bits(a):
+        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
+
+    specs = [s.canonical() for s in all_reduction_specs("bfloat16")
+             if s.reduction in ("Sum", "LogSumExp", "Min_ArgMin", "ArgKMin", "SumSoftMaxWeight")]
+    kss = [emulator.kernel_source(s) for s in specs]
+    emulator.build(*{ks.digest: ks for ks in kss}.values())
+    for spec in specs:
+        args64 = _data(spec.with_(dtype="float64"), 23, 90, seed=5)
+        targs = [torch.from_numpy(a).to(torch.bfloat16) for a in args64]
+        want = _REF.evaluate(spec, targs, nx=23, ny=90, batch_shape=())
+        for scheme in ("1d", "2d"):
+            got = emulator.evaluate(spec, [bits(t) for t in targs], nx=23, ny=90, batch_shape=(),
+                                    scheme=scheme, sm_count=8, tile_j=16, block=32)
+            for o, w, meta in zip(got, want, spec.outputs()):
+                if meta.kind == "index":
+                    np.testing.assert_array_equal(o, w.numpy(), err_msg=f"{spec} {scheme}")
+                else:  # float32 in both, summed in another order: the same bfloat16 almost always
+                    torch.testing.assert_close(from_bits(o).float(), w.float(), rtol=2.0**-7, atol=1e-3,
+                                               msg=f"{spec} {scheme}")
+                    same = np.mean(o == bits(w))
+                    assert same >= 0.9, f"{spec} {scheme}: only {same:.0%} of the values round alike"

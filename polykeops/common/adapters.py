@@ -20,6 +20,12 @@ class ArrayTools(ArrayLibrary):
     array_kind = ""
     array_type: Any = None  # the library's array class
 
+    @staticmethod
+    def autocast_dtype(device) -> str | None:
+        """The dtype that operands of different dtypes are computed in on ``device`` (a
+        mixed-precision context such as ``torch.autocast``), or None: mixing them is an error."""
+        return None
+
     def is_array(self, x) -> bool:
         return isinstance(x, self.array_type)
 

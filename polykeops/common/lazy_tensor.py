@@ -225,10 +225,13 @@ class GenericLazyTensor(ReductionMixin):
         if other.array_kind and self.array_kind and other.array_kind != self.array_kind:
             raise DTypeError(f"cannot combine {self._summary()} and {other._summary()}: array kinds differ")
         if other.dtype_name and self.dtype_name and other.dtype_name != self.dtype_name:
-            raise DTypeError(
-                f"cannot combine {self._summary()} (dtype {self.dtype_name}) with "
-                f"{other._summary()} (dtype {other.dtype_name}); convert one of them first"
-            )
+            merged = self._tools.autocast_dtype(self.device or other.device)
+            if merged is None:
+                raise DTypeError(
+                    f"cannot combine {self._summary()} (dtype {self.dtype_name}) with "
+                    f"{other._summary()} (dtype {other.dtype_name}); convert one of them first"
+                )
+            self.dtype_name = merged  # the array library's mixed-precision context (torch.autocast)
         if other.device and self.device and other.device != self.device:
             raise DeviceError(
                 f"cannot combine {self._summary()} (device {self.device}) with "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import DTypeError
 
-FLOAT_DTYPES = ("float16", "float32", "float64")
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 def check_float_dtype(name: str, what: str, shape) -> str:

@@ -16,7 +16,9 @@ from .nodes import CAT_I, CAT_J, CAT_P, Node, Var, substitute, variables
 from .printing import to_string
 from .reductions import Output, Reduction, get_reduction
 
-DTYPES = ("float16", "float32", "float64")
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+#: dtypes stored in 16 bits and computed (and accumulated, by default) in float32
+LOW_PRECISION = ("float16", "bfloat16")
 SUM_SCHEMES = ("block_sum", "kahan_scheme", "direct_sum")
 
 
@@ -61,10 +63,10 @@ class ReductionSpec:
 
     @property
     def accumulation_dtype(self) -> str:
-        """The dtype sums are accumulated in (float32 for float16 inputs by default)."""
+        """The dtype sums are accumulated in (float32 for float16 and bfloat16 inputs by default)."""
         if self.dtype_acc != "auto":
             return self.dtype_acc
-        return "float32" if self.dtype == "float16" else self.dtype
+        return "float32" if self.dtype in LOW_PRECISION else self.dtype
 
     def outputs(self) -> tuple[Output, ...]:
         return self.red.outputs(tuple(f.dim for f in self.formulas), self.k)

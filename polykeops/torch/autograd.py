@@ -29,6 +29,7 @@ from ..formula.reduction_grads import (
     sum_like_gradient,
     sum_like_jvp,
 )
+from .custom_op import op_apply, op_call, reduce_op, traced
 
 #: value-selection reductions -> the variant that also returns the indices
 _WITH_INDICES = {
@@ -183,7 +184,10 @@ def _zeros_out(meta, args, nx, batch_shape):
 
 
 def apply(call, args):
-    """Evaluate ``call`` through :class:`GenredFunction`; returns the spec's outputs as a tuple."""
+    """Evaluate ``call`` through :class:`GenredFunction` (through the custom operator
+    ``polykeops::reduce`` while traced); returns the spec's outputs as a tuple."""
+    if args and traced(args):
+        return op_apply(call, args)
     out = GenredFunction.apply(call, *args)
     out = out if isinstance(out, tuple) else (out,)
     return out[:-1] if _hidden_outputs(call.spec) else out
@@ -191,6 +195,8 @@ def apply(call, args):
 
 def reduce(call, args):
     """Entry point of the torch front end (a canonical call, normalised arguments)."""
+    if args and traced(args):  # torch.compile / torch.export: one opaque operator per reduction
+        return op_apply(call, args)
     if torch.is_grad_enabled() and any(a.requires_grad for a in args) or _is_functorch(args):
         return apply(call, args)
     return _evaluate(call, args)
@@ -331,6 +337,43 @@ def _unbroadcast(r, shape):
     if dims:
         r = r.sum(dims, keepdim=True)
     return r.reshape(shape)
+
+
+# ---------------------------------------------------------------------------
+# the custom operator polykeops::reduce (torch.compile, torch.export): its autograd
+# ---------------------------------------------------------------------------
+
+
+def _op_setup_context(ctx, inputs, output):
+    spec, nx, ny, batch, backend, device_id, args = inputs
+    ctx.call = op_call(spec, nx, ny, batch, backend, device_id, args)
+    ctx.n_args, ctx.n_batch = len(args), len(batch)
+    ctx.save_for_backward(*args, *output)
+
+
+def _op_backward(ctx, grads):
+    saved = ctx.saved_tensors
+    args, outs = list(saved[: ctx.n_args]), list(saved[ctx.n_args :])
+    call = ctx.call
+    spec = call.spec
+    g = grads[0]
+    result = []
+    for p, a in enumerate(args):
+        if g is None or not a.is_floating_point():
+            result.append(None)
+            continue
+        if spec.red.is_selection:
+            if not spec.red.differentiable:
+                result.append(None)
+                continue
+            r = _selection_grad(call, p, args, g, outs[-1])
+        else:
+            r = _sum_like_grad(call, p, args, g, [o for o in outs if o.is_floating_point()])
+        result.append(_unbroadcast(r, a.shape))
+    return None, None, None, [None] * ctx.n_batch, None, None, result
+
+
+reduce_op.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 
 __all__ = ["GenredFunction", "apply", "reduce"]

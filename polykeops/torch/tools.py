@@ -9,7 +9,8 @@ from ..common.adapters import ArrayTools
 from ..common.tools import check_float_dtype
 from ..errors import DTypeError
 
-_NAMES = {torch.float16: "float16", torch.float32: "float32", torch.float64: "float64"}
+_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
+          torch.float64: "float64"}
 _DTYPES = {v: k for k, v in _NAMES.items()}
 
 
@@ -47,7 +48,16 @@ class TorchTools(TorchLibrary, ArrayTools):
         return torch.full(shape, value, dtype=_DTYPES[dtype], device=device)
 
     @staticmethod
+    def autocast_dtype(device) -> str | None:
+        """Under ``torch.autocast`` on ``device``, operands of different dtypes meet in float32
+        (reductions are exp/log/sum-like: torch's float32 list, not its matmul-like list)."""
+        kind = str(device or "cpu").split(":")[0]
+        return "float32" if torch.is_autocast_enabled(kind) else None
+
+    @staticmethod
     def as_arg(a, shape, dtype):
+        if a.dtype != _DTYPES[dtype] and torch.is_autocast_enabled(a.device.type):
+            a = a.to(_DTYPES[dtype])  # torch.autocast: see autocast_dtype
         if a.dtype != _DTYPES[dtype]:
             raise DTypeError(f"argument of shape {tuple(a.shape)} has dtype {a.dtype}, expected {dtype}")
         return a.reshape(shape).contiguous()

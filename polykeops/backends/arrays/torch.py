@@ -12,6 +12,7 @@ from .base import Adapter, ArrayLibrary, ReferenceNamespace
 
 _DTYPES = {
     "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
     "float32": torch.float32,
     "float64": torch.float64,
     "int64": torch.int64,

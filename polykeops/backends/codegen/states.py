@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from ...formula.reductions import ACCUMULATOR, INDEX, KMIN, LSE, SELECT, SOFTMAX, SUM
 
-SIZEOF = {"float16": 2, "float32": 4, "float64": 8}
+SIZEOF = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 
 @dataclass(frozen=True)

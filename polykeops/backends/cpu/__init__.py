@@ -43,6 +43,7 @@ import warnings
 from ... import config
 from ...errors import BackendError, CacheUnavailable
 from ...formula.nodes import walk
+from ...formula.spec import LOW_PRECISION
 from ..arrays import adapter_for
 from ..codegen import CRenderer
 from ..contract import Backend, Capabilities
@@ -65,7 +66,7 @@ class CpuBackend(Backend):
         self.generic = generic
         ops = CRenderer.supported_ops()
         self.capabilities = Capabilities(
-            dtypes=frozenset({"float16", "float32", "float64"}),
+            dtypes=frozenset({"float16", "bfloat16", "float32", "float64"}),
             array_kinds=frozenset({"numpy", "torch"}),
             devices=frozenset({"cpu"}),
             batch=True,
@@ -74,7 +75,7 @@ class CpuBackend(Backend):
             reductions=None,
             ops=frozenset(ops),  # the C renderer's rules (SoftDTW has none: reference backend)
             notes=(
-                "float16 is computed in float32",
+                "float16 and bfloat16 are computed in float32 (converted on the way in and out)",
                 "sum_scheme='direct_sum' uses the block (tile) summation of 'block_sum'",
             ),
         )
@@ -119,7 +120,7 @@ class CpuBackend(Backend):
     def evaluate(self, spec, args, *, nx, ny, batch_shape, ranges=None):
         batch_shape = tuple(batch_shape)
         work_spec = spec
-        half = spec.dtype == "float16"
+        half = spec.dtype in LOW_PRECISION
         ad = adapter_for(args[0]) if args else None
         if half:
             acc = spec.dtype_acc if spec.dtype_acc in ("float32", "float64") else "float32"
@@ -147,7 +148,7 @@ class CpuBackend(Backend):
         outs = prepared.outputs
         if half:
             outs = tuple(
-                adapter_for(r).astype(r, "float16") if o.kind == "float" else r
+                adapter_for(r).astype(r, spec.dtype) if o.kind == "float" else r
                 for o, r in zip(spec.outputs(), outs)
             )
         return outs

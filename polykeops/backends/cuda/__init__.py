@@ -38,7 +38,7 @@ from .render import CudaRenderer
 
 __all__ = ["CudaBackend"]
 
-_TORCH_DTYPES = ("float16", "float32", "float64")
+_TORCH_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 class CudaBackend(Backend):
@@ -56,7 +56,7 @@ class CudaBackend(Backend):
         ranges=True,
         partial_states=True,
         host_inputs=True,
-        notes=("NVRTC cubins cached on disk; 1D/2D schemes; float16 with float32 accumulation",
+        notes=("NVRTC cubins cached on disk; 1D/2D schemes; float16 and bfloat16 with float32 accumulation",
                "block-sparse ranges: one block per (i-range, row block), 1D scheme"),
     )
 

@@ -53,6 +53,17 @@ static inline void __syncthreads() { pk_barrier->arrive_and_wait(); }
 static inline float pk_inf_f() { return INFINITY; }
 static inline double pk_inf_d() { return (double)INFINITY; }
 static inline float pk_nan_f() { return NAN; }
+struct alignas(2) pk_bf16 { unsigned short bits; };
+static inline float pk_b2f(pk_bf16 b) {
+  uint32_t u = ((uint32_t)b.bits) << 16; float f; std::memcpy(&f, &u, 4); return f;
+}
+static inline pk_bf16 pk_f2b(float f) {  // round to nearest even; NaN stays a quiet NaN
+  uint32_t u; std::memcpy(&u, &f, 4);
+  pk_bf16 b;
+  b.bits = (u & 0x7fffffffu) > 0x7f800000u ? (unsigned short)((u >> 16) | 0x40u)
+                                            : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  return b;
+}
 static inline float pk_h2f(unsigned short h) {
   unsigned sign = (h >> 15) & 1u, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
   float v;
@@ -189,7 +200,8 @@ def kernel_source(spec, *, n_batch_dims=0, idx64=False, tile_j=None, ranges=Fals
     return generate(spec, n_batch_dims=n_batch_dims, idx64=idx64, tile_j=tile_j, ranges=ranges)
 
 
-_NP = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
+#: NumPy storage of each dtype (NumPy has no bfloat16: its arrays hold the bits, as uint16)
+_NP = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32, "float64": np.float64}
 
 
 def evaluate(spec, args, *, nx, ny, batch_shape, ranges=None, block=None, scheme="auto",

@@ -14,6 +14,7 @@ import math
 
 from ...formula.evaluate import evaluate
 from ...formula.nodes import CAT_I, CAT_J, walk
+from ...formula.spec import LOW_PRECISION
 from ..arrays import adapter, adapter_for
 from ..contract import Backend, Capabilities
 from ..ranges import to_host
@@ -26,7 +27,7 @@ class ReferenceBackend(Backend):
     name = "reference"
     priority = 0
     capabilities = Capabilities(
-        dtypes=frozenset({"float16", "float32", "float64"}),
+        dtypes=frozenset({"float16", "bfloat16", "float32", "float64"}),
         array_kinds=frozenset({"numpy", "torch"}),
         devices=frozenset({"cpu", "cuda"}),
         ranges=True,
@@ -49,7 +50,7 @@ class ReferenceBackend(Backend):
         ]
         if nx == 0:
             return tuple(outputs)
-        work = [xp.acc(a) if spec.dtype == "float16" else a for a in args]
+        work = [xp.acc(a) if spec.dtype in LOW_PRECISION else a for a in args]
         if ny == 0:  # nothing to reduce: every row holds the reduction of nothing
             fdims = tuple(f.dim for f in spec.formulas)
             for out, fill in zip(outputs, spec.red.empty_outputs(fdims, spec.k)):
@@ -152,7 +153,7 @@ def _tile_sizes(nx: int, ny: int, per_pair: int, budget: int) -> tuple[int, int]
 
 def _namespace(spec, args):
     """The reference namespace of the inputs' array kind (NumPy without inputs)."""
-    work_dtype = "float32" if spec.dtype == "float16" else spec.dtype
+    work_dtype = "float32" if spec.dtype in LOW_PRECISION else spec.dtype
     kahan = spec.sum_scheme == "kahan_scheme"
     like = args[0] if args else None
     ad = adapter_for(like) if args else adapter("numpy")
