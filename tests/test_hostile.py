@@ -83,3 +83,17 @@ def test_cuda_cli_takes_formulas_starting_with_minus(monkeypatch, capsys):
     # argparse used to take "-SqDist(x,y)" for an unknown option (exit status 2)
     assert cli.main(["compile", "-SqDist(x,y)", "x = Vi(3)", "y = Vj(3)"]) == 1  # reached the compiler
     assert seen
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_a_formula_string_nested_10000_deep_runs(backend):
+    """A Genred formula of 10,000 nested operations: parsed, simplified, rendered and reduced."""
+    depth = 10_000
+    g = Genred("SqDist(" + "Cos(" * depth + "x" + ")" * depth + ",y)", ["x=Vi(1)", "y=Vj(1)"], axis=1)
+    x = torch.linspace(0, 1, 5, dtype=torch.float64).reshape(5, 1)
+    y = torch.linspace(-1, 1, 4, dtype=torch.float64).reshape(4, 1)
+    c = x.clone()
+    for _ in range(depth):
+        c = torch.cos(c)
+    want = ((c[:, None] - y[None]) ** 2).sum(-1).sum(1, keepdim=True)
+    torch.testing.assert_close(g(x, y, backend=backend), want)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import random
 import re
+import sys
 from fractions import Fraction
 
 import pytest
@@ -673,13 +674,20 @@ def test_errors_are_formula_errors_and_value_errors():
     assert isinstance(err, FormulaError) and isinstance(err, ValueError)
 
 
-def test_deep_nesting_is_an_error_not_a_crash():
-    deep = "(" * 5000 + "x" + ")" * 5000
-    err = syntax_error(deep)
-    assert "nested too deeply" in str(err)
-    # moderate nesting is fine
+def test_deep_nesting_parses_and_absurd_nesting_is_an_error_not_a_crash():
     assert parse("(" * 50 + "x" + ")" * 50) == X
     assert parse("Exp(" * 50 + "x" + ")" * 50).op == "Exp"
+    # 10,000 levels: parsed on a thread with a deep stack (the caller's limits are untouched)
+    limit = sys.getrecursionlimit()
+    assert parse("(" * 10_000 + "x" + ")" * 10_000) == X
+    node = parse("Exp(" * 10_000 + "x" + ")" * 10_000)
+    depth = 0
+    while node.op == "Exp":
+        node, depth = node.args[0], depth + 1
+    assert depth == 10_000 and node == X and sys.getrecursionlimit() == limit
+    deep = "(" * 60_000 + "x" + ")" * 60_000
+    err = syntax_error(deep)
+    assert "nested too deeply" in str(err) and sys.getrecursionlimit() == limit
 
 
 def test_long_flat_formulas():

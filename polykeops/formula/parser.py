@@ -37,6 +37,8 @@ import difflib
 import inspect
 import math
 import re
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -780,9 +782,53 @@ def _parse_with_variables(text: str, aliases: dict[str, Node] | None = None) -> 
     try:
         return parser.parse(), parser.known_vars
     except RecursionError:
+        pass
+    # deeply nested (hundreds of levels): parsed again on a thread with a deep stack and a
+    # recursion limit sized to the text (each level of nesting costs a handful of frames)
+    parser = _Parser(text, dict(aliases or {}))
+    try:
+        return _deep(parser.parse, frames=40 * len(parser.tokens) + 1000), parser.known_vars
+    except RecursionError:
         raise FormulaSyntaxError(
-            "formula: nested too deeply to be parsed", text, parser.peek().pos
+            f"formula: nested too deeply to be parsed (more than {MAX_DEPTH_FRAMES // 40} tokens)",
+            text, parser.peek().pos
         ) from None
+
+
+#: the most Python frames a deeply nested formula may use while parsed (see :func:`_deep`)
+MAX_DEPTH_FRAMES = 2_000_000
+_deep_lock = threading.Lock()
+
+
+def _deep(fn: Callable[[], Node], frames: int) -> Node:
+    """``fn()`` on a new thread with a 1 GiB stack (reserved, not committed) and a recursion
+    limit of ``frames`` (at most :data:`MAX_DEPTH_FRAMES`); RecursionError past it."""
+    if frames > MAX_DEPTH_FRAMES:
+        raise RecursionError
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller
+            out["error"] = exc
+
+    with _deep_lock:  # (both settings are process-wide: changed and restored under one lock)
+        old_stack, old_limit = threading.stack_size(), sys.getrecursionlimit()
+        threading.stack_size(1 << 30)
+        sys.setrecursionlimit(max(old_limit, frames))
+        try:
+            worker = threading.Thread(target=run, name="polykeops-deep-parse")
+            worker.start()
+        finally:
+            threading.stack_size(old_stack)
+        try:
+            worker.join()
+        finally:
+            sys.setrecursionlimit(old_limit)
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def parse_reduction_formula(text: str, aliases: Sequence[str]) -> tuple[Node, tuple[Node, ...]]:
