@@ -97,3 +97,20 @@ def test_a_formula_string_nested_10000_deep_runs(backend):
         c = torch.cos(c)
     want = ((c[:, None] - y[None]) ** 2).sum(-1).sum(1, keepdim=True)
     torch.testing.assert_close(g(x, y, backend=backend), want)
+
+
+def test_a_huge_formula_is_not_compiled_even_in_sync_mode(monkeypatch, tmp_path):
+    from polykeops.backends.cpu import JIT_MAX_NODES, cache
+
+    monkeypatch.setenv("POLYKEOPS_JIT", "sync")
+    monkeypatch.setenv("POLYKEOPS_CACHE_DIR", str(tmp_path))
+    x = torch.linspace(0, 1, 6, dtype=torch.float64).reshape(6, 1)
+    F, f = Vi(x), x
+    for k in range(JIT_MAX_NODES):  # distinct constants: distinct nodes
+        F, f = (F + (k + 1)).cos(), torch.cos(f + (k + 1))
+    builds = cache.BUILDS
+    t0 = time.perf_counter()
+    with pytest.warns(RuntimeWarning, match="generic engine even with POLYKEOPS_JIT=sync"):
+        out = F.sum(dim=0, backend="cpu")
+    assert cache.BUILDS == builds and time.perf_counter() - t0 < 30
+    torch.testing.assert_close(out, f.sum(0, keepdim=True))

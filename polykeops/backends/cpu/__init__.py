@@ -162,6 +162,11 @@ class CpuBackend(Backend):
         if mode == "off":
             return _usable(gen, mode), False
         if mode == "sync":
+            if gen is not None and _node_count(spec) > JIT_MAX_NODES:
+                self._warn_once(("huge", spec), f"polykeops: a formula of more than {JIT_MAX_NODES} "
+                                "operations runs on the generic engine even with POLYKEOPS_JIT=sync "
+                                "(compiling it would take minutes and gigabytes)")
+                return gen, False
             try:
                 return table.build(spec), False
             except compiler.CompilerNotFound:
@@ -231,7 +236,7 @@ def _prod(shape) -> int:
 __all__ = ["CpuBackend", "JIT_WORK_THRESHOLD", "SWITCH_PAIRS"]
 
 
-#: formulas with more distinct nodes than this run on the generic engine in POLYKEOPS_JIT=auto
+#: formulas with more distinct nodes than this run on the generic engine (POLYKEOPS_JIT=auto and sync)
 #: mode (their specialised kernel would be one huge C function: minutes and gigabytes of gcc)
 JIT_MAX_NODES = 1500
 
