@@ -217,6 +217,18 @@ def test_masks_and_special_values(backend):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_infinite_gradient_stays_on_its_entry(backend):
+    """d log(A_ij) / dA_ij is inf where A_ij = 0: the gradient is inf there and finite on the
+    rest of the row, as torch's (Take's derivative selects; it does not multiply by a one-hot)."""
+    a = torch.rand(5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) + 0.5
+    a[1, 2] = 0
+    a.requires_grad_()
+    (g,) = torch.autograd.grad(pkt.LazyTensor.from_dense(a).log().sum(1, backend=backend).sum(), a)
+    (want,) = torch.autograd.grad(torch.log(a).sum(), a)
+    assert torch.equal(g, want)
+
+
 def test_bad_inputs_are_named():
     with pytest.raises(FormulaError, match="from_dense needs a numpy array, got list"):
         pkn.from_dense([[1.0, 2.0]])

@@ -643,8 +643,14 @@ def _ref_take(xp, a, k, d):
 
 
 def _vjp_take(n, g):
+    """The scatter of ``g`` to row ``round(k)``: a selection (``g`` tiled over the rows, kept
+    where the one-hot mask is 1), never ``OneHot(k) * g``, whose 0 * inf would leak NaN into
+    the other rows when ``g`` is infinite."""
     a, k = n.args
-    return (Node("TensorProd", (Node("OneHot", (k,), (a.dim // n.dim,)), g)), None)
+    rows = a.dim // n.dim
+    hit = A.node("TensorProd", A.node("OneHot", k, params=(rows,)), A.const(1, n.dim))
+    tiled = A.node("TensorProd", A.const(1, rows), g)
+    return (_where_true(hit, tiled, Zero(a.dim)), None)
 
 
 register_op(
