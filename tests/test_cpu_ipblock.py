@@ -98,7 +98,7 @@ def test_special_values_keep_the_difference_form(jit, monkeypatch):
     s = (-d2).exp().sum(dim=1, backend="cpu")
     assert torch.isnan(s[3]).all() and torch.isfinite(s[0]).all()
     assert torch.isnan(vals[3]).any()
-    assert torch.isinf(vals[4]).all() and torch.isinf(vals[[0, 1, 2, 4, 5, 6], -1]).all()  # column 7: at infinity
+    assert torch.isinf(vals[4]).all() and torch.isinf(vals[[0, 1, 2, 4, 5, 6], -1]).all()  # column 7: inf
     ref = ((x[:, None] - y[None]) ** 2).sum(-1).sort(dim=1).values  # float32, the same special values
     torch.testing.assert_close(vals[5], ref[5], rtol=1e-5, atol=0)
     keep = [r for r in range(20) if r not in (3, 4, 5)]

@@ -161,8 +161,9 @@ def stage_code(yvars) -> list[str]:
 def pad_code(yvars) -> list[str]:
     """The row-major operands of the tile's columns: ``yp<v>``."""
     return [
-        f"const T *__restrict__ yp{v.params[0]} = PK_GATHER ? yr{v.params[0]} : a{v.params[0]} + jt * {v.dim};"
+        f"const T *__restrict__ yp{i} = PK_GATHER ? yr{i} : a{i} + jt * {v.dim};"
         for v in yvars
+        for i in (v.params[0],)
     ]
 
 
