@@ -9,7 +9,8 @@ accumulators, ``CB`` vector loads of the rows' packed operands (``xt[k][r]``, tr
 once per work item) and ``RB`` broadcasts of ``y_j[k]`` (the columns are read row-major, as
 stored: no transposition per tile) per ``RB * CB`` fused multiply-adds.  Squared distances
 are formed as ``|x|^2 + |y|^2 - 2 x.y`` (row norms once per item, column norms once per
-tile), clamped at 0, with the difference form kept wherever a norm is not finite
+tile), clamped at 0, and recomputed in the difference form where the expansion cancels (values
+below ``(|x|^2 + |y|^2) / 32``: close pairs) or a norm is not finite
 (``include/pk_ipblock.h``).  The rest of the formula reads the block (``out[j][r]``) as the
 value of the product's node.
 """
@@ -180,7 +181,8 @@ def tile_code(bps) -> list[str]:
             x = f"a{bp.xvar.params[0]} + i0 * {D}"
             L.append("{")
             L.append(f"    const int bad = pk_ip_colnorms({y}, {D}, n, ipyn{bp.q});")
-            L.append(f"    pk_ip_sqfinish({bp.buf}, n, BIP, ipxn{bp.q}, ipyn{bp.q}, {_scale(p)});")
+            L.append(f"    pk_ip_sqfinish({bp.buf}, n, BIP, (int)(i1 - i0), {x}, {D}, {y}, ipxn{bp.q},"
+                     f" ipyn{bp.q}, {_scale(p)});")
             L.append(f"    pk_ip_sqfix({bp.buf}, {x}, {D}, (int)(i1 - i0), BIP, {y}, n, ipxn{bp.q},"
                      f" ipyn{bp.q}, bad, {_scale(p)});")
             L.append("}")

@@ -7,11 +7,11 @@
  * (row-major, yr[j * D + k]).  The micro-kernel (pk_ipN, generated for each product, its
  * dimension D a constant) broadcasts y_j[k] and multiplies vectors of rows of xt.
  *
- * Squared distances are formed as |x|^2 + |y|^2 - 2 x.y, clamped at 0 (the expansion cancels
- * when x ~ y and may come out slightly negative), and every entry whose row or column norm is
- * not below PK_IP_BIG is recomputed in the difference form sum_k (x_k - y_k)^2 (the
- * pair-by-pair order): NaN propagates, infinities stay infinite, and values so large that the
- * expansion would overflow keep the exact form.
+ * Squared distances are formed as |x|^2 + |y|^2 - 2 x.y, clamped at 0, and recomputed in the
+ * difference form sum_k (x_k - y_k)^2 where the expansion cancels (pk_ip_sqfinish: close pairs,
+ * whose value is small against |x|^2 + |y|^2) and wherever a row or column norm is not below
+ * PK_IP_BIG (pk_ip_sqfix): NaN propagates, infinities stay infinite, and values so large that
+ * the expansion would overflow keep the exact form.
  */
 #ifndef PK_IPBLOCK_H
 #define PK_IPBLOCK_H
@@ -65,29 +65,47 @@ static int pk_ip_colnorms(const T *__restrict__ yr, int D, int n, T *__restrict_
     return bad;
 }
 
-/* out[j][r] = max(|x_r|^2 + |y_j|^2 - 2 out[j][r], 0) * scale */
-static void pk_ip_sqfinish(T *__restrict__ out, int n, int bip, const T *__restrict__ xn,
-                           const T *__restrict__ yn, T scale)
-{
-    for (int j = 0; j < n; ++j) {
-        T *o = out + (size_t)j * bip;
-        const T b = yn[j];
-#pragma omp simd
-        for (int r = 0; r < bip; ++r) {
-            const T v = xn[r] + b - 2 * o[r];
-            o[r] = (v > 0 ? v : 0) * scale;
-        }
-    }
-}
-
 static T pk_ip_sqdiff(const T *__restrict__ x, const T *__restrict__ y, int D)
 {
     T s = 0;
+#pragma omp simd reduction(+ : s)
     for (int k = 0; k < D; ++k) {
         const T d = x[k] - y[k];
         s += d * d;
     }
     return s;
+}
+
+/* out[j][r] = max(|x_r|^2 + |y_j|^2 - 2 out[j][r], 0) * scale, and the difference form where the
+ * expansion is not accurate: its error is a few eps * (|x|^2 + |y|^2), so entries below
+ * PK_IP_TAU * (|x|^2 + |y|^2) (close pairs far from the origin, near duplicates) are recomputed;
+ * the others keep a relative error of at most about eps / PK_IP_TAU */
+#define PK_IP_TAU ((T)(1.0 / 32))
+static void pk_ip_sqfinish(T *__restrict__ out, int n, int bip, int nrows, const T *__restrict__ x, int D,
+                           const T *__restrict__ yr, const T *__restrict__ xn, const T *__restrict__ yn, T scale)
+{
+    for (int j = 0; j < n; ++j) {
+        T *o = out + (size_t)j * bip;
+        const T b = yn[j];
+        int close = 0;
+#pragma omp simd reduction(+ : close)
+        for (int r = 0; r < bip; ++r) {
+            const T v = xn[r] + b - 2 * o[r];
+            close += v < PK_IP_TAU * (xn[r] + b);
+            o[r] = v > 0 ? v : 0;
+        }
+        if (close) {
+            const T *y = yr + (size_t)j * D;
+            for (int r = 0; r < nrows; ++r)
+                if (o[r] < PK_IP_TAU * (xn[r] + b))
+                    o[r] = pk_ip_sqdiff(x + (size_t)r * D, y, D);
+        }
+        if (scale != 1) {
+#pragma omp simd
+            for (int r = 0; r < bip; ++r)
+                o[r] *= scale;
+        }
+    }
 }
 
 /* the difference form where a norm is not finite (or too large for the expansion) */
