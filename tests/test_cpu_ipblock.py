@@ -117,3 +117,16 @@ def test_ties_as_the_generic_engine(jit, monkeypatch):
     kernel = d2.argKmin(7, dim=1, backend="cpu")
     monkeypatch.setenv("POLYKEOPS_JIT", "off")
     assert torch.equal(kernel, d2.argKmin(7, dim=1, backend="cpu"))
+
+
+def test_close_pairs_far_from_the_origin_keep_their_accuracy(jit):
+    # |x|^2 + |y|^2 - 2 x.y cancels here: such entries are recomputed in the difference form
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(64, 48, generator=g) + 10
+    y = torch.randn(500, 48, generator=g) + 10
+    y[:64] = x + 1e-3 * torch.randn(64, 48, generator=g)
+    xi, yj = lazy(x, y)
+    vals, idx = ((xi - yj) ** 2).sum(-1).Kmin_argKmin(3, dim=1, backend="cpu")
+    ref = d2_ref(x, y).topk(3, dim=1, largest=False)
+    assert torch.equal(idx, ref.indices)
+    torch.testing.assert_close(vals.double(), ref.values, rtol=1e-5, atol=0)
