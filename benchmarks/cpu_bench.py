@@ -5,6 +5,8 @@ Run from the repository root (after ``pip install -e .``, which builds the gener
     python benchmarks/cpu_bench.py            # ~10 minutes on 2 cores
     python benchmarks/cpu_bench.py --quick    # fewer sizes and 3 runs, for a smoke test
     python benchmarks/cpu_bench.py --full     # also the real M = N = 1M run and its peak memory
+    python benchmarks/cpu_bench.py --highdim  # D = 3 to 256: kNN vs FAISS, K @ b vs torch GEMM
+                                              # (benchmarks/highdim.py; with --quick: smaller sizes)
 
 It writes ``benchmarks/results/cpu_bench.md`` (a markdown table), ``cpu_bench.png``
 (a plot; needs matplotlib) and ``cpu_bench.json``.
@@ -390,7 +392,12 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--full", action="store_true", help="also time M = N = 1M in full and its memory")
     parser.add_argument("--only", default="", help="comma-separated workload kinds (gauss,lse,knn,grad,kb)")
+    parser.add_argument("--highdim", action="store_true",
+                        help="only the high-dimensional comparisons against FAISS and torch GEMMs")
     args = parser.parse_args(argv)
+    if args.highdim and os.environ.get("OMP_WAIT_POLICY") is None:
+        # FAISS's best setting on a small machine: read by the OpenMP runtime when it loads
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
     if args.quick:
         args.runs = min(args.runs, 3)
     threads = int(os.environ.get("POLYKEOPS_NUM_THREADS") or len(os.sched_getaffinity(0)))
@@ -398,6 +405,12 @@ def main(argv=None):
     RESULTS.mkdir(exist_ok=True)
     machine = _machine(threads)
     print(machine, flush=True)
+    if args.highdim:
+        import highdim
+
+        set_jit("sync")
+        print(highdim.run(PkLazy, args.runs, args.quick, threads, RESULTS, machine))
+        return
 
     results = []
     for w in workloads(args):

@@ -33,6 +33,7 @@ from ...formula.nodes import CAT_I, CAT_J, CAT_P, walk
 from ..codegen import CRenderer
 from ..codegen.plan import LANE, TILE, dependencies, frontier, phase
 from ..codegen.states import SIZEOF, state_class
+from . import ipblock
 from .gemm import gemm_code
 from .lanes import lane_code
 
@@ -47,13 +48,21 @@ class KernelLayout:
     tj: int  # columns per tile
 
 
-def choose_layout(spec, state_bytes: int, fbuf_dims: int) -> KernelLayout:
+def choose_layout(spec, state_bytes: int, fbuf_dims: int, blocks: int = 0) -> KernelLayout:
+    """Rows per item and columns per tile; ``blocks``: the number of inner products computed by
+    blocks (ipblock.py), each a [BI][TJ] buffer."""
     size = SIZEOF[spec.dtype]
     jdims = sum(v.dim for v in spec.variables if v.cat == CAT_J)
     per_col = (jdims + fbuf_dims + 2) * size
     tj = 96 * 1024 // max(per_col, 1)
     tj = max(64, min(2048, tj // 64 * 64))
     bi = max(1, min(32, (128 * 1024) // max(state_bytes, 1)))
+    if blocks:
+        # more rows per item, so that packing a tile of y serves more rows (as in a GEMM), and a
+        # [BI][TJ] block of products of at most about 64 KB
+        bi = max(1, min(ipblock.BLOCK_ROWS, (256 * 1024) // max(state_bytes, 1)))
+        cap = 64 * 1024 // (blocks * bi * size)
+        tj = max(64, min(tj, cap // 64 * 64))
     return KernelLayout(bi=bi, tj=tj)
 
 
@@ -62,6 +71,7 @@ class KernelWriter:
     ``KernelWriter(spec).source()``."""
 
     fused_sum_limit = 16  # Sum of a formula of dimension <= this: per-lane accumulators
+    ip_min_dim = ipblock.MIN_DIM  # inner products of this dimension and more: by blocks (ipblock.py)
 
     def __init__(self, spec, renderer_cls=CRenderer):
         if spec.axis != 1:
@@ -77,6 +87,7 @@ class KernelWriter:
         self.fdims = [f.dim for f in spec.formulas]
         self.fused = self.state.plain_sum and self.fdims[0] <= self.fused_sum_limit
         self.gemm = None  # set by source(): (scalar buffer, b buffer, dim) for Sum_j s_ij b_j
+        self.blocks = []  # set by source(): the inner products computed by blocks (ipblock.py)
 
     # ------------------------------------------------------------------
     def fbuf_dims(self) -> int:
@@ -143,10 +154,21 @@ class KernelWriter:
             for n in row_front:
                 row_known[n] = lambda k, n=n, rr=rr: rr.value(n, k)
 
-        known = {**tile_known, **row_known}
+        # inner products of dimension >= ipblock.MIN_DIM: computed by blocks (rows of the item x
+        # columns of the tile) before the row loop, read by the lanes from their [TJ][BIP] buffers
+        self.blocks = ipblock.block_products(formulas, self.ip_min_dim)
+        block_known = {bp.product.node: (lambda k, bp=bp: ipblock.lane_value(bp)) for bp in self.blocks}
+        known = {**tile_known, **row_known, **block_known}
         lane_lines, lane_bufs, self.gemm = lane_code(roots, known, leaf_lane, counter, renderer=R, T=T,
                                                      ACC=ACC, state=self.state, fused=self.fused)
-        layout = choose_layout(spec, self.state.record_bytes(), sum(d for _, _, d in lane_bufs))
+        # variables still read in the tile, row and lane code (not only through blocks)
+        rendered = "\n".join(tile_lines + row_lines + lane_lines)
+        if self.gemm is not None:
+            rendered += f" {self.gemm[1]}["
+        jvars_t = [v for v in jvars if f"yt{v.index}[" in rendered]
+        ivars_r = [v for v in ivars if f"xr{v.index}[" in rendered]
+        layout = choose_layout(spec, self.state.record_bytes(), sum(d for _, _, d in lane_bufs),
+                               len(self.blocks))
         self.layout = layout
         BI, TJ = layout.bi, layout.tj
 
@@ -174,9 +196,11 @@ class KernelWriter:
         # block-sparse items: up to BIR rows share each tile (clusters of ~100 points: one item);
         # the state area holds BIR states (the K @ b row buffer holds BI rows: BIR = BI there)
         state_bytes = self.state.record_bytes()
-        bir = BI if self.gemm is not None else max(BI, min(128, (128 * 1024) // max(state_bytes, 1)))
+        one_block = self.gemm is not None or bool(self.blocks)
+        bir = BI if one_block else max(BI, min(128, (128 * 1024) // max(state_bytes, 1)))
         w(f"#define BIR {bir}")
         w(f"#define TJ {TJ}")
+        w(f"#define BIP {ipblock.padded_rows(BI, SIZEOF[spec.dtype])} /* BI rounded up to whole vectors */")
         w(f"#define PK_VL {64 // SIZEOF[spec.dtype]} /* lanes of a 64-byte vector; TJ is a multiple */")
         w('#include "pk_call.h"')
         w("typedef struct {")
@@ -188,17 +212,19 @@ class KernelWriter:
         offs = ["#define OFF_STATE 0", "#define END_STATE (OFF_STATE + BIR * sizeof(pk_state))"]
         prev = "END_STATE"
         bufs = []
-        for v in jvars:
+        for v in jvars_t:
             bufs.append((f"yt{v.index}", T, v.dim))
         for n in tile_front:
             bufs.append((f"tb{_id(n, tile_front)}", T, n.dim))
+        bufs.extend(ipblock.buffers(self.blocks, T))
         for name, ty, dim in lane_bufs:
             if self.gemm is not None and name == self.gemm[0]:
                 name, dim = name + "_all", BI  # one row of TJ scalars per row of the item
             bufs.append((name, ty, dim))
         for name, ty, dim in bufs:
+            size = f"(size_t)({dim})" if isinstance(dim, str) else f"(size_t){dim} * TJ"
             offs.append(f"#define OFF_{name} PK_ALIGN64({prev})")
-            offs.append(f"#define END_{name} (OFF_{name} + (size_t){dim} * TJ * sizeof({ty}))")
+            offs.append(f"#define END_{name} (OFF_{name} + {size} * sizeof({ty}))")
             prev = f"END_{name}"
         extra, prev = self.state.record_scratch(prev)
         offs.extend(extra)
@@ -207,6 +233,11 @@ class KernelWriter:
         w("")
         out.extend(self.state.record_functions())
         w("")
+        if self.blocks:
+            w('#include "pk_ipblock.h"')
+            for bp in self.blocks:
+                out.extend(ipblock.microkernel(bp))
+            w("")
         # the block routine
         # states that do not need the column index of a lane (sums): a tile may gather
         # the columns of several j intervals (block-sparse ranges: many short intervals)
@@ -226,6 +257,8 @@ class KernelWriter:
         for name, ty, _dim in bufs:
             w(f"    {ty} *__restrict__ {name} = ({ty} *)(scratch + OFF_{name});")
         out.extend(self.state.record_prologue())
+        out.extend("    " + line for line in ipblock.item_code(self.blocks))
+        yrows = ipblock.yvars_of(self.blocks)
         # tiles of at most TJ columns, taken from the j intervals iv[2q], iv[2q + 1] (clipped to
         # [0, ny]) in order; with PK_GATHER == 0 a tile holds columns of one interval only, the
         # columns jt .. jt + n - 1
@@ -245,7 +278,8 @@ class KernelWriter:
         w("            const int m = (int)((end - pos) < (TJ - n) ? (end - pos) : (TJ - n));")
         w("            if (n == 0)")
         w("                jt = pos;")
-        for v in jvars:
+        out.extend("            " + line for line in ipblock.stage_code(yrows))
+        for v in jvars_t:
             d = v.dim
             w("            {")
             w(f"                const T *__restrict__ src = a{v.index} + pos * {d};")
@@ -258,8 +292,15 @@ class KernelWriter:
                     w(f"                    dst[{k} * TJ + j] = src[j * {d} + {k}];")
                 w("                }")
             else:
+                # 16 columns at a time: whole 64-byte lines of each component row are written
+                # (one column at a time, the D stores of a column, TJ apart, hit few cache sets)
                 w(f"                T *__restrict__ dst = yt{v.index} + n;")
-                w("                for (int j = 0; j < m; ++j)")
+                w("                int j = 0;")
+                w("                for (; j + 16 <= m; j += 16)")
+                w(f"                    for (int k = 0; k < {d}; ++k)")
+                w("                        for (int l = 0; l < 16; ++l)")
+                w(f"                            dst[k * TJ + j + l] = src[(j + l) * {d} + k];")
+                w("                for (; j < m; ++j)")
                 w(f"                    for (int k = 0; k < {d}; ++k)")
                 w(f"                        dst[k * TJ + j] = src[j * {d} + k];")
             w("            }")
@@ -272,8 +313,9 @@ class KernelWriter:
         # whole SIMD vectors: columns n .. npad - 1 of the tile buffers are zeros
         w("        const int nfull = n & ~(PK_VL - 1), npad = (n + PK_VL - 1) & ~(PK_VL - 1);")
         w("        (void)nfull;")
+        out.extend("        " + line for line in ipblock.pad_code(yrows))
         w("        for (int j = n; j < npad; ++j) {")
-        for v in jvars:
+        for v in jvars_t:
             w(f"            for (int k = 0; k < {v.dim}; ++k) yt{v.index}[k * TJ + j] = 0;")
         w("        }")
         if tile_lines:
@@ -282,13 +324,14 @@ class KernelWriter:
             for line in tile_lines:
                 w("            " + line)
             w("        }")
+        out.extend("        " + line for line in ipblock.tile_code(self.blocks))
         w("        for (int64_t i = i0; i < i1; ++i) {")
         w("            pk_state *__restrict__ s = st + (i - i0);")
         if self.gemm is not None:
             g = self.gemm[0]
             w(f"            T *__restrict__ {g} = {g}_all + (size_t)(i - i0) * TJ;")
             w("            (void)s;")
-        for v in ivars:
+        for v in ivars_r:
             w(f"            T xr{v.index}[{v.dim}];")
             w(f"            for (int k = 0; k < {v.dim}; ++k) xr{v.index}[k] = a{v.index}[i * {v.dim} + k];")
         for line in row_lines:

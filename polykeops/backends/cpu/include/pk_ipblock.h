@@ -1,0 +1,142 @@
+/* polykeops CPU runtime: helpers of the inner-product block micro-kernels (ipblock.py).
+ *
+ * Included by a specialised kernel after `typedef ... T;` and `#define TJ`.  A block holds the
+ * products of the BI rows of a work item and the TJ columns of a tile, column-major:
+ * out[j * BIP + r] (BIP: BI rounded up to whole vectors).  The rows' operands are packed once
+ * per item, transposed (xt[k * BIP + r]); the columns' operands are read as they are stored
+ * (row-major, yr[j * D + k]).  The micro-kernel (pk_ipN, generated for each product, its
+ * dimension D a constant) broadcasts y_j[k] and multiplies vectors of rows of xt.
+ *
+ * Squared distances are formed as |x|^2 + |y|^2 - 2 x.y, clamped at 0, and recomputed in the
+ * difference form sum_k (x_k - y_k)^2 where the expansion cancels (pk_ip_sqfinish: close pairs,
+ * whose value is small against |x|^2 + |y|^2) and wherever a row or column norm is not below
+ * PK_IP_BIG (pk_ip_sqfix): NaN propagates, infinities stay infinite, and values so large that
+ * the expansion would overflow keep the exact form.
+ */
+#ifndef PK_IPBLOCK_H
+#define PK_IPBLOCK_H
+
+#if defined(__AVX512F__)
+#define PK_VB 64 /* bytes of the micro-kernel's vectors */
+#else
+#define PK_VB 32
+#endif
+#define PK_VLB ((int)(PK_VB / sizeof(T))) /* lanes of a micro-kernel vector */
+
+typedef T pk_vt __attribute__((vector_size(PK_VB)));
+
+#define PK_IP_BIG ((T)(sizeof(T) == 4 ? 4.0e37 : 2.0e307))
+
+/* xt[k * bip + r] = x[r * D + k] for r < nrows, 0 for nrows <= r < bip; xn[r] = |x_r|^2 (0 for
+ * the padding rows) */
+static void pk_ip_packx(const T *__restrict__ x, int D, int nrows, int bip, T *__restrict__ xt,
+                        T *__restrict__ xn)
+{
+    for (int r = 0; r < nrows; ++r) {
+        const T *xr = x + (size_t)r * D;
+        T s = 0;
+        for (int k = 0; k < D; ++k) {
+            xt[(size_t)k * bip + r] = xr[k];
+            s += xr[k] * xr[k];
+        }
+        xn[r] = s;
+    }
+    for (int r = nrows; r < bip; ++r) {
+        for (int k = 0; k < D; ++k)
+            xt[(size_t)k * bip + r] = 0;
+        xn[r] = 0;
+    }
+}
+
+/* yn[j] = |y_j|^2 for the rows j < n of yr; returns the number of them whose norm is not below
+ * PK_IP_BIG */
+static int pk_ip_colnorms(const T *__restrict__ yr, int D, int n, T *__restrict__ yn)
+{
+    int bad = 0;
+    for (int j = 0; j < n; ++j) {
+        const T *y = yr + (size_t)j * D;
+        T s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int k = 0; k < D; ++k)
+            s += y[k] * y[k];
+        yn[j] = s;
+        bad += !(s <= PK_IP_BIG);
+    }
+    return bad;
+}
+
+static T pk_ip_sqdiff(const T *__restrict__ x, const T *__restrict__ y, int D)
+{
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int k = 0; k < D; ++k) {
+        const T d = x[k] - y[k];
+        s += d * d;
+    }
+    return s;
+}
+
+/* out[j][r] = max(|x_r|^2 + |y_j|^2 - 2 out[j][r], 0) * scale, and the difference form where the
+ * expansion is not accurate: its error is a few eps * (|x|^2 + |y|^2), so entries below
+ * PK_IP_TAU * (|x|^2 + |y|^2) (close pairs far from the origin, near duplicates) are recomputed;
+ * the others keep a relative error of at most about eps / PK_IP_TAU */
+#define PK_IP_TAU ((T)(1.0 / 32))
+static void pk_ip_sqfinish(T *__restrict__ out, int n, int bip, int nrows, const T *__restrict__ x, int D,
+                           const T *__restrict__ yr, const T *__restrict__ xn, const T *__restrict__ yn, T scale)
+{
+    for (int j = 0; j < n; ++j) {
+        T *o = out + (size_t)j * bip;
+        const T b = yn[j];
+        int close = 0;
+#pragma omp simd reduction(+ : close)
+        for (int r = 0; r < bip; ++r) {
+            const T v = xn[r] + b - 2 * o[r];
+            close += v < PK_IP_TAU * (xn[r] + b);
+            o[r] = v > 0 ? v : 0;
+        }
+        if (close) {
+            const T *y = yr + (size_t)j * D;
+            for (int r = 0; r < nrows; ++r)
+                if (o[r] < PK_IP_TAU * (xn[r] + b))
+                    o[r] = pk_ip_sqdiff(x + (size_t)r * D, y, D);
+        }
+        if (scale != 1) {
+#pragma omp simd
+            for (int r = 0; r < bip; ++r)
+                o[r] *= scale;
+        }
+    }
+}
+
+/* the difference form where a norm is not finite (or too large for the expansion) */
+static void pk_ip_sqfix(T *__restrict__ out, const T *__restrict__ x, int D, int nrows, int bip,
+                        const T *__restrict__ yr, int n, const T *__restrict__ xn, const T *__restrict__ yn,
+                        int badcols, T scale)
+{
+    for (int r = 0; r < nrows; ++r) {
+        if (xn[r] <= PK_IP_BIG)
+            continue;
+        for (int j = 0; j < n; ++j)
+            out[(size_t)j * bip + r] = pk_ip_sqdiff(x + (size_t)r * D, yr + (size_t)j * D, D) * scale;
+    }
+    if (!badcols)
+        return;
+    for (int j = 0; j < n; ++j) {
+        if (yn[j] <= PK_IP_BIG)
+            continue;
+        for (int r = 0; r < nrows; ++r)
+            out[(size_t)j * bip + r] = pk_ip_sqdiff(x + (size_t)r * D, yr + (size_t)j * D, D) * scale;
+    }
+}
+
+/* out[j][r] *= scale */
+static void pk_ip_scale(T *__restrict__ out, int n, int bip, T scale)
+{
+    for (int j = 0; j < n; ++j) {
+#pragma omp simd
+        for (int r = 0; r < bip; ++r)
+            out[(size_t)j * bip + r] *= scale;
+    }
+}
+
+#endif /* PK_IPBLOCK_H */

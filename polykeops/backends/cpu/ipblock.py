@@ -1,0 +1,213 @@
+"""Inner-product blocks of the specialised CPU kernels (the input side of a GEMM).
+
+When a formula reads inner products ``x_i . y_j`` or squared distances ``|x_i - y_j|^2``
+of dimension ``D >= MIN_DIM`` between an i-variable and a j-variable (found by
+:mod:`polykeops.formula.inner_products`), the kernel computes them for a whole block --
+the ``BI`` rows of a work item x the ``TJ`` columns of a tile -- before its row loop, with
+a register-blocked micro-kernel: ``RB`` columns x ``CB`` SIMD vectors of rows of
+accumulators, ``CB`` vector loads of the rows' packed operands (``xt[k][r]``, transposed
+once per work item) and ``RB`` broadcasts of ``y_j[k]`` (the columns are read row-major, as
+stored: no transposition per tile) per ``RB * CB`` fused multiply-adds.  Squared distances
+are formed as ``|x|^2 + |y|^2 - 2 x.y`` (row norms once per item, column norms once per
+tile), clamped at 0, and recomputed in the difference form where the expansion cancels (values
+below ``(|x|^2 + |y|^2) / 32``: close pairs) or a norm is not finite
+(``include/pk_ipblock.h``).  The rest of the formula reads the block (``out[j][r]``) as the
+value of the product's node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...formula.inner_products import SQDIST, InnerProduct, find_inner_products
+from ...formula.nodes import CAT_I, CAT_J
+
+#: smallest dimension handled by a block (below, the pair-by-pair lane code is as fast)
+MIN_DIM = 16
+
+#: rows per work item of a kernel with blocks (a multiple of the register tiles' rows)
+BLOCK_ROWS = 192
+
+#: (columns, vectors of rows) per register tile: 32 vector registers (AVX-512) or 16
+SHAPE_512 = (8, 3)
+SHAPE_256 = (4, 3)
+
+
+@dataclass(frozen=True)
+class BlockProduct:
+    """One inner product computed by blocks in a kernel: ``ipb<q>`` holds its [TJ][BIP] values."""
+
+    q: int
+    product: InnerProduct
+    xvar: object  # the i-variable
+    yvar: object  # the j-variable
+
+    @property
+    def buf(self) -> str:
+        return f"ipb{self.q}"
+
+
+def block_products(formulas, min_dim: int = MIN_DIM) -> list[BlockProduct]:
+    """The inner products of ``formulas`` that the kernel computes by blocks: one scalar product
+    or squared distance between an i-variable and a j-variable."""
+    out = []
+    for p in find_inner_products(formulas, min_dim=min_dim):
+        if p.count != 1 or p.x.op != "Var" or p.x.params[2] != CAT_I:
+            continue
+        if p.y.op != "Var" or p.y.params[2] != CAT_J:
+            continue
+        out.append(BlockProduct(len(out), p, p.x, p.y))
+    return out
+
+
+def padded_rows(bi: int, dtype_size: int) -> int:
+    """BIP: the rows of a block rounded up to whole 64-byte vectors."""
+    lanes = 64 // dtype_size
+    return -(-bi // lanes) * lanes
+
+
+def _scale(p: InnerProduct) -> str:
+    return f"(T)({float(p.scale)!r})"
+
+
+def lane_value(bp: BlockProduct) -> str:
+    """The value of the product for row i and lane j in the lane code (``BIP``: the kernel's
+    padded rows per block, :func:`padded_rows`)."""
+    return f"{bp.buf}[(size_t)j * BIP + (i - i0)]"
+
+
+def microkernel(bp: BlockProduct) -> list[str]:
+    """``static void pk_ip<q>(xt, nr, yr, nc, out)``: out[j * BIP + r] = sum_k xt[k * BIP + r] yr[j * D + k]
+    for r < nr (whole vectors) and j < nc."""
+    D = bp.product.dim
+    L = [
+        f"static void pk_ip{bp.q}(const T *__restrict__ xt, int nr, const T *__restrict__ yr, int nc,"
+        " T *__restrict__ out)",
+        "{",
+    ]
+
+    def tile(rb, cb, indent):
+        s = " " * indent
+        o = []
+        for c in range(rb):
+            o.append(f"{s}const T *__restrict__ y{c} = yr + (size_t)(j + {c}) * {D};")
+        o.append(s + " ".join(f"pk_vt a{c}_{v} = {{0}};" for c in range(rb) for v in range(cb)))
+        o.append(f"{s}const T *__restrict__ xp = xt + r;")
+        o.append(f"{s}for (int k = 0; k < {D}; ++k, xp += BIP) {{")
+        for v in range(cb):
+            o.append(f"{s}    const pk_vt x{v} = *(const pk_vt *)(xp + {v} * PK_VLB);")
+        for c in range(rb):
+            o.append(f"{s}    const T s{c} = y{c}[k];")
+            for v in range(cb):
+                o.append(f"{s}    a{c}_{v} += s{c} * x{v};")
+        o.append(f"{s}}}")
+        for c in range(rb):
+            for v in range(cb):
+                o.append(f"{s}*(pk_vt *)(out + (size_t)(j + {c}) * BIP + r + {v} * PK_VLB) = a{c}_{v};")
+        return o
+
+    def variant(rb, cb):
+        V = ["int r = 0;", f"for (; r + {cb} * PK_VLB <= nr; r += {cb} * PK_VLB) {{", "    int j = 0;"]
+        V.append(f"    for (; j + {rb} <= nc; j += {rb}) {{")
+        V.extend(tile(rb, cb, 8))
+        V.append("    }")
+        V.append("    for (; j < nc; ++j) {")
+        V.extend(tile(1, cb, 8))
+        V.append("    }")
+        V.append("}")
+        V.append("for (; r < nr; r += PK_VLB) {")
+        V.append("    int j = 0;")
+        V.append(f"    for (; j + {rb} <= nc; j += {rb}) {{")
+        V.extend(tile(rb, 1, 8))
+        V.append("    }")
+        V.append("    for (; j < nc; ++j) {")
+        V.extend(tile(1, 1, 8))
+        V.append("    }")
+        V.append("}")
+        return V
+
+    L.append("#if defined(__AVX512F__)")
+    L.extend("    " + x for x in variant(*SHAPE_512))
+    L.append("#else")
+    L.extend("    " + x for x in variant(*SHAPE_256))
+    L.append("#endif")
+    L.append("}")
+    return L
+
+
+def item_code(bps) -> list[str]:
+    """Run once per work item, before its tiles: the rows' operands packed (transposed), and
+    their norms."""
+    L = []
+    for bp in bps:
+        D = bp.product.dim
+        v = bp.xvar.params[0]
+        L.append(f"T ipxn{bp.q}[BIP];")
+        L.append(f"pk_ip_packx(a{v} + i0 * {D}, {D}, (int)(i1 - i0), BIP, ipxt{bp.q}, ipxn{bp.q});")
+        L.append(f"const int ipnr{bp.q} = (int)(((i1 - i0) + PK_VLB - 1) / PK_VLB * PK_VLB);")
+    return L
+
+
+def stage_code(yvars) -> list[str]:
+    """In the tile's packing loop (``m`` columns from ``pos`` go to the tile's columns ``n``...):
+    the columns' operands, row-major, copied only when the tile gathers several intervals
+    (otherwise the blocks read the variable in place)."""
+    return [
+        f"if (PK_GATHER) memcpy(yr{v.params[0]} + (size_t)n * {v.dim}, a{v.params[0]} + pos * {v.dim},"
+        f" (size_t)m * {v.dim} * sizeof(T));"
+        for v in yvars
+    ]
+
+
+def pad_code(yvars) -> list[str]:
+    """The row-major operands of the tile's columns: ``yp<v>``."""
+    return [
+        f"const T *__restrict__ yp{i} = PK_GATHER ? yr{i} : a{i} + jt * {v.dim};"
+        for v in yvars
+        for i in (v.params[0],)
+    ]
+
+
+def tile_code(bps) -> list[str]:
+    """Run once per tile, before the row loop: the blocks of products of the item's rows."""
+    L = []
+    for bp in bps:
+        p = bp.product
+        D = p.dim
+        y = f"yp{bp.yvar.params[0]}"
+        L.append(f"pk_ip{bp.q}(ipxt{bp.q}, ipnr{bp.q}, {y}, n, {bp.buf});")
+        L.append(f"memset({bp.buf} + (size_t)n * BIP, 0, (size_t)(npad - n) * BIP * sizeof(T));")
+        if p.kind == SQDIST:
+            x = f"a{bp.xvar.params[0]} + i0 * {D}"
+            L.append("{")
+            L.append(f"    const int bad = pk_ip_colnorms({y}, {D}, n, ipyn{bp.q});")
+            L.append(f"    pk_ip_sqfinish({bp.buf}, n, BIP, (int)(i1 - i0), {x}, {D}, {y}, ipxn{bp.q},"
+                     f" ipyn{bp.q}, {_scale(p)});")
+            L.append(f"    pk_ip_sqfix({bp.buf}, {x}, {D}, (int)(i1 - i0), BIP, {y}, n, ipxn{bp.q},"
+                     f" ipyn{bp.q}, bad, {_scale(p)});")
+            L.append("}")
+        elif p.scale != 1:
+            L.append(f"pk_ip_scale({bp.buf}, n, BIP, {_scale(p)});")
+    return L
+
+
+def yvars_of(bps) -> list:
+    """The j-variables read row-major by the blocks (each once)."""
+    out = []
+    for bp in bps:
+        if bp.yvar not in out:
+            out.append(bp.yvar)
+    return out
+
+
+def buffers(bps, T: str) -> list[tuple[str, str, int | str]]:
+    """(name, C type, size) of the scratch buffers: an int size counts rows of TJ values, a str
+    is a number of values."""
+    out = []
+    for v in yvars_of(bps):
+        out.append((f"yr{v.params[0]}", T, v.dim))
+    for bp in bps:
+        out.append((bp.buf, T, "BIP * TJ"))
+        out.append((f"ipxt{bp.q}", T, f"{bp.product.dim} * BIP"))
+        out.append((f"ipyn{bp.q}", T, 1))
+    return out

@@ -1,0 +1,132 @@
+"""Inner products computed by blocks in the specialised CPU kernels (ipblock.py): results against
+dense references written directly with torch, at sizes crossing the blocks and tiles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from polykeops.backends.cpu.kernel_source import KernelWriter
+from polykeops.formula import ReductionSpec
+from polykeops.formula.parser import parse_reduction_formula
+from polykeops.torch import LazyTensor
+
+
+@pytest.fixture
+def jit(tmp_path, monkeypatch):
+    monkeypatch.setenv("POLYKEOPS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("POLYKEOPS_JIT", "sync")
+
+
+def lazy(x, y):
+    return LazyTensor(x[..., :, None, :]), LazyTensor(y[..., None, :, :])
+
+
+def d2_ref(x, y):
+    return ((x.double()[..., :, None, :] - y.double()[..., None, :, :]) ** 2).sum(-1)
+
+
+@pytest.mark.parametrize("D", [15, 16, 100])
+def test_source_uses_blocks_from_dimension_16(D):
+    f, vs = parse_reduction_formula("SqDist(x, y)", [f"x = Vi(0, {D})", f"y = Vj(1, {D})"])
+    spec = ReductionSpec(reduction="ArgKMin", formulas=(f,), variables=vs, k=3).canonical()
+    assert ("pk_ip0(" in KernelWriter(spec).source()) == (D >= 16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("D", [17, 64])
+def test_knn_indices_match_dense(jit, D, dtype):
+    g = torch.Generator().manual_seed(D)
+    for M, N in [(1, 1), (2, 31), (257, 1000)]:
+        x = torch.randn(M, D, generator=g, dtype=dtype)
+        y = torch.randn(N, D, generator=g, dtype=dtype)
+        xi, yj = lazy(x, y)
+        k = min(5, N)
+        idx = ((xi - yj) ** 2).sum(-1).argKmin(k, dim=1, backend="cpu")
+        ref = d2_ref(x, y).topk(k, dim=1, largest=False).indices
+        assert torch.equal(idx, ref), (M, N)
+
+
+def test_self_distance_is_zero_and_first(jit):
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(300, 64, generator=g) * 30 + 100  # large norms: the expansion cancels most
+    xi, yj = lazy(y[:200], y)
+    vals, idx = ((xi - yj) ** 2).sum(-1).Kmin_argKmin(2, dim=1, backend="cpu")
+    assert torch.equal(idx[:, 0], torch.arange(200))
+    assert (vals[:, 0] >= 0).all() and (vals[:, 0] <= 1e-2 * vals[:, 1]).all()
+
+
+def test_gaussian_sums_batched_float64_and_dot(jit):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 70, 33, generator=g, dtype=torch.float64) / 4
+    y = torch.randn(3, 257, 33, generator=g, dtype=torch.float64) / 4
+    b = torch.randn(3, 257, 2, generator=g, dtype=torch.float64)
+    xi, yj = lazy(x, y)
+    bj = LazyTensor(b[:, None, :, :])
+    out = ((-((xi - yj) ** 2).sum(-1)).exp() * bj).sum(dim=2, backend="cpu")
+    ref = torch.exp(-d2_ref(x, y)) @ b
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    dot = ((xi | yj).exp() * bj).sum(dim=2, backend="cpu")
+    torch.testing.assert_close(dot, torch.exp(x @ y.transpose(1, 2)) @ b, rtol=1e-12, atol=1e-12)
+
+
+def test_gradient(jit):
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(40, 64, generator=g) / 8).requires_grad_(True)
+    y = torch.randn(129, 64, generator=g) / 8
+    b = torch.randn(129, 3, generator=g)
+    xi, yj = lazy(x, y)
+    a = ((-((xi - yj) ** 2).sum(-1)).exp() * LazyTensor(b[None])).sum(dim=1, backend="cpu")
+    (gx,) = torch.autograd.grad((a**2).sum(), [x])
+    xr = x.detach().double().requires_grad_(True)
+    ar = torch.exp(-((xr[:, None] - y.double()[None]) ** 2).sum(-1)) @ b.double()
+    (gr,) = torch.autograd.grad((ar**2).sum(), [xr])
+    torch.testing.assert_close(gx.double(), gr, rtol=1e-4, atol=1e-5)
+
+
+def test_special_values_keep_the_difference_form(jit, monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(20, 32, generator=g)
+    y = torch.randn(70, 32, generator=g)
+    x[3, 5] = float("nan")
+    x[4, 0] = float("inf")
+    y[7, 1] = float("-inf")
+    x[5, :] = 3e19  # finite, but |x|^2 overflows float32
+    xi, yj = lazy(x, y)
+    d2 = ((xi - yj) ** 2).sum(-1)
+    vals = d2.Kmin(70, dim=1, backend="cpu")
+    s = (-d2).exp().sum(dim=1, backend="cpu")
+    assert torch.isnan(s[3]).all() and torch.isfinite(s[0]).all()
+    assert torch.isnan(vals[3]).any()
+    assert torch.isinf(vals[4]).all() and torch.isinf(vals[[0, 1, 2, 4, 5, 6], -1]).all()  # column 7: inf
+    ref = ((x[:, None] - y[None]) ** 2).sum(-1).sort(dim=1).values  # float32, the same special values
+    torch.testing.assert_close(vals[5], ref[5], rtol=1e-5, atol=0)
+    keep = [r for r in range(20) if r not in (3, 4, 5)]
+    torch.testing.assert_close(vals[keep], ref[keep], rtol=1e-4, atol=1e-4)
+    monkeypatch.setenv("POLYKEOPS_JIT", "off")  # the generic engine: pair by pair
+    torch.testing.assert_close(vals, d2.Kmin(70, dim=1, backend="cpu"), rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
+def test_ties_as_the_generic_engine(jit, monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    y = torch.randint(-2, 3, (400, 24), generator=g).float()  # integers: exact dots, many ties
+    y = torch.cat([y, y[:100]])
+    x = torch.randint(-2, 3, (50, 24), generator=g).float()
+    xi, yj = lazy(x, y)
+    d2 = ((xi - yj) ** 2).sum(-1)
+    kernel = d2.argKmin(7, dim=1, backend="cpu")
+    monkeypatch.setenv("POLYKEOPS_JIT", "off")
+    assert torch.equal(kernel, d2.argKmin(7, dim=1, backend="cpu"))
+
+
+def test_close_pairs_far_from_the_origin_keep_their_accuracy(jit):
+    # |x|^2 + |y|^2 - 2 x.y cancels here: such entries are recomputed in the difference form
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(64, 48, generator=g) + 10
+    y = torch.randn(500, 48, generator=g) + 10
+    y[:64] = x + 1e-3 * torch.randn(64, 48, generator=g)
+    xi, yj = lazy(x, y)
+    vals, idx = ((xi - yj) ** 2).sum(-1).Kmin_argKmin(3, dim=1, backend="cpu")
+    ref = d2_ref(x, y).topk(3, dim=1, largest=False)
+    assert torch.equal(idx, ref.indices)
+    torch.testing.assert_close(vals.double(), ref.values, rtol=1e-5, atol=0)
