@@ -81,8 +81,8 @@ def microkernel(bp: BlockProduct) -> list[str]:
     for r < nr (whole vectors) and j < nc."""
     D = bp.product.dim
     L = [
-        f"static void pk_ip{bp.q}(const T *__restrict__ xt, int nr, const T *__restrict__ yr, int nc,"
-        " T *__restrict__ out)",
+        f"PK_CONTRACT static void pk_ip{bp.q}(const T *__restrict__ xt, int nr, const T *__restrict__ yr,"
+        " int nc, T *__restrict__ out)",
         "{",
     ]
 

@@ -29,7 +29,15 @@ typedef T pk_vt __attribute__((vector_size(PK_VB)));
 
 /* xt[k * bip + r] = x[r * D + k] for r < nrows, 0 for nrows <= r < bip; xn[r] = |x_r|^2 (0 for
  * the padding rows) */
-static void pk_ip_packx(const T *__restrict__ x, int D, int nrows, int bip, T *__restrict__ xt,
+/* The blocks are one op each (a dot product, a squared distance): their multiply-adds are fused
+ * (kernels are otherwise compiled with -ffp-contract=off, see pk_math.h) */
+#if defined(__GNUC__) && !defined(__clang__)
+#define PK_CONTRACT __attribute__((optimize("fp-contract=fast")))
+#else
+#define PK_CONTRACT
+#endif
+
+PK_CONTRACT static void pk_ip_packx(const T *__restrict__ x, int D, int nrows, int bip, T *__restrict__ xt,
                         T *__restrict__ xn)
 {
     for (int r = 0; r < nrows; ++r) {
@@ -50,7 +58,7 @@ static void pk_ip_packx(const T *__restrict__ x, int D, int nrows, int bip, T *_
 
 /* yn[j] = |y_j|^2 for the rows j < n of yr; returns the number of them whose norm is not below
  * PK_IP_BIG */
-static int pk_ip_colnorms(const T *__restrict__ yr, int D, int n, T *__restrict__ yn)
+PK_CONTRACT static int pk_ip_colnorms(const T *__restrict__ yr, int D, int n, T *__restrict__ yn)
 {
     int bad = 0;
     for (int j = 0; j < n; ++j) {
@@ -65,7 +73,7 @@ static int pk_ip_colnorms(const T *__restrict__ yr, int D, int n, T *__restrict_
     return bad;
 }
 
-static T pk_ip_sqdiff(const T *__restrict__ x, const T *__restrict__ y, int D)
+PK_CONTRACT static T pk_ip_sqdiff(const T *__restrict__ x, const T *__restrict__ y, int D)
 {
     T s = 0;
 #pragma omp simd reduction(+ : s)
@@ -81,7 +89,7 @@ static T pk_ip_sqdiff(const T *__restrict__ x, const T *__restrict__ y, int D)
  * PK_IP_TAU * (|x|^2 + |y|^2) (close pairs far from the origin, near duplicates) are recomputed;
  * the others keep a relative error of at most about eps / PK_IP_TAU */
 #define PK_IP_TAU ((T)(1.0 / 32))
-static void pk_ip_sqfinish(T *__restrict__ out, int n, int bip, int nrows, const T *__restrict__ x, int D,
+PK_CONTRACT static void pk_ip_sqfinish(T *__restrict__ out, int n, int bip, int nrows, const T *__restrict__ x, int D,
                            const T *__restrict__ yr, const T *__restrict__ xn, const T *__restrict__ yn, T scale)
 {
     for (int j = 0; j < n; ++j) {
@@ -109,7 +117,7 @@ static void pk_ip_sqfinish(T *__restrict__ out, int n, int bip, int nrows, const
 }
 
 /* the difference form where a norm is not finite (or too large for the expansion) */
-static void pk_ip_sqfix(T *__restrict__ out, const T *__restrict__ x, int D, int nrows, int bip,
+PK_CONTRACT static void pk_ip_sqfix(T *__restrict__ out, const T *__restrict__ x, int D, int nrows, int bip,
                         const T *__restrict__ yr, int n, const T *__restrict__ xn, const T *__restrict__ yn,
                         int badcols, T scale)
 {
