@@ -63,7 +63,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from .nodes import CAT_I, CAT_J, CAT_P, Node, walk
+from .nodes import CAT_I, CAT_J, CAT_P, Node, dependencies, walk
 
 #: default smallest dimension D worth a block micro-kernel (below it the pair-by-pair code wins)
 MIN_DIM = 16
@@ -102,22 +102,6 @@ class InnerProduct:
     def pairs_flops(self) -> int:
         """Multiply-adds per (i, j) pair."""
         return self.dim * self.count
-
-
-def _deps(formulas) -> dict[Node, frozenset]:
-    deps: dict[Node, frozenset] = {}
-    for f in formulas:
-        for n in walk(f):
-            if n in deps:
-                continue
-            if n.op in ("Var", "Leaf"):
-                deps[n] = frozenset((n.params[2],))
-            else:
-                s: frozenset = frozenset()
-                for a in n.args:
-                    s |= deps[a]
-                deps[n] = s
-    return deps
 
 
 def _side(dep: frozenset) -> int | None:
@@ -200,7 +184,7 @@ def find_inner_products(formulas, min_dim: int = MIN_DIM) -> list[InnerProduct]:
     ``formulas`` (a node or a sequence of nodes), each node once, children first."""
     if isinstance(formulas, Node):
         formulas = (formulas,)
-    deps = _deps(formulas)
+    deps = dependencies(formulas)
     found: list[InnerProduct] = []
     seen: set[Node] = set()
     for f in formulas:

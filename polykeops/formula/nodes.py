@@ -248,6 +248,23 @@ def walk(node: Node):
     return iter(order)
 
 
+def dependencies(formulas) -> dict[Node, frozenset]:
+    """node -> the categories (i, j, parameter) of the variables it depends on, for every node
+    of ``formulas`` (``Var`` and ``Leaf`` nodes give their own category)."""
+    deps: dict[Node, frozenset] = {}
+    for f in formulas:
+        for n in walk(f):
+            if n in deps:
+                continue
+            if n.op in ("Var", "Leaf"):
+                deps[n] = frozenset((n.cat,))
+            elif not n.args:
+                deps[n] = frozenset()
+            else:
+                deps[n] = frozenset().union(*(deps[a] for a in n.args))
+    return deps
+
+
 def _topological_order(node: Node) -> tuple:
     seen: set[Node] = set()
     out: list[Node] = []

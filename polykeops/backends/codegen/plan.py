@@ -10,27 +10,11 @@ these *phases*; this module computes them once.
 
 from __future__ import annotations
 
-from ...formula.nodes import CAT_I, CAT_J, Node, walk
+from ...formula.nodes import CAT_I, CAT_J, Node, dependencies, walk  # (dependencies: re-exported)
 
 #: phases of a node: depends on nothing (parameters and constants only), on i only,
 #: on j only, on i and j
 UNIFORM, ROW, TILE, LANE = "uniform", "row", "tile", "lane"
-
-
-def dependencies(formulas) -> dict[Node, frozenset]:
-    """node -> the categories (i, j, parameter) of the variables it depends on."""
-    deps: dict[Node, frozenset] = {}
-    for f in formulas:
-        for n in walk(f):
-            if n in deps:
-                continue
-            if n.op == "Var":
-                deps[n] = frozenset({n.cat})
-            elif not n.args:
-                deps[n] = frozenset()
-            else:
-                deps[n] = frozenset().union(*(deps[a] for a in n.args))
-    return deps
 
 
 def phase(dep: frozenset) -> str:
