@@ -38,6 +38,7 @@ calls another backend itself.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 from ... import config
@@ -161,20 +162,19 @@ class CpuBackend(Backend):
         gen = self.generic.engine_for(spec)
         if mode == "off":
             return _usable(gen, mode), False
-        if mode == "sync":
-            if gen is not None and _node_count(spec) > JIT_MAX_NODES:
+        if gen is not None and _node_count(spec) > JIT_MAX_NODES:  # the compiler would take minutes
+            if mode == "sync":
                 self._warn_once(("huge", spec), f"polykeops: a formula of more than {JIT_MAX_NODES} "
                                 "operations runs on the generic engine even with POLYKEOPS_JIT=sync "
                                 "(compiling it would take minutes and gigabytes)")
-                return gen, False
+            return gen, False
+        if mode == "sync":
             try:
                 return table.build(spec), False
             except compiler.CompilerNotFound:
                 self._warn_once("nocc", "no C compiler: POLYKEOPS_JIT=sync falls back to the generic engine")
                 return _usable(gen, mode), False
         # auto
-        if gen is not None and _node_count(spec) > JIT_MAX_NODES:
-            return gen, False  # a huge formula: the compiler would take minutes and gigabytes
         kernel = table.get_loaded(spec)
         if kernel is not None:
             return kernel, False
@@ -236,10 +236,13 @@ def _prod(shape) -> int:
 __all__ = ["CpuBackend", "JIT_WORK_THRESHOLD", "SWITCH_PAIRS"]
 
 
-#: formulas with more distinct nodes than this run on the generic engine (POLYKEOPS_JIT=auto and sync)
-#: mode (their specialised kernel would be one huge C function: minutes and gigabytes of gcc)
+#: formulas with more distinct nodes than this run on the generic engine, in POLYKEOPS_JIT=auto
+#: and sync modes (their specialised kernel would be one huge C function: minutes and gigabytes
+#: of gcc)
 JIT_MAX_NODES = 1500
 
 
+@functools.lru_cache(maxsize=1024)
 def _node_count(spec) -> int:
+    """Distinct nodes of ``spec``'s formulas (asked at every call: memoised per spec)."""
     return len({n for f in spec.formulas for n in walk(f)})
