@@ -29,17 +29,7 @@ from ..formula.reduction_grads import (
     sum_like_gradient,
     sum_like_jvp,
 )
-from .custom_op import op_apply, op_call, reduce_op, traced
-
-#: value-selection reductions -> the variant that also returns the indices
-_WITH_INDICES = {
-    "Min": "Min_ArgMin",
-    "Max": "Max_ArgMax",
-    "KMin": "KMin_ArgKMin",
-    "Min_ArgMin": "Min_ArgMin",
-    "Max_ArgMax": "Max_ArgMax",
-    "KMin_ArgKMin": "KMin_ArgKMin",
-}
+from .custom_op import WITH_INDICES, op_apply, op_call, reduce_op, traced
 
 
 def _evaluate(call, args):
@@ -84,7 +74,7 @@ class GenredFunction(torch.autograd.Function):
     def forward(call, *args):
         red = call.spec.red
         if red.is_selection and red.differentiable:
-            return _evaluate(call.with_spec(call.spec.with_(reduction=_WITH_INDICES[call.spec.reduction])),
+            return _evaluate(call.with_spec(call.spec.with_(reduction=WITH_INDICES[call.spec.reduction])),
                              args)
         if _splits_lse(call.spec):
             raw = "Max_SumShiftExpWeight" if call.spec.reduction == "LogSumExpWeight" else "Max_SumShiftExp"

@@ -25,13 +25,22 @@ from __future__ import annotations
 
 import torch
 
+from ..backends.arrays import adapter
 from ..backends.dispatch import dispatch
 from ..backends.reduction_call import ReductionCall
 from ..backends.request import BackendRequest
 from ..formula.serial import spec_from_text, spec_to_text
 
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
-           "float64": torch.float64}
+#: value-selection reductions -> the variant that also returns the indices (for the gradient;
+#: the variants map to themselves)
+WITH_INDICES = {
+    "Min": "Min_ArgMin",
+    "Max": "Max_ArgMax",
+    "KMin": "KMin_ArgKMin",
+    "Min_ArgMin": "Min_ArgMin",
+    "Max_ArgMax": "Max_ArgMax",
+    "KMin_ArgKMin": "KMin_ArgKMin",
+}
 
 
 def traced(args) -> bool:
@@ -64,21 +73,18 @@ def reduce_op(spec: str, nx: int, ny: int, batch: list[int], backend: str, devic
 def _reduce_fake(spec, nx, ny, batch, backend, device_id, args):
     s = spec_from_text(spec)
     ref = args[0]
-    return [ref.new_empty((*batch, nx, o.dim), dtype=torch.int64 if o.kind == "index" else _DTYPES[s.dtype])
+    dtype = adapter("torch").dtype(s.dtype)
+    return [ref.new_empty((*batch, nx, o.dim), dtype=torch.int64 if o.kind == "index" else dtype)
             for o in s.outputs()]
-
-
-#: value-selection reductions -> the variant that also returns the indices (for the gradient)
-_WITH_INDICES = {"Min": "Min_ArgMin", "Max": "Max_ArgMax", "KMin": "KMin_ArgKMin"}
 
 
 def op_apply(call: ReductionCall, args) -> tuple:
     """Evaluate ``call`` with the custom operator; returns the spec's outputs (as
     :func:`polykeops.torch.autograd.apply` does)."""
     spec = call.spec
-    hidden = spec.reduction in _WITH_INDICES and spec.red.differentiable
+    hidden = WITH_INDICES.get(spec.reduction, spec.reduction) != spec.reduction and spec.red.differentiable
     if hidden:  # the values of Min/Max/KMin are differentiated at the selected pairs
-        spec = spec.with_(reduction=_WITH_INDICES[spec.reduction])
+        spec = spec.with_(reduction=WITH_INDICES[spec.reduction])
     if call.ranges is not None:
         from ..errors import FormulaError
 

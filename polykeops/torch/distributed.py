@@ -62,8 +62,9 @@ from ..errors import DeviceError, FormulaError, ShapeError
 from ..formula.nodes import CAT_I, CAT_J, CAT_P, Var, substitute
 from ..formula.reduction_grads import lse_spec, selection_gradient, sum_like_gradient
 from ..formula.reductions import INDEX
-from .autograd import _WITH_INDICES, _tracks_indices, _unbroadcast
+from .autograd import _tracks_indices, _unbroadcast
 from .autograd import apply as _apply_local
+from .custom_op import WITH_INDICES
 
 # ---------------------------------------------------------------------------
 # the entry point
@@ -423,7 +424,7 @@ class ShardedReduction(torch.autograd.Function):
     def forward(dcall, *args):
         spec = dcall.call.spec
         if spec.red.is_selection and spec.red.differentiable:
-            dcall = dcall.with_spec(spec.with_(reduction=_WITH_INDICES[spec.reduction]))
+            dcall = dcall.with_spec(spec.with_(reduction=WITH_INDICES[spec.reduction]))
         return evaluate(dcall, args)
 
     @staticmethod
