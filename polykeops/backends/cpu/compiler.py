@@ -36,7 +36,11 @@ class CompileError(BackendError):
 def _arch_flags() -> list[str]:
     machine = platform.machine().lower()
     if machine in ("x86_64", "amd64", "i686", "i386"):
-        return ["-march=native"]
+        # GCC's tuning for AVX-512 CPUs keeps loops on 256-bit vectors unless told otherwise; the
+        # kernels are laid out for 64-byte vectors (PK_VL lanes) and run 5-12% faster with them
+        # (Gaussian sum / logsumexp at D = 3), as the generic engine's AVX-512 build does
+        wide = ["-mprefer-vector-width=512"] if "avx512f" in cpu_flags().split() else []
+        return ["-march=native"] + wide
     if machine in ("aarch64", "arm64"):
         return ["-mcpu=native"]
     return []
