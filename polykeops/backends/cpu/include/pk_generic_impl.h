@@ -21,6 +21,9 @@
 
 typedef PK_T PK_FN(pk_t);
 
+/* the blocks of inner products (pk_gipblock): micro-kernel of this instruction set */
+#include "pk_generic_ipblock.h"
+
 /* x ** e for an integer e >= 1: the same product tree as the C renderer */
 static PK_T PK_FN(pk_powi)(PK_T a, int e)
 {
@@ -555,6 +558,11 @@ static void PK_FN(pk_grows)(const PK_FN(pk_gctx) * ctx, const pk_call *c, int64_
             V.vcs[s] = BI;
             V.vls[s] = 1;
             break;
+        case PKS_BLOCK: /* [count][BI][TJ]: row r's lanes at r * TJ */
+            V.vb[s] = buf;
+            V.vcs[s] = (int64_t)BI * TJ;
+            V.vls[s] = 1;
+            break;
         default: /* JVAR, TILE, LANE */
             V.vb[s] = buf;
             V.vcs[s] = TJ;
@@ -581,6 +589,8 @@ static void PK_FN(pk_grows)(const PK_FN(pk_gctx) * ctx, const pk_call *c, int64_
     }
     for (int q = 0; q < p->n_row; ++q)
         PK_FN(pk_exec)(&c_row[q], &V, nrows);
+    for (int q = 0; q < p->nblocks; ++q) /* the row norms of the squared distances' blocks */
+        PK_FN(pkg_block_rows)(&p->blocks[q], V.vb[p->blocks[q].x], V.vb[p->blocks[q].out], nrows, BI, TJ);
     /* from now on, i-slots are read one row at a time (lane stride 0) */
     PK_T *row_base[ns > 0 ? ns : 1];
     for (int s = 0; s < ns; ++s) {
@@ -614,10 +624,18 @@ static void PK_FN(pk_grows)(const PK_FN(pk_gctx) * ctx, const pk_call *c, int64_
         }
         for (int q = 0; q < p->n_tile; ++q)
             PK_FN(pk_exec)(&c_tile[q], &V, n);
+        for (int q = 0; q < p->nblocks; ++q) { /* the blocks: rows of the item x columns of the tile */
+            const pk_gipblock *bk = &p->blocks[q];
+            PK_FN(pkg_block)(bk, row_base[bk->x], V.vb[bk->y], row_base[bk->out], nrows, n, BI, TJ);
+        }
         for (int r = 0; r < nrows; ++r) {
-            for (int s = 0; s < ns; ++s)
-                if (p->slots[s].kind == PKS_IVAR || p->slots[s].kind == PKS_ROW)
+            for (int s = 0; s < ns; ++s) {
+                const int kd = p->slots[s].kind;
+                if (kd == PKS_IVAR || kd == PKS_ROW)
                     V.vb[s] = row_base[s] + r;
+                else if (kd == PKS_BLOCK)
+                    V.vb[s] = row_base[s] + (size_t)r * TJ;
+            }
             for (int q = 0; q < p->n_lane; ++q)
                 PK_FN(pk_exec)(&c_lane[q], &V, n);
             const PK_T *F = V.vb[p->fslot];
@@ -745,6 +763,9 @@ static int PK_FN(pk_gsetup)(pk_engine *e, const pk_gprogram *p)
         case PKS_TILE:
         case PKS_LANE:
             len = (size_t)sl->dim * TJ;
+            break;
+        case PKS_BLOCK: /* the products, then the row norms and the column norms */
+            len = (size_t)sl->dim * BI * TJ + BI + TJ;
             break;
         default:
             break;
