@@ -86,7 +86,8 @@ class Program:
     acc_double: int
 
 
-def _tile_sizes(spec, lane_dims: int, tile_dims: int, state_words: int, block_dims: int = 0) -> tuple[int, int]:
+def _tile_sizes(spec, lane_dims: int, tile_dims: int, state_words: int,
+                block_dims: int = 0) -> tuple[int, int]:
     size = C_SIZES[spec.dtype]
     bi = max(1, min(64, 64 * 1024 // max(8 * state_words, 1)))
     # a block slot holds BI rows of a column: [count][BI][TJ]
