@@ -5,7 +5,11 @@ interpreter of ``include/pk_generic_impl.h`` runs (see ``include/pk_generic.h``
 for the format): one slot per distinct node, instructions grouped by phase
 (uniform, row, tile, lane) so that sub-formulas depending on i only or on j
 only are computed once per row block or once per tile and shared (phases of
-:mod:`polykeops.backends.codegen.plan`); the reduction is given by its family and
+:mod:`polykeops.backends.codegen.plan`); inner products and squared distances of dimension
+>= :data:`MIN_DIM` between a row operand and a column operand (found by
+:func:`polykeops.formula.inner_products.find_inner_products`) are *blocks*, computed for all the
+rows of a work item x the columns of a tile by a register-blocked micro-kernel
+(``include/pk_generic_ipblock.h``) before the lane phase; the reduction is given by its family and
 state layout (:mod:`polykeops.formula.reductions`).  The
 interpreter is C (``include/pk_generic_impl.h``) in the Cython extensions built by
 ``setup.py``: ``_generic_avx512``, ``_generic_avx2`` or ``_generic`` (portable), the first
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ... import config
+from ...formula.inner_products import COLUMNS, SQDIST, InnerProduct, find_inner_products
 from ...formula.nodes import CAT_I, CAT_J, CAT_P, Node, walk
 from ...formula.reductions import ACCUMULATOR, FAMILIES, VALUE
 from ..codegen import generic_ops, plan
@@ -32,7 +37,7 @@ from .call import PreparedCall
 from .omp import driver
 
 # slot kinds (pk_generic.h)
-S_CONST, S_PARAM, S_IVAR, S_JVAR, S_UNIFORM, S_ROW, S_TILE, S_LANE = range(8)
+S_CONST, S_PARAM, S_IVAR, S_JVAR, S_UNIFORM, S_ROW, S_TILE, S_LANE, S_BLOCK = range(9)
 #: slot kind of a computed node, by phase
 PHASE_SLOTS = {plan.UNIFORM: S_UNIFORM, plan.ROW: S_ROW, plan.TILE: S_TILE, plan.LANE: S_LANE}
 #: reduction family -> its code in the C program (pk_generic.h's PKF_* follow the order of FAMILIES)
@@ -47,6 +52,13 @@ INSTR_DTYPE = np.dtype(
      ("ip0", "<i4"), ("ip1", "<i4"), ("pad", "<i4"), ("dp", "<f8")]
 )
 SLOT_DTYPE = np.dtype([("kind", "<i4"), ("dim", "<i4"), ("index", "<i4"), ("pad", "<i4")])
+BLOCK_DTYPE = np.dtype(
+    [("kind", "<i4"), ("out", "<i4"), ("x", "<i4"), ("y", "<i4"), ("dim", "<i4"), ("count", "<i4"),
+     ("xc", "<i4"), ("xk", "<i4"), ("yc", "<i4"), ("yk", "<i4"), ("scale", "<f8")]
+)
+
+#: smallest dimension of the inner products computed by blocks (below, the pair-by-pair code wins)
+MIN_DIM = 16
 
 
 class PkProgram(ctypes.Structure):
@@ -54,7 +66,8 @@ class PkProgram(ctypes.Structure):
         "nslots", "ninstr", "n_uniform", "n_row", "n_tile", "n_lane", "family", "kind", "log", "kahan",
         "want_value", "want_index", "K", "fslot", "gslot", "fdim", "gdim", "BI", "TJ", "nvars",
         "dot_adim", "dot_bdim", "nacc", "nval")] + [
-        ("slots", ctypes.c_void_p), ("code", ctypes.c_void_p), ("consts", ctypes.c_void_p)]
+        ("slots", ctypes.c_void_p), ("code", ctypes.c_void_p), ("consts", ctypes.c_void_p),
+        ("nblocks", ctypes.c_int32), ("pad2", ctypes.c_int32), ("blocks", ctypes.c_void_p)]
 
 
 C_SIZES = {"float32": 4, "float64": 8}
@@ -68,22 +81,36 @@ class Program:
     slots: np.ndarray
     code: np.ndarray
     consts: np.ndarray
+    blocks: np.ndarray
     t_double: int
     acc_double: int
 
 
-def _tile_sizes(spec, lane_dims: int, tile_dims: int, state_words: int) -> tuple[int, int]:
+def _tile_sizes(spec, lane_dims: int, tile_dims: int, state_words: int,
+                block_dims: int = 0) -> tuple[int, int]:
     size = C_SIZES[spec.dtype]
-    per_col = (lane_dims + tile_dims + 2) * size
-    tj = 128 * 1024 // max(per_col, 1)
-    tj = max(32, min(1024, tj // 32 * 32))
     bi = max(1, min(64, 64 * 1024 // max(8 * state_words, 1)))
+    # a block slot holds BI rows of a column: [count][BI][TJ]
+    per_col = (lane_dims + tile_dims + 2 + bi * block_dims) * size
+    tj = 128 * 1024 // max(per_col, 1)
+    tj = max(64 if block_dims else 32, min(1024, tj // 32 * 32))
     return bi, tj
+
+
+def block_products(formulas, min_dim: int = MIN_DIM) -> list[InnerProduct]:
+    """The inner products of ``formulas`` that the generic engine computes by blocks: every one
+    that :func:`~polykeops.formula.inner_products.find_inner_products` finds (scalar products,
+    squared distances, matvec-like products; operands that are variables or i-only / j-only
+    expressions, which the engine already evaluates once per row / per column)."""
+    return find_inner_products(formulas, min_dim=min_dim)
 
 
 def compile_program(spec) -> Program:
     """The op program of a canonical float32/float64 spec."""
-    phase = plan.phases(spec.formulas)
+    products = {p.node: p for p in block_products(spec.formulas)}
+    operands = [o for p in products.values() for o in (p.x, p.y)]
+    phase = plan.phases(tuple(spec.formulas) + tuple(operands))
+    blocks: list[tuple] = []
     slots: list[tuple[int, int, int]] = []
     slot_of: dict = {}
     consts: list[float] = []
@@ -110,9 +137,24 @@ def compile_program(spec) -> Program:
             return None
         return sub.args
 
+    def block_slot(p: InnerProduct) -> int:
+        xs, ys = slot(p.x), slot(p.y)
+        s = new_slot(S_BLOCK, p.count, len(blocks))
+        D, q = p.dim, p.count
+        # component steps of the count vectors in the matrix operand (rows: vector c is
+        # A[c * D + k]; columns: vector c is A[c + k * count]); a vector operand is shared
+        mat = (D, 1) if p.layout != COLUMNS else (1, q)
+        xc, xk = mat if p.matrix == "x" else (0, 1)
+        yc, yk = mat if p.matrix == "y" else (0, 1)
+        blocks.append((1 if p.kind == SQDIST else 0, s, xs, ys, D, q, xc, xk, yc, yk, float(p.scale)))
+        return s
+
     def slot(n: Node) -> int:
         if n in slot_of:
             return slot_of[n]
+        if n in products:
+            s = slot_of[n] = block_slot(products[n])
+            return s
         fused = sqdist_operands(n)
         if fused is not None:
             args = [slot(a) for a in fused]
@@ -145,24 +187,39 @@ def compile_program(spec) -> Program:
         for n in walk(f):
             if sqdist_operands(n) is not None:
                 fused_inner.update((n.args[0], n.args[0].args[0]))
+    # the nodes read by the program: a block stands for its operands (the nodes between them and
+    # the product are not computed unless something else reads them)
+    needed: set = set()
+    stack = list(spec.formulas)
+    while stack:
+        n = stack.pop()
+        if n in needed:
+            continue
+        needed.add(n)
+        stack.extend((products[n].x, products[n].y) if n in products else n.args)
     roots_set = set(spec.formulas)  # slotted below (a Sum of a product may need none: dot)
-    for f in spec.formulas:
+    for f in tuple(spec.formulas) + tuple(operands):
         for n in walk(f):
-            if n not in fused_inner and n not in roots_set:
+            if n in needed and n not in fused_inner and n not in roots_set:
                 slot(n)
 
-    vec_kinds = (S_LANE, S_TILE, S_JVAR)
+    def in_place(s: int) -> bool:
+        """The reduction reads a root slot as [dim][TJ] lanes: a block of one product is such a
+        row of lanes (its rows TJ apart), not a block of several."""
+        kind, dim, _ = slots[s]
+        return kind in (S_LANE, S_TILE, S_JVAR) or (kind == S_BLOCK and dim == 1)
+
     dot = None
     f0 = spec.formulas[0]
     if (spec.reduction == "Sum" and spec.sum_scheme != "kahan_scheme" and f0.op == "Mult"
             and uses[f0] == 1):
         sa, sb = slot(f0.args[0]), slot(f0.args[1])
-        if slots[sa][0] in vec_kinds and slots[sb][0] in vec_kinds:
+        if in_place(sa) and in_place(sb):
             dot = (sa, sb, f0.args[0].dim, f0.args[1].dim)
     roots = []
     for f in ([] if dot else spec.formulas):
         s = slot(f)
-        if slots[s][0] not in (S_LANE, S_TILE, S_JVAR):
+        if not in_place(s):
             # the reduction reads [dim][TJ] buffers: copy a constant/row/parameter root into one
             c = new_slot(S_LANE, f.dim)
             phases[S_LANE].append(dict(op=OPCODES["Copy"], dim=f.dim, out=c, nargs=1, arg=(s, 0, 0)))
@@ -178,6 +235,9 @@ def compile_program(spec) -> Program:
     for q, (kind, dim, index) in enumerate(slots):
         slot_arr[q] = (kind, dim, index, 0)
     const_arr = np.array(consts + [0.0], dtype=np.float64)
+    block_arr = np.zeros(max(1, len(blocks)), dtype=BLOCK_DTYPE)
+    for q, b in enumerate(blocks):
+        block_arr[q] = b
 
     if dot:
         roots = [dot[0], dot[1]]
@@ -189,7 +249,8 @@ def compile_program(spec) -> Program:
     tile_dims = sum(d for (k, d, _) in slots if k in (S_TILE, S_JVAR))
     state_words = _state_words(spec, compensated=True)  # the worst case of the sums' schemes
     fields = layout(spec)
-    bi, tj = _tile_sizes(spec, lane_dims, tile_dims, state_words)
+    block_dims = sum(d for (k, d, _) in slots if k == S_BLOCK)
+    bi, tj = _tile_sizes(spec, lane_dims, tile_dims, state_words, block_dims)
     acc = spec.accumulation_dtype
     st = PkProgram(
         nslots=len(slots), ninstr=len(code_list),
@@ -207,8 +268,10 @@ def compile_program(spec) -> Program:
         nacc=sum(f.size for f in fields if f.kind == ACCUMULATOR),
         nval=sum(f.size for f in fields if f.kind == VALUE),
         slots=slot_arr.ctypes.data, code=code.ctypes.data, consts=const_arr.ctypes.data,
+        nblocks=len(blocks), blocks=block_arr.ctypes.data,
     )
-    return Program(st, slot_arr, code, const_arr, int(spec.dtype == "float64"), int(acc == "float64"))
+    return Program(st, slot_arr, code, const_arr, block_arr, int(spec.dtype == "float64"),
+                   int(acc == "float64"))
 
 
 def _use_counts(formulas) -> dict:

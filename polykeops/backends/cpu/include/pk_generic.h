@@ -9,6 +9,12 @@
  *   tile     j (and parameters)             -> once per tile of columns, lanes = columns
  *   lane     i and j                        -> once per row and tile, lanes = columns
  *
+ * Inner products and squared distances of dimension >= 16 between a row operand and a column
+ * operand (polykeops/formula/inner_products.py) are not instructions: they are blocks
+ * (pk_gipblock, pk_generic_ipblock.h), computed for all the rows of the work item x the columns
+ * of the tile by a register-blocked micro-kernel, after the tile phase and before the lane phase;
+ * their slot (kind PKS_BLOCK, [count][BI][TJ]) is read by the lane phase one row at a time.
+ *
  * Each instruction loops over the components of its result and, inside, over
  * the lanes (an `omp simd` loop).  An operand is seen through a view: base
  * pointer, component stride, lane stride (0 for a value constant across lanes:
@@ -34,7 +40,7 @@ enum { PK_GENERIC_OPS(PK_ENUM_ITEM) PKOP_END_ };
 
 /* slot kinds */
 enum { PKS_CONST = 0, PKS_PARAM = 1, PKS_IVAR = 2, PKS_JVAR = 3, PKS_UNIFORM = 4, PKS_ROW = 5, PKS_TILE = 6,
-       PKS_LANE = 7 };
+       PKS_LANE = 7, PKS_BLOCK = 8 };
 
 /* reduction families: the order of FAMILIES in polykeops/formula/reductions.py */
 enum { PKF_SUM = 0, PKF_LSE = 1, PKF_SOFTMAX = 2, PKF_SELECT = 3, PKF_KMIN = 4 };
@@ -50,6 +56,18 @@ typedef struct {
     int32_t kind, dim, index, pad; /* index: variable index (PARAM/IVAR/JVAR) or offset in consts */
 } pk_gslot;
 
+/* a block of inner products: for c < count, r < rows, j < columns,
+ *   out[c][r][j] = scale * sum_{k < dim} x[c * xc + k * xk][r] * y[c * yc + k * yk][j]     (kind 0: dot)
+ *   out[0][r][j] = scale * sum_{k < dim} (x[k][r] - y[k][j])^2                          (kind 1: sqdist)
+ * where x[q][r] is component q of the row slot x for row r, y[q][j] that of the column slot y for
+ * column j (xc = 0, xk = 1 for a vector operand; a matvec-like product's matrix operand holds its
+ * count vectors at component steps xc, xk) */
+typedef struct {
+    int32_t kind, out, x, y, dim, count;
+    int32_t xc, xk, yc, yk;
+    double scale;
+} pk_gipblock;
+
 typedef struct {
     int32_t nslots, ninstr;
     int32_t n_uniform, n_row, n_tile, n_lane; /* instructions, in this phase order */
@@ -61,6 +79,8 @@ typedef struct {
     const pk_gslot *slots;
     const pk_ginstr *code;
     const double *consts;
+    int32_t nblocks, pad2;
+    const pk_gipblock *blocks; /* computed in this order (a block reads no other block) */
 } pk_gprogram;
 
 #endif

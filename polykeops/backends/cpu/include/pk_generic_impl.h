@@ -21,6 +21,9 @@
 
 typedef PK_T PK_FN(pk_t);
 
+/* the blocks of inner products (pk_gipblock): micro-kernel of this instruction set */
+#include "pk_generic_ipblock.h"
+
 /* x ** e for an integer e >= 1: the same product tree as the C renderer */
 static PK_T PK_FN(pk_powi)(PK_T a, int e)
 {
@@ -510,6 +513,56 @@ static void PK_FN(pk_gstate_finalize)(const pk_gprogram *p, const pk_call *c, in
     }
 }
 
+/* buf[k * TJ + j] = src[j * d + k] for j < n, k < d: the columns of a tile, transposed 8 x 8 at a time
+ * in registers (8 loads of 8 consecutive values, 24 shuffles, 8 stores) */
+typedef PK_T PK_FN(pk_v8) __attribute__((vector_size(8 * sizeof(PK_T))));
+#if PK_T_IS_FLOAT
+typedef int32_t PK_FN(pk_m8) __attribute__((vector_size(32)));
+#else
+typedef int64_t PK_FN(pk_m8) __attribute__((vector_size(64)));
+#endif
+static void PK_FN(pk_transpose_cols)(const PK_T *__restrict__ src, int d, int n, PK_T *__restrict__ buf, int TJ)
+{
+    typedef PK_FN(pk_v8) v8;
+    typedef PK_FN(pk_m8) m8;
+    const m8 lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
+    const m8 l2 = {0, 1, 8, 9, 4, 5, 12, 13}, h2 = {2, 3, 10, 11, 6, 7, 14, 15};
+    const m8 l4 = {0, 1, 2, 3, 8, 9, 10, 11}, h4 = {4, 5, 6, 7, 12, 13, 14, 15};
+    int j = 0;
+    if (d >= 8) {
+        for (; j + 8 <= n; j += 8) {
+            int k = 0;
+            for (; k + 8 <= d; k += 8) {
+                v8 r[8], t[8], u[8];
+                for (int q = 0; q < 8; ++q)
+                    memcpy(&r[q], src + (size_t)(j + q) * d + k, sizeof(v8));
+                for (int q = 0; q < 8; q += 2) {
+                    t[q] = __builtin_shuffle(r[q], r[q + 1], lo);
+                    t[q + 1] = __builtin_shuffle(r[q], r[q + 1], hi);
+                }
+                for (int q = 0; q < 8; q += 4) {
+                    u[q] = __builtin_shuffle(t[q], t[q + 2], l2);
+                    u[q + 1] = __builtin_shuffle(t[q], t[q + 2], h2);
+                    u[q + 2] = __builtin_shuffle(t[q + 1], t[q + 3], l2);
+                    u[q + 3] = __builtin_shuffle(t[q + 1], t[q + 3], h2);
+                }
+                /* u[0..3]: components k+0..3 (and k+4..7 in their upper halves) of columns j..j+3 */
+                for (int q = 0; q < 4; ++q) {
+                    const v8 a = __builtin_shuffle(u[q], u[q + 4], l4), b = __builtin_shuffle(u[q], u[q + 4], h4);
+                    memcpy(buf + (size_t)(k + q) * TJ + j, &a, sizeof(v8));
+                    memcpy(buf + (size_t)(k + q + 4) * TJ + j, &b, sizeof(v8));
+                }
+            }
+            for (; k < d; ++k)
+                for (int q = 0; q < 8; ++q)
+                    buf[(size_t)k * TJ + j + q] = src[(size_t)(j + q) * d + k];
+        }
+    }
+    for (; j < n; ++j)
+        for (int k = 0; k < d; ++k)
+            buf[(size_t)k * TJ + j] = src[(size_t)j * d + k];
+}
+
 /* rows [i0, i1) (at most BI) of batch b, reduced over the niv j intervals iv[2s], iv[2s+1];
  * into the state records st (initialised by the caller: the driver) */
 static void PK_FN(pk_grows)(const PK_FN(pk_gctx) * ctx, const pk_call *c, int64_t b, int64_t i0, int64_t i1,
@@ -555,6 +608,11 @@ static void PK_FN(pk_grows)(const PK_FN(pk_gctx) * ctx, const pk_call *c, int64_
             V.vcs[s] = BI;
             V.vls[s] = 1;
             break;
+        case PKS_BLOCK: /* [count][BI][TJ]: row r's lanes at r * TJ */
+            V.vb[s] = buf;
+            V.vcs[s] = (int64_t)BI * TJ;
+            V.vls[s] = 1;
+            break;
         default: /* JVAR, TILE, LANE */
             V.vb[s] = buf;
             V.vcs[s] = TJ;
@@ -581,6 +639,8 @@ static void PK_FN(pk_grows)(const PK_FN(pk_gctx) * ctx, const pk_call *c, int64_
     }
     for (int q = 0; q < p->n_row; ++q)
         PK_FN(pk_exec)(&c_row[q], &V, nrows);
+    for (int q = 0; q < p->nblocks; ++q) /* the row norms of the squared distances' blocks */
+        PK_FN(pkg_block_rows)(&p->blocks[q], V.vb[p->blocks[q].x], V.vb[p->blocks[q].out], nrows, BI, TJ);
     /* from now on, i-slots are read one row at a time (lane stride 0) */
     PK_T *row_base[ns > 0 ? ns : 1];
     for (int s = 0; s < ns; ++s) {
@@ -607,17 +667,23 @@ static void PK_FN(pk_grows)(const PK_FN(pk_gctx) * ctx, const pk_call *c, int64_
             if (sl->dim == 1) {
                 memcpy(buf, src, sizeof(PK_T) * (size_t)n);
             } else {
-                for (int j = 0; j < n; ++j)
-                    for (int k = 0; k < sl->dim; ++k)
-                        buf[(size_t)k * TJ + j] = src[(size_t)j * sl->dim + k];
+                PK_FN(pk_transpose_cols)(src, sl->dim, n, buf, TJ);
             }
         }
         for (int q = 0; q < p->n_tile; ++q)
             PK_FN(pk_exec)(&c_tile[q], &V, n);
+        for (int q = 0; q < p->nblocks; ++q) { /* the blocks: rows of the item x columns of the tile */
+            const pk_gipblock *bk = &p->blocks[q];
+            PK_FN(pkg_block)(bk, row_base[bk->x], V.vb[bk->y], row_base[bk->out], nrows, n, BI, TJ);
+        }
         for (int r = 0; r < nrows; ++r) {
-            for (int s = 0; s < ns; ++s)
-                if (p->slots[s].kind == PKS_IVAR || p->slots[s].kind == PKS_ROW)
+            for (int s = 0; s < ns; ++s) {
+                const int kd = p->slots[s].kind;
+                if (kd == PKS_IVAR || kd == PKS_ROW)
                     V.vb[s] = row_base[s] + r;
+                else if (kd == PKS_BLOCK)
+                    V.vb[s] = row_base[s] + (size_t)r * TJ;
+            }
             for (int q = 0; q < p->n_lane; ++q)
                 PK_FN(pk_exec)(&c_lane[q], &V, n);
             const PK_T *F = V.vb[p->fslot];
@@ -745,6 +811,9 @@ static int PK_FN(pk_gsetup)(pk_engine *e, const pk_gprogram *p)
         case PKS_TILE:
         case PKS_LANE:
             len = (size_t)sl->dim * TJ;
+            break;
+        case PKS_BLOCK: /* the products, then the row norms and the column norms */
+            len = (size_t)sl->dim * BI * TJ + BI + TJ;
             break;
         default:
             break;
