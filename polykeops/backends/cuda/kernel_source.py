@@ -343,7 +343,7 @@ def _main_kernel(spec, formulas, st, ct, IN, tj, j_base, jrow, jvars, smem_elems
     if tcp:  # the warp's first row and the end of the rows (1D scheme, see .mma)
         body.append("const long long pk_wrow = (long long)blockIdx.x * blockDim.x + (threadIdx.x & ~31u);")
         body.append("const long long pk_rend = nx;")
-        body += mma.row_setup(tcp, IN)
+        body += mma.row_setup(tcp, IN, tc_mode)
     for (index, k), _v in sorted(leaves.preload.items()):
         body.append(f"const {T} v{index}_{k} = pk_ld(r{index} + {k});")
     body += code.pre

@@ -54,6 +54,10 @@ PITCH = CHUNK + 1
 MAX_PRODUCTS = 2
 #: smallest architecture with mma.sync for f16/bf16/tf32 at m16n8k16 / m16n8k8
 MIN_ARCH = 80
+#: A fragments (the warp's rows) stay in registers across the j loop when they take at most
+#: this many 32-bit registers per thread (8 per k step: two m16 tiles); otherwise they are
+#: re-read (from L1) for every chunk
+PRELOAD_REGS = 32
 #: norms above this are not expanded (the difference form keeps inf, NaN and huge values)
 BIG = 4.0e37
 
@@ -147,9 +151,20 @@ def buffers(products, warps: int, tile_j: int) -> list[str]:
     return L
 
 
-def row_setup(products, IN: str) -> list[str]:
+def steps(tp: TcProduct, mode: str) -> int:
+    """k steps (mma calls per pair of tiles) of a product."""
+    return -(-tp.dim // K_STEP[mode])
+
+
+def preloaded(tp: TcProduct, mode: str) -> bool:
+    """Whether the A fragments of ``tp`` are loaded once, before the j loop (:data:`PRELOAD_REGS`)."""
+    return steps(tp, mode) * 8 <= PRELOAD_REGS
+
+
+def row_setup(products, IN: str, mode: str) -> list[str]:
     """Once per batch entry, before the j loop: the warp's A-row pointers and validity (rows
-    ``16 mt + g + 8 h`` of the warp), and each thread's row norm for squared distances."""
+    ``16 mt + g + 8 h`` of the warp), the A fragments when they are kept in registers
+    (:func:`preloaded`), and each thread's row norm for squared distances."""
     L = [
         "const int pk_lane = threadIdx.x & 31;",
         "const int pk_gi = pk_lane >> 2, pk_ti = pk_lane & 3;",
@@ -162,6 +177,14 @@ def row_setup(products, IN: str) -> list[str]:
                 L.append(f"const bool pk_ok{tp.q}_{mt}{h} = pk_row{tp.q}_{mt}{h} < pk_rend;")
                 L.append(f"const {IN}* __restrict__ pk_xr{tp.q}_{mt}{h} = pk_xb{x} + "
                          f"(pk_ok{tp.q}_{mt}{h} ? pk_row{tp.q}_{mt}{h} : 0) * {D};")
+        if preloaded(tp, mode):
+            S = steps(tp, mode)
+            L.append(f"unsigned pk_A{tp.q}[{S}][2][4];")
+            L.append("#pragma unroll")
+            L.append(f"for (int pk_s = 0; pk_s < {S}; ++pk_s) {{")
+            L.append(f"  const int k0 = pk_s * {K_STEP[mode]};")
+            L += ["  " + x for x in _a_loads(tp, mode, lambda mt, r, q=tp.q: f"pk_A{q}[pk_s][{mt}][{r}]")]
+            L.append("}")
         if tp.sqdist:
             L += [f"float pk_xn{tp.q} = 0.0f;",
                   f"for (int k = 0; k < {D}; ++k) {{ const float v = pk_ld(r{x} + k); "
@@ -195,41 +218,37 @@ def chunk_block(tp: TcProduct, mode: str, jrow: int, j_base) -> list[str]:
     L.append("  " + " ".join(f"float pk_c{m}{n}[4] = {{0.0f, 0.0f, 0.0f, 0.0f}};"
                              for m in range(2) for n in range(2)))
 
-    def xa(mt, h, k):  # A element (row 16 mt + g + 8 h, component k) as float
-        return f"(pk_ok{q}_{mt}{h} && {k} < {D} ? pk_ld(pk_xr{q}_{mt}{h} + {k}) : 0.0f)"
-
     def yb(n, k):  # B element (component k, column jc + 8 n + g) as float
         col = f"(jc + {8 * n} + pk_gi)"
         return f"({col} < tn && {k} < {D} ? sj[{col} * {jrow} + {base} + {k}] : 0.0f)"
 
-    L.append(f"  #pragma unroll {4 if D <= 256 else 2}")
-    L.append(f"  for (int k0 = 0; k0 < {D}; k0 += {ks}) {{")
-    L.append("    unsigned pk_a0[4], pk_a1[4], pk_b0[2], pk_b1[2];")
+    pre = preloaded(tp, mode)
+    if pre:  # A fragments in registers (row_setup): a fully unrolled loop over the k steps
+        L.append("  #pragma unroll")
+        L.append(f"  for (int pk_s = 0; pk_s < {steps(tp, mode)}; ++pk_s) {{")
+        L.append(f"    const int k0 = pk_s * {ks};")
+        L.append("    unsigned pk_b0[2], pk_b1[2];")
+    else:
+        L.append(f"  #pragma unroll {4 if D <= 256 else 2}")
+        L.append(f"  for (int k0 = 0; k0 < {D}; k0 += {ks}) {{")
+        L.append("    unsigned pk_a0[4], pk_a1[4], pk_b0[2], pk_b1[2];")
+        L += ["    " + x for x in _a_loads(tp, mode, lambda mt, r: f"pk_a{mt}[{r}]")]
     if mode == "tf32":
-        # A (16 x 8): reg r holds (row g + 8 (r % 2), k t + 4 (r / 2)); B (8 x 8): reg r holds
-        # (k t + 4 r, col g)
-        for mt in range(2):
-            for r in range(4):
-                k = f"k0 + pk_ti + {4 * (r // 2)}"
-                L.append(f"    pk_a{mt}[{r}] = pk_tf32({xa(mt, r % 2, k)});")
+        # B (8 x 8): reg r holds (k t + 4 r, col g)
         for n in range(2):
             for r in range(2):
                 L.append(f"    pk_b{n}[{r}] = pk_tf32({yb(n, f'k0 + pk_ti + {4 * r}')});")
     else:
-        # A (16 x 16): reg r holds (row g + 8 (r % 2), k 2 t + 8 (r / 2) + {0, 1}), lower k in the
-        # low half; B (16 x 8): reg r holds (k 2 t + 8 r + {0, 1}, col g)
+        # B (16 x 8): reg r holds (k 2 t + 8 r + {0, 1}, col g), the lower k in the low half
         pack = _PACK[mode]
-        for mt in range(2):
-            for r in range(4):
-                k = f"k0 + 2 * pk_ti + {8 * (r // 2)}"
-                L.append(f"    pk_a{mt}[{r}] = {pack}({xa(mt, r % 2, k)}, {xa(mt, r % 2, k + ' + 1')});")
         for n in range(2):
             for r in range(2):
                 k = f"k0 + 2 * pk_ti + {8 * r}"
                 L.append(f"    pk_b{n}[{r}] = {pack}({yb(n, k)}, {yb(n, k + ' + 1')});")
     for m in range(2):
         for n in range(2):
-            L.append(f"    pk_mma_{mode}(pk_c{m}{n}, pk_a{m}, pk_b{n});")
+            a = f"pk_A{q}[pk_s][{m}]" if pre else f"pk_a{m}"
+            L.append(f"    pk_mma_{mode}(pk_c{m}{n}, {a}, pk_b{n});")
     L.append("  }")
     # C/D (16 x 8): reg r holds (row g + 8 (r / 2), col 2 t + (r % 2))
     L.append(f"  float* __restrict__ pk_gw = pk_g{q} + (threadIdx.x >> 5) * {32 * PITCH};")
@@ -240,6 +259,25 @@ def chunk_block(tp: TcProduct, mode: str, jrow: int, j_base) -> list[str]:
                 col = f"{8 * n + r % 2} + 2 * pk_ti"
                 L.append(f"  pk_gw[{row} * {PITCH} + {col}] = pk_c{m}{n}[{r}];")
     L.append("}")
+    return L
+
+
+def _a_loads(tp: TcProduct, mode: str, dest) -> list[str]:
+    """Lines loading the A fragments of the k step at ``k0`` into ``dest(mt, r)`` (m16 tile mt,
+    register r) from the warp's rows (rows past the end and components past D read as 0)."""
+    q, D = tp.q, tp.dim
+
+    def xa(mt, h, k):  # A element (row 16 mt + g + 8 h, component k) as float
+        return f"(pk_ok{q}_{mt}{h} && {k} < {D} ? pk_ld(pk_xr{q}_{mt}{h} + {k}) : 0.0f)"
+
+    L = []
+    for mt in range(2):
+        for r in range(4):
+            if mode == "tf32":  # A (16 x 8): reg r holds (row g + 8 (r % 2), k t + 4 (r / 2))
+                L.append(f"{dest(mt, r)} = pk_tf32({xa(mt, r % 2, f'k0 + pk_ti + {4 * (r // 2)}')});")
+            else:  # A (16 x 16): reg r holds (row g + 8 (r % 2), k 2 t + 8 (r / 2) + {0, 1})
+                k = f"k0 + 2 * pk_ti + {8 * (r // 2)}"
+                L.append(f"{dest(mt, r)} = {_PACK[mode]}({xa(mt, r % 2, k)}, {xa(mt, r % 2, k + ' + 1')});")
     return L
 
 
