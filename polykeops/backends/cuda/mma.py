@@ -9,7 +9,9 @@ shared memory), every warp multiplies its 32 rows (two m16 tiles) by the chunk
 (two n8 tiles), ``K`` components at a time, into FP32 accumulators, and stores the
 32 x CHUNK block to a per-warp buffer ``pk_g<q>`` in shared memory; then each thread
 runs the rest of the formula for its row and the chunk's columns, reading the block
-as the value of the product's node.
+as the value of the product's node.  The warp's A fragments (its rows of ``x``) stay in
+registers for the whole j loop when they fit in :data:`PRELOAD_REGS` registers (D <= 64 in
+f16/bf16, D <= 32 in TF32); wider ones are re-read (through L1) for every chunk.
 
 Modes (``pk_mma_<mode>`` in the kernel prelude; PTX ``mma.sync.aligned...row.col``):
 
