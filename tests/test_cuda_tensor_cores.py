@@ -87,8 +87,10 @@ def _f64(a, dtype):
     return a.astype(np.float64)
 
 
-def _run(spec, args, nx, ny, arch="sm_80", block=64):
-    return emulator.evaluate(spec, args, nx=nx, ny=ny, batch_shape=(), block=block, arch=arch, scheme="1d")
+def _run(spec, args, nx, ny, arch="sm_80", block=64, scheme="1d", batch=()):
+    """Emulated evaluation; ``scheme="2d"``: j split over blocks (partial states, combined)."""
+    return emulator.evaluate(spec, args, nx=nx, ny=ny, batch_shape=batch, block=block, arch=arch,
+                             scheme=scheme, sm_count=8)
 
 
 # ---------------------------------------------------------------------------
@@ -242,10 +244,28 @@ def test_emulated_gaussian_sums_and_knn_match_dense_references(mode):
     assert all(ks.tensor_cores == mode for ks in kss)
     emulator.build(*kss)
     for D, M, N, args in cases:
-        out = _run(gaussian_spec(D, mode), args, M, N)[0]
+        scheme = "2d" if M < 64 else "1d"  # few rows: the 2D scheme (partial states)
+        out = _run(gaussian_spec(D, mode), args, M, N, scheme=scheme)[0]
         _gaussian_check(mode, D, M, N, out, args)
-        idx = _run(knn_spec(D, mode), args[:2], M, N)[0]
+        idx = _run(knn_spec(D, mode), args[:2], M, N, scheme=scheme)[0]
         _knn_check(mode, D, M, N, idx, args[:2])
+
+
+@needs_cxx
+def test_emulated_batches_and_broadcasts():
+    """Batch dimensions: per-argument batch strides reach the warp's row pointers (x
+    broadcast over the batch, y and b not)."""
+    rng = np.random.default_rng(2)
+    D, M, N, B = 24, 40, 50, 3
+    spec = gaussian_spec(D, "f16", nb=1)
+    x = rng.standard_normal((1, M, D))
+    y, b = rng.standard_normal((B, N, D)), rng.standard_normal((B, N, 1))
+    g = np.array([[1.0 / (2 * D)]])
+    args = [_store(a, "float16") for a in (x, y, b, g)]
+    assert emulator.kernel_source(spec, n_batch_dims=1, arch="sm_80").tensor_cores == "f16"
+    out = _run(spec, args, M, N, batch=(B,))[0]
+    for k in range(B):
+        _gaussian_check("f16", D, M, N, out[k], [args[0][0], args[1][k], args[2][k], args[3][0]])
 
 
 @needs_cxx
