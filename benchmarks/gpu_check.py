@@ -3,6 +3,7 @@
     python benchmarks/gpu_check.py                 # all three parts
     python benchmarks/gpu_check.py --part bench    # only the benchmarks (or: tests, conformance)
     python benchmarks/gpu_check.py --quick         # smaller sizes, for a smoke run
+    python benchmarks/gpu_check.py --part tensorcores   # only the tensor-core section (4.)
 
 1. ``pytest tests/test_cuda_codegen.py tests/test_cuda_ranges.py tests/test_cuda_host.py
    tests/test_pytorch2_cuda.py``
@@ -18,7 +19,15 @@
    included in the time; torch dense on the GPU for comparison).  Each time is the
    median of at least 5 runs (CUDA events, after a warm-up call that also compiles),
    reported with the ratios and the error of polykeops against a float64 evaluation
-   of the first rows.
+   of the first rows;
+4. tensor cores (``--part tensorcores``, also part of ``bench``): kNN (argKmin, K = 10) and
+   Gaussian ``K @ b`` (b of width 1) at D = 64 and 256, in float16 (mma f16, FP32
+   accumulation) and float32 with ``precision="tf32"``, against the SIMT kernels of the
+   same data (float16 with tensor cores switched off; float32 IEEE) and torch (cuBLAS
+   ``x @ y.T`` over chunks of rows, then ``torch.topk``; and ``torch.cdist`` for kNN),
+   with the ratios, and the accuracy against float64 (fraction of kNN indices that differ,
+   max relative error of the sums).  These kernels are verified on the CPU (NVRTC
+   compilation, host emulation of every mma) but this section is their first timing.
 
 Exit status: non-zero if a test part failed.
 """
@@ -39,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_tests(extra) -> int:
     tests = ["tests/test_cuda_codegen.py", "tests/test_cuda_ranges.py", "tests/test_cuda_host.py",
-             "tests/test_pytorch2_cuda.py"]
+             "tests/test_pytorch2_cuda.py", "tests/test_cuda_tensor_cores.py"]
     cmd = [sys.executable, "-m", "pytest", *tests, "-q", "-rs", *extra]
     print("$", " ".join(cmd), flush=True)
     return subprocess.call(cmd, cwd=ROOT)
@@ -259,6 +268,93 @@ def run_benchmarks(quick: bool, out_path: str | None) -> list[dict]:
     return rows
 
 
+class _SimtOnly:
+    """Within the block, the CUDA backend renders no tensor-core code (the SIMT kernels of
+    the same specs, for comparison): sm_80 and newer are treated like older GPUs."""
+
+    def __enter__(self):
+        from polykeops.backends.cuda import build, mma
+
+        self.mma, self.build, self.saved = mma, build, mma.MIN_ARCH
+        mma.MIN_ARCH = 10**6
+        self._clear()
+
+    def __exit__(self, *exc):
+        self.mma.MIN_ARCH = self.saved
+        self._clear()
+
+    def _clear(self):
+        import polykeops.backends as registry
+
+        self.build.kernel_source.cache_clear()
+        registry.instance("cuda")._loaded.clear()
+
+
+def run_tensor_cores(quick: bool) -> list[dict]:
+    """Section 4 of the module docstring."""
+    import contextlib
+
+    import torch
+
+    from polykeops.torch import LazyTensor
+
+    n = 20_000 if quick else 100_000
+    print(f"\nTensor cores, GPU: {torch.cuda.get_device_name()}, N = M = {n}\n", flush=True)
+    print("| workload | D | data | path | ms | vs SIMT | vs torch | error |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = []
+    for d in (64, 256):
+        g = torch.Generator(device="cuda").manual_seed(d)
+        x64 = torch.randn(n, d, device="cuda", generator=g, dtype=torch.float64) * d**-0.5
+        y64 = torch.randn(n, d, device="cuda", generator=g, dtype=torch.float64) * d**-0.5
+        b64 = torch.randn(n, 1, device="cuda", generator=g, dtype=torch.float64)
+        for work in ("knn", "gauss"):
+            for dtype, prec in (("float16", "ieee"), ("float32", "tf32")):
+                dt = getattr(torch, dtype)
+                x, y, b = (t.to(dt) for t in (x64, y64, b64))
+                xi, yj, bj = LazyTensor(x[:, None, :]), LazyTensor(y[None, :, :]), LazyTensor(b[None, :, :])
+                D2 = ((xi - yj) ** 2).sum(-1)
+                opts = {"backend": "cuda", "precision": prec}
+                simt_opts = {"backend": "cuda"}
+
+                def pk(o, D2=D2, bj=bj, work=work):
+                    if work == "knn":
+                        return lambda: D2.argKmin(10, dim=1, **o)
+                    return lambda: ((-D2).exp() * bj).sum(dim=1, **o)
+
+                t_tc, _, out = _timer(torch, pk(opts), 5, 5.0)
+                simt = _SimtOnly() if dtype == "float16" else contextlib.nullcontext()
+                with simt:
+                    t_simt = _timer(torch, pk(simt_opts), 5, 5.0)[0]
+                tw = dict(name="argKmin" if work == "knn" else "gauss", k=10)
+                t_torch = _timer(torch, _dense_chunked(torch, tw, x, y, b), 5, 5.0)[0]
+                if work == "knn":
+                    def cdist_knn(x=x, y=y):
+                        return torch.cat([torch.cdist(x[s:s + 4096], y).topk(10, dim=1, largest=False).indices
+                                          for s in range(0, n, 4096)])
+
+                    t_cdist = _timer(torch, cdist_knn, 5, 5.0)[0]
+                    t_torch = min(t_torch, t_cdist)
+                err = _error(torch, tw, out, x64, y64, b64) if work == "gauss" else _knn_error(
+                    torch, out, x64, y64)
+                label = "f16 mma" if dtype == "float16" else "tf32 mma"
+                row = dict(workload=work, d=d, dtype=dtype, precision=prec, tc_ms=t_tc, simt_ms=t_simt,
+                           torch_ms=t_torch, error=err)
+                rows.append(row)
+                print(f"| {work} | {d} | {dtype} | {label} | {t_tc:.2f} | {t_simt / t_tc:.2f}x | "
+                      f"{t_torch / t_tc:.2f}x | {err:.1e} |", flush=True)
+    return rows
+
+
+def _knn_error(torch, idx, x, y, rows=64):
+    """Fraction of the first rows' K nearest neighbours whose float64 distance is not among
+    the K smallest (ties aside)."""
+    d = torch.cdist(x[:rows], y)
+    kth = d.topk(idx.shape[1], dim=1, largest=False).values[:, -1:]
+    got = d.gather(1, idx[:rows].to(d.device))
+    return float((got > kth * (1 + 1e-6)).float().mean())
+
+
 def _print_row(r, header=False):
     if header:
         print("| workload | N | D | dtype | polykeops (ms) | first call (s) | torch dense (ms) | "
@@ -275,7 +371,8 @@ def _print_row(r, header=False):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("all", "tests", "conformance", "bench"), default="all")
+    parser.add_argument("--part", choices=("all", "tests", "conformance", "bench", "tensorcores"),
+                        default="all")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     parser.add_argument("--json", default=None, help="also write the benchmark rows to this file")
     parser.add_argument("pytest_args", nargs="*", help="extra arguments for the pytest parts")
@@ -288,6 +385,8 @@ def main(argv=None) -> int:
         status |= run_conformance(args.pytest_args)
     if args.part in ("all", "bench"):
         run_benchmarks(args.quick, args.json)
+    if args.part in ("all", "bench", "tensorcores"):
+        run_tensor_cores(args.quick)
     return status
 
 

@@ -54,6 +54,7 @@ OPTION_CHECKS = {
     "dtype": ["test_reductions.py::test_reduction"],
     "dtype_acc": ["test_options.py::test_accumulation_dtype"],
     "sum_scheme": ["test_options.py::test_kahan_scheme"],
+    "precision": ["test_options.py::test_precision"],
     "nx": ["test_special.py::test_sizes"],
     "ny": ["test_special.py::test_sizes"],
     "batch_shape": ["test_special.py::test_batch_broadcasting"],
@@ -151,6 +152,36 @@ def test_kahan_scheme(backend, device, request, n_pairs):
     eps = float(torch.finfo(torch.float32).eps)
     n = 2 * n_pairs + 1
     _check_sum(backend, case, device, lambda e, S: 2 * eps * e + 4 * n * eps**2 * S, "kahan_scheme")
+
+
+@pytest.mark.parametrize("precision", ["ieee", "tf32"])
+def test_precision(backend, device, precision):
+    """``precision`` is a permission: with ``"ieee"`` (the default) float32 inner products
+    are computed in float32 -- a backend using TF32 anyway fails here --, with ``"tf32"`` a
+    backend may round their inputs to TF32 (10-bit mantissas) or compute exactly.  Data:
+    ``x_i . y_j`` at D = 64 with ``x = 1 + 2^-15``, ``y = 1``, summed over j: every partial
+    sum is exact in float32, and TF32 rounds x to 1 (a relative error of 2^-15)."""
+    claims(backend, "Sum", "float32")
+    D, M, N = 64, 40, 33
+    x, y = Var(0, D, 0), Var(1, D, 1)
+    spec = ReductionSpec("Sum", (A.scalprod(x, y),), (x, y), dtype="float32", precision=precision)
+    case = case_from(spec, M, N, seed=5)
+    arrays = [np.full(case.shapes[0], 1 + 2.0**-15), np.ones(case.shapes[1])]
+    outs, problems = run_forward(backend, case, arrays, device)
+    if problems:
+        fail(case, backend, "the backend broke the output contract", ["  " + p for p in problems],
+             device=device)
+    exact = N * D * (1 + 2.0**-15)
+    got = to_torch_cpu(outs[0]).to(torch.float64)
+    eps = float(torch.finfo(torch.float32).eps)
+    tol = 2 * eps * exact if precision == "ieee" else 2.0**-10 * exact
+    err = float((got - exact).abs().max())
+    if not err <= tol:
+        fail(case, backend, f"wrong reduction result (precision={precision!r})", [
+            f"  max abs error {err:.6g} against the exact {exact!r}, tolerance {tol:.3g}",
+            "  precision='ieee' must not round float32 inner products to TF32" if precision == "ieee"
+            else "  precision='tf32' allows TF32 inputs (2^-10 relative), no more",
+        ], device=device)
 
 
 #: sizes of the reduced dimension for K: boundaries of K (1..64) and of tiles

@@ -35,8 +35,8 @@ def install(monkeypatch) -> list:
     by_name, loads = {}, []
     real_source = build.kernel_source
 
-    def recording(spec, n_batch_dims=0, idx64=False, ranges=False):
-        ks = real_source(spec, n_batch_dims, idx64, ranges)
+    def recording(spec, n_batch_dims=0, idx64=False, ranges=False, arch=None):
+        ks = real_source(spec, n_batch_dims, idx64, ranges, arch)
         by_name.update({n: ks for n in ks.kernel_names})
         return ks
 

@@ -24,7 +24,10 @@ entry of ``batch_shape`` (broadcasting).  It returns one array per entry of
 ``spec.outputs()``: ``(*batch_shape, nx, out.dim)``, of dtype ``spec.dtype``
 for values and int64 for indices, of the same kind and device as the inputs.
 Reduction semantics (ties, NaN, infinities) are those documented in
-:mod:`polykeops.formula.reductions`.
+:mod:`polykeops.formula.reductions`.  ``spec.precision`` is a permission, not an
+obligation: ``"tf32"`` allows a backend to compute the float32 inner products of the
+formula with TF32 inputs (the CUDA backend's tensor cores, :mod:`.cuda.mma`); a backend
+may ignore it and compute in IEEE float32, as the CPU and reference backends do.
 
 Block-sparse reductions (only for backends declaring ``capabilities.ranges``):
 ``ranges = (ranges_x, slices_x, redranges_y)``, int64 arrays of the inputs' kind

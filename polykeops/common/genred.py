@@ -27,7 +27,7 @@ class GenericGenred:
     def __init__(self, formula: str, aliases, reduction_op: str = "Sum", axis: int = 0, dtype=None,
                  opt_arg=None, formula2=None, cuda_type=None, dtype_acc="auto",
                  use_double_acc=False, sum_scheme="auto", enable_chunks=True,
-                 rec_multVar_highdim=False, use_fast_math=True):
+                 rec_multVar_highdim=False, use_fast_math=True, precision="ieee"):
         # enable_chunks, rec_multVar_highdim, use_fast_math: pykeops' code-generation switches,
         # accepted for compatibility; our engines choose chunking themselves and never trade
         # IEEE semantics for speed.
@@ -53,10 +53,11 @@ class GenericGenred:
         self.formula, self.aliases, self.reduction_op, self.axis = formula, aliases, reduction_op, axis
         self.formula2, self.opt_arg = formula2, opt_arg
         self.options = _options({"dtype_acc": dtype_acc, "use_double_acc": use_double_acc,
-                                 "sum_scheme": sum_scheme})
+                                 "sum_scheme": sum_scheme, "precision": precision})
         self.spec = ReductionSpec(
             reduction=name, formulas=formulas, variables=variables, axis=axis, k=k,
             dtype="float32", dtype_acc=self.options["dtype_acc"], sum_scheme=self.options["sum_scheme"],
+            precision=self.options["precision"],
         )
 
     def __call__(self, *args, backend=None, device_id=-1, ranges=None, out=None):

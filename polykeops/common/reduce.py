@@ -11,11 +11,11 @@ from ..backends.request import BackendRequest
 from ..errors import DTypeError, FormulaError, ShapeError
 from ..formula import algebra as A
 from ..formula.nodes import Node, Var, substitute, walk
-from ..formula.spec import SUM_SCHEMES, ReductionSpec
+from ..formula.spec import PRECISIONS, SUM_SCHEMES, ReductionSpec
 from .call import describe_variable, run_spec
 
 _KNOWN_OPTIONS = {"backend", "dtype_acc", "sum_scheme", "use_double_acc", "device_id", "ranges",
-                  "enable_chunks", "use_fast_math", "optional_flags", "out"}
+                  "precision", "enable_chunks", "use_fast_math", "optional_flags", "out"}
 
 
 def _options(kwargs: dict) -> dict:
@@ -36,6 +36,13 @@ def _options(kwargs: dict) -> dict:
     opts["sum_scheme"] = scheme
     if opts["dtype_acc"] not in ("auto", "float16", "float32", "float64"):
         raise FormulaError(f"dtype_acc must be 'auto', 'float32' or 'float64', got {opts['dtype_acc']!r}")
+    precision = kwargs.get("precision") or "ieee"
+    if precision not in PRECISIONS:
+        raise FormulaError(
+            f"precision must be one of {PRECISIONS} ('tf32': float32 inner products on GPU tensor "
+            f"cores with TF32 inputs, opt-in), got {precision!r}"
+        )
+    opts["precision"] = precision
     opts["ranges"] = kwargs.get("ranges")
     return opts
 
@@ -321,6 +328,7 @@ def _number(lt, formulas: list[Node], reduction, red_axis, k, opts):
         dtype=dtype,
         dtype_acc=opts["dtype_acc"],
         sum_scheme=opts["sum_scheme"],
+        precision=opts.get("precision", "ieee"),
     )
     return spec, leaves_in_order
 

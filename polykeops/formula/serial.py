@@ -88,18 +88,23 @@ def formula_from_text(text: str) -> Node:
 def spec_to_text(spec: ReductionSpec) -> str:
     """The exact text of ``spec`` (see the module docstring)."""
     nodes, position = _dag(tuple(spec.formulas) + tuple(spec.variables))
-    return json.dumps([
+    fields = [
         FORMAT, spec.reduction, nodes,
         [position[f] for f in spec.formulas], [position[v] for v in spec.variables],
         spec.axis, spec.k, spec.dtype, spec.dtype_acc, spec.sum_scheme,
-    ], separators=(",", ":"))
+    ]
+    if spec.precision != "ieee":  # written only when set: the texts of other specs are unchanged
+        fields.append(spec.precision)
+    return json.dumps(fields, separators=(",", ":"))
 
 
 @lru_cache(maxsize=1024)
 def spec_from_text(text: str) -> ReductionSpec:
     """The spec written by :func:`spec_to_text` (cached: one parse per distinct text)."""
     try:
-        fmt, reduction, nodes, forms, vars_, axis, k, dtype, dtype_acc, scheme = json.loads(text)
+        fields = json.loads(text)
+        precision = fields.pop() if isinstance(fields, list) and len(fields) == 11 else "ieee"
+        fmt, reduction, nodes, forms, vars_, axis, k, dtype, dtype_acc, scheme = fields
     except (ValueError, TypeError) as exc:
         raise FormulaError(f"not a serialized polykeops spec: {text[:80]!r}") from exc
     if fmt != FORMAT:
@@ -109,4 +114,5 @@ def spec_from_text(text: str) -> ReductionSpec:
         reduction=reduction, formulas=tuple(built[f] for f in forms),
         variables=tuple(built[v] for v in vars_),
         axis=axis, k=k, dtype=dtype, dtype_acc=dtype_acc, sum_scheme=scheme,
+        precision=precision,
     )

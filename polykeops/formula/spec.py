@@ -20,6 +20,9 @@ DTYPES = ("float16", "bfloat16", "float32", "float64")
 #: dtypes stored in 16 bits and computed (and accumulated, by default) in float32
 LOW_PRECISION = ("float16", "bfloat16")
 SUM_SCHEMES = ("block_sum", "kahan_scheme", "direct_sum")
+#: ``precision`` of float32 reductions on GPU tensor cores: "ieee" (float32 arithmetic, the
+#: default) or "tf32" (inner products with TF32 inputs, an opt-in; see README "Tensor cores")
+PRECISIONS = ("ieee", "tf32")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class ReductionSpec:
     dtype: str = "float32"
     dtype_acc: str = "auto"
     sum_scheme: str = "block_sum"
+    precision: str = "ieee"
     _red: Reduction = field(default=None, compare=False, repr=False, hash=False)
 
     def __post_init__(self):
@@ -49,6 +53,8 @@ class ReductionSpec:
             raise FormulaError(f"dtype_acc must be 'auto' or one of {DTYPES}, got {self.dtype_acc!r}")
         if self.sum_scheme not in SUM_SCHEMES:
             raise FormulaError(f"sum_scheme must be one of {SUM_SCHEMES}, got {self.sum_scheme!r}")
+        if self.precision not in PRECISIONS:
+            raise FormulaError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         red.validate(tuple(f.dim for f in self.formulas), self.k)
         for pos, v in enumerate(self.variables):
             if v.op != "Var" or v.index != pos:
@@ -75,7 +81,8 @@ class ReductionSpec:
         data = {
             name: getattr(self, name)
             for name in (
-                "reduction", "formulas", "variables", "axis", "k", "dtype", "dtype_acc", "sum_scheme"
+                "reduction", "formulas", "variables", "axis", "k", "dtype", "dtype_acc", "sum_scheme",
+                "precision",
             )
         }
         data.update(changes)

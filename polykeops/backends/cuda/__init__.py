@@ -151,9 +151,9 @@ class CudaBackend(Backend):
             return hit
         from . import build, driver
 
-        ks = build.kernel_source(spec, n_batch_dims, idx64, ranges)
         dev = driver.device(ordinal)
         kind, arch = dev.target()
+        ks = build.kernel_source(spec, n_batch_dims, idx64, ranges, arch)
         mod = dev.module(f"{kind}:{arch}:{ks.digest}",
                          lambda: build.build(ks.source, arch, kind).binary, ks.kernel_names)
         max_threads = min(mod.max_threads[s.main] for s in ks.slices)

@@ -35,7 +35,7 @@ def _spec(args):
         variables = tuple(by_index[k] for k in sorted(by_index))
     spec = ReductionSpec(
         args.reduction, formulas, variables, axis=args.axis, k=args.k, dtype=args.dtype,
-        dtype_acc=args.dtype_acc, sum_scheme=args.sum_scheme,
+        dtype_acc=args.dtype_acc, sum_scheme=args.sum_scheme, precision=args.precision,
     )
     return spec.canonical()
 
@@ -47,7 +47,8 @@ def compile_command(args) -> int:
 
     try:
         spec = _spec(args)
-        ks = generate(spec, n_batch_dims=args.batch_dims, idx64=args.idx64, ranges=args.ranges)
+        ks = generate(spec, n_batch_dims=args.batch_dims, idx64=args.idx64, ranges=args.ranges,
+                      arch=args.arch)
     except PolyKeopsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -68,7 +69,8 @@ def compile_command(args) -> int:
     origin = "disk cache" if built.cached else f"compiled in {elapsed:.2f} s"
     print(f"{spec}")
     print(f"NVRTC {major}.{minor}, {built.arch} {kind}, {len(built.binary)} bytes ({origin}); "
-          f"tile_j = {ks.tile_j}, block = {ks.block}, {len(ks.slices)} output slice(s)")
+          f"tile_j = {ks.tile_j}, block = {ks.block}, {len(ks.slices)} output slice(s)"
+          + (f", tensor cores ({ks.tensor_cores})" if ks.tensor_cores else ""))
     if kind == "ptx":
         return 0
     res = built.resources()
@@ -95,7 +97,9 @@ def main(argv=None) -> int:
     c.add_argument("--weight", default=None, help="second formula of weighted reductions")
     c.add_argument("--axis", type=int, default=1, choices=(0, 1))
     c.add_argument("--k", type=int, default=None, help="K of the KMin reductions")
-    c.add_argument("--dtype", default="float32", choices=("float16", "float32", "float64"))
+    c.add_argument("--dtype", default="float32", choices=("float16", "bfloat16", "float32", "float64"))
+    c.add_argument("--precision", default="ieee", choices=("ieee", "tf32"),
+                   help="tf32: float32 inner products on tensor cores (sm_80+)")
     c.add_argument("--dtype-acc", default="auto")
     c.add_argument("--sum-scheme", default="block_sum")
     c.add_argument("--arch", default="sm_90")

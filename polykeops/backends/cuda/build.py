@@ -13,10 +13,11 @@ from .kernel_source import TranslationUnit, generate
 
 @functools.lru_cache(maxsize=512)
 def kernel_source(spec, n_batch_dims: int = 0, idx64: bool = False,
-                  ranges: bool = False) -> TranslationUnit:
+                  ranges: bool = False, arch: str | None = None) -> TranslationUnit:
     """The generated kernels of a canonical spec (memoised: specs are hashable values);
-    ``ranges``: the block-sparse variant."""
-    return generate(spec, n_batch_dims=n_batch_dims, idx64=idx64, ranges=ranges)
+    ``ranges``: the block-sparse variant; ``arch``: the target (``"sm_80"`` and newer render
+    tensor-core inner products where the dtype and ``precision`` allow, see :mod:`.mma`)."""
+    return generate(spec, n_batch_dims=n_batch_dims, idx64=idx64, ranges=ranges, arch=arch)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,6 @@ def compile_specs(specs, arch: str = "sm_90", *, n_batch_dims: int = 0, idx64: b
     for spec in specs:
         spec = spec.canonical()
         if spec not in sources:
-            sources[spec] = kernel_source(spec, n_batch_dims, idx64, ranges)
+            sources[spec] = kernel_source(spec, n_batch_dims, idx64, ranges, nvrtc.normalize_arch(arch))
     text = PRELUDE + "".join(ks.body for ks in sources.values())
     return build(text, arch, use_cache=use_cache), sources

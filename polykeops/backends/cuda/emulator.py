@@ -37,6 +37,7 @@ HOST_PRELUDE = r"""
 #include <thread>
 #include <vector>
 #include <barrier>
+#include <memory>
 #define PK_HOST_EMULATION 1
 #define __global__
 #define __device__
@@ -50,6 +51,14 @@ static thread_local pk_dim3 threadIdx, blockIdx;
 static pk_dim3 blockDim, gridDim;
 static std::barrier<>* pk_barrier = nullptr;
 static inline void __syncthreads() { pk_barrier->arrive_and_wait(); }
+// a warp: its barrier (__syncwarp, the warp-wide mma) and the fragments its lanes exchange
+struct pk_warp_t {
+  std::barrier<>* bar;
+  unsigned a[32][4];
+  unsigned b[32][2];
+};
+static thread_local pk_warp_t* pk_warp_of = nullptr;
+static inline void __syncwarp() { pk_warp_of->bar->arrive_and_wait(); }
 static inline float pk_inf_f() { return INFINITY; }
 static inline double pk_inf_d() { return (double)INFINITY; }
 static inline float pk_nan_f() { return NAN; }
@@ -91,6 +100,57 @@ static inline unsigned short pk_f2h(float f) {  // round to nearest even
   if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h += 1;
   return (unsigned short)(sign | h);
 }
+// float -> TF32 (cvt.rna.tf32.f32): 10-bit mantissa, rounded to nearest, ties away from zero
+static inline unsigned pk_tf32(float f) {
+  uint32_t u; std::memcpy(&u, &f, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u) return u;  // inf, NaN
+  return (u + 0x1000u) & 0xffffe000u;
+}
+static inline float pk_bits_f(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+// The mma of a warp, from the PTX ISA's fragment tables read the other way round: which lane
+// and register hold element (r, k) of A and (k, n) of B.  m16n8k16 (.f16/.bf16): A(r, k) in
+// lane 4 (r % 8) + (k % 8) / 2, register r / 8 + 2 (k / 8), half k % 2; B(k, n) in lane
+// 4 n + (k % 8) / 2, register k / 8, half k % 2.  m16n8k8 (.tf32): A(r, k) in lane 4 (r % 8) + k % 4,
+// register r / 8 + 2 (k / 4); B(k, n) in lane 4 n + k % 4, register k / 4 (the tensor core reads
+// the top 19 bits).  D(r, n) in lane 4 (r % 8) + n / 2, register 2 (r / 8) + n % 2.
+static float pk_emu_in(unsigned word, int half, int mode) {
+  if (mode == 2) return pk_bits_f(word & 0xffffe000u);
+  unsigned short bits = (unsigned short)(word >> (16 * half));
+  if (mode == 1) { pk_bf16 b; b.bits = bits; return pk_b2f(b); }
+  return pk_h2f(bits);
+}
+static void pk_mma_emu(float* d, const unsigned* a, const unsigned* b, int mode) {
+  pk_warp_t* w = pk_warp_of;
+  const int l = (int)(threadIdx.x & 31u);
+  for (int q = 0; q < 4; ++q) w->a[l][q] = a[q];
+  for (int q = 0; q < 2; ++q) w->b[l][q] = b[q];
+  w->bar->arrive_and_wait();
+  const int K = mode == 2 ? 8 : 16;
+  float out[4];
+  for (int r = 0; r < 16; ++r)
+    for (int n = 0; n < 8; ++n) {
+      if (4 * (r % 8) + n / 2 != l) continue;
+      double s = 0.0;
+      for (int k = 0; k < K; ++k) {
+        float x, y;
+        if (mode == 2) {
+          x = pk_emu_in(w->a[4 * (r % 8) + k % 4][r / 8 + 2 * (k / 4)], 0, 2);
+          y = pk_emu_in(w->b[4 * n + k % 4][k / 4], 0, 2);
+        } else {
+          x = pk_emu_in(w->a[4 * (r % 8) + (k % 8) / 2][r / 8 + 2 * (k / 8)], k % 2, mode);
+          y = pk_emu_in(w->b[4 * n + (k % 8) / 2][k / 8], k % 2, mode);
+        }
+        s += (double)x * (double)y;
+      }
+      const int reg = 2 * (r / 8) + n % 2;
+      out[reg] = (float)((double)d[reg] + s);
+    }
+  w->bar->arrive_and_wait();
+  for (int q = 0; q < 4; ++q) d[q] = out[q];
+}
+static inline void pk_mma_f16(float* d, const unsigned* a, const unsigned* b) { pk_mma_emu(d, a, b, 0); }
+static inline void pk_mma_bf16(float* d, const unsigned* a, const unsigned* b) { pk_mma_emu(d, a, b, 1); }
+static inline void pk_mma_tf32(float* d, const unsigned* a, const unsigned* b) { pk_mma_emu(d, a, b, 2); }
 """
 
 _lock = threading.Lock()
@@ -121,11 +181,20 @@ extern "C" void pk_launch_{name}(unsigned gx, unsigned gy, unsigned gz, unsigned
   for (unsigned z = 0; z < gz; ++z) for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) {{
     std::barrier<> bar((std::ptrdiff_t)bx);
     pk_barrier = &bar;
+    const unsigned nw = (bx + 31) / 32;
+    std::vector<std::unique_ptr<std::barrier<>>> wbar;
+    std::vector<pk_warp_t> warps(nw);
+    for (unsigned q = 0; q < nw; ++q) {{
+      wbar.emplace_back(new std::barrier<>((std::ptrdiff_t)(bx - 32 * q < 32 ? bx - 32 * q : 32)));
+      warps[q].bar = wbar.back().get();
+    }}
+    pk_warp_t* wp = warps.data();
     std::vector<std::thread> ts;
     ts.reserve(bx);
     for (unsigned t = 0; t < bx; ++t) ts.emplace_back([=]() {{
       threadIdx = pk_dim3{{t, 0, 0}};
       blockIdx = pk_dim3{{x, y, z}};
+      pk_warp_of = wp + t / 32;
       {name}({decls});
     }});
     for (auto& th : ts) th.join();
@@ -194,10 +263,12 @@ class _Executor:
            ctypes.c_uint(block), arr)
 
 
-def kernel_source(spec, *, n_batch_dims=0, idx64=False, tile_j=None, ranges=False):
+def kernel_source(spec, *, n_batch_dims=0, idx64=False, tile_j=None, ranges=False, arch=None):
     """The generated kernels the emulator runs for ``spec`` (same options as :func:`evaluate`;
-    ``ranges``: the block-sparse kernels)."""
-    return generate(spec, n_batch_dims=n_batch_dims, idx64=idx64, tile_j=tile_j, ranges=ranges)
+    ``ranges``: the block-sparse kernels; ``arch``: the target they are rendered for, e.g.
+    ``"sm_80"`` for the tensor-core path, whose ``mma`` the emulator computes warp by warp)."""
+    return generate(spec, n_batch_dims=n_batch_dims, idx64=idx64, tile_j=tile_j, ranges=ranges,
+                    arch=arch)
 
 
 #: NumPy storage of each dtype (NumPy has no bfloat16: its arrays hold the bits, as uint16)
@@ -205,14 +276,15 @@ _NP = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32, "flo
 
 
 def evaluate(spec, args, *, nx, ny, batch_shape, ranges=None, block=None, scheme="auto",
-             sm_count=1, idx64=False, tile_j=None):
+             sm_count=1, idx64=False, tile_j=None, arch=None):
     """Evaluate a canonical spec on NumPy arrays with the emulated kernels (contract of
     :meth:`polykeops.backends.contract.Backend.evaluate`, ``ranges`` included; the other
     options choose the launch: threads per block (at most, with ranges), "1d"/"2d"/"auto"
-    scheme (ignored with ranges: always 1D), tile size)."""
+    scheme (ignored with ranges: always 1D), tile size; ``arch``: the target the kernels are
+    rendered for (see :func:`kernel_source`))."""
     batch_shape = tuple(batch_shape)
     ks = kernel_source(spec, n_batch_dims=len(batch_shape), idx64=idx64, tile_j=tile_j,
-                       ranges=ranges is not None)
+                       ranges=ranges is not None, arch=arch)
     lib = _by_source.get(ks.digest) or build(ks)
     args = [np.ascontiguousarray(a, dtype=_NP[spec.dtype]) for a in args]
     outs = [

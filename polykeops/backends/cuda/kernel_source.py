@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 from ...errors import BackendError
 from ...formula.nodes import CAT_I, CAT_J, CAT_P, variables
+from . import mma
 from .render import CudaRenderer, render_formulas
 from .states import StateTypes, sliced_formulas, slices, state_class
 
@@ -95,6 +96,7 @@ class TranslationUnit:
     combine_params: tuple[tuple[str, str], ...]
     notes: tuple[str, ...] = field(default=())
     ranges: bool = False  # block-sparse main kernels (extra parameters RANGE_PARAMS)
+    tensor_cores: str = ""  # the mma mode of the main kernels (.mma), "" for the SIMT path
 
     @property
     def source(self) -> str:
@@ -136,13 +138,14 @@ def tile_row(spec) -> int:
     return width
 
 
-def tile_size(spec) -> int:
-    """Columns of j staged in shared memory per tile, from the j-variables' sizes."""
+def tile_size(spec, budget: int = SMEM_BUDGET) -> int:
+    """Columns of j staged in shared memory per tile, from the j-variables' sizes (``budget``:
+    the bytes of shared memory left for the tile)."""
     elem = 8 if spec.dtype == "float64" else 4
     per_j = tile_row(spec) * elem
     if per_j == 0:
         return 64
-    tj = min(MAX_TILE_J, SMEM_BUDGET // per_j)
+    tj = min(MAX_TILE_J, budget // per_j)
     if tj < 1:
         raise BackendError(
             f"the j-variables of {spec} need {per_j} bytes per column: more than the "
@@ -192,21 +195,36 @@ def _indent(lines, n):
     return out
 
 
+def tensor_core_plan(spec, arch, ranges: bool = False, tile_j: int | None = None):
+    """``(mode, products, tile_j)``: the tensor-core mode and products of ``spec`` on ``arch``
+    (:mod:`.mma`; ``(None, [], tile)`` for the SIMT path) and the j tile that leaves room for
+    their buffers.  Block-sparse kernels keep the SIMT path."""
+    mode = None if ranges else mma.tensor_core_mode(spec, arch)
+    products = mma.tc_products(spec.formulas) if mode else []
+    if products:
+        budget = SMEM_BUDGET - mma.smem_bytes(products, MAX_BLOCK // 32, MAX_TILE_J)
+        tj = tile_j or (tile_size(spec, budget) if budget > 0 else 0)
+        if tj >= mma.CHUNK:
+            return mode, products, tj
+    return None, [], tile_j or tile_size(spec)
+
+
 def generate(spec, *, n_batch_dims: int = 0, idx64: bool = False, tile_j: int | None = None,
-             ranges: bool = False, renderer_cls=CudaRenderer) -> TranslationUnit:
+             ranges: bool = False, arch=None, renderer_cls=CudaRenderer) -> TranslationUnit:
     """Render the kernels of a canonical spec (see the module docstring).
 
     ``tile_j`` overrides the tile size (tests use small tiles to cross many tile
     boundaries).  ``ranges=True`` renders the block-sparse variant of the main
     kernels (1D scheme only, see :mod:`.ranges`).  Kernel names carry a digest of
     the spec and the options, so the sources of several specs can share one
-    translation unit.
+    translation unit.  ``arch`` (``"sm_80"``, 80 or None) is the target: from sm_80 on, inner
+    products of eligible dtypes run on tensor cores (:mod:`.mma`, :func:`tensor_core_plan`).
     """
     if spec.axis != 1:
         raise BackendError("the CUDA code generator needs a canonical spec (axis == 1)")
     ct = ctypes_for(spec, idx64)
     IN, T = _IN_TYPES[spec.dtype], ct.T
-    tj = tile_j or tile_size(spec)
+    tc_mode, tc_all, tj = tensor_core_plan(spec, arch, ranges, tile_j)
     in_formulas = set(variables(*spec.formulas))
     jvars = [v for v in spec.variables if v.cat == CAT_J and v in in_formulas]
     row = tile_row(spec)
@@ -217,6 +235,8 @@ def generate(spec, *, n_batch_dims: int = 0, idx64: bool = False, tile_j: int | 
     smem_elems = tj * row if jvars else 0
     nb = n_batch_dims
     key = (spec, nb, idx64, tj, "ranges") if ranges else (spec, nb, idx64, tj)
+    if tc_mode:
+        key += ("mma", tc_mode)
     tag = hashlib.sha1(repr(key).encode()).hexdigest()[:12]
     State = state_class(spec)
 
@@ -239,6 +259,8 @@ def generate(spec, *, n_batch_dims: int = 0, idx64: bool = False, tile_j: int | 
         parts.append(f"//   a{v.index}: {cat}({v.index}, {v.dim})")
     parts.append(f"// T = {T}, ACC = {ct.ACC}{' (rounded to half)' if ct.acc_half else ''}, "
                  f"IDX = {ct.IDX}, TILE_J = {tj}, batch dims = {nb}")
+    if tc_mode:
+        parts.append(f"// tensor cores: {tc_mode} mma for {len(tc_all)} inner product(s)")
     kernels = []
     for s, (c0, w) in enumerate(slices(spec)):
         st = State(spec, ct, c0, w)
@@ -246,10 +268,11 @@ def generate(spec, *, n_batch_dims: int = 0, idx64: bool = False, tile_j: int | 
         renderer = renderer_cls("float64" if T == "double" else "float32")
         formulas = sliced_formulas(spec, c0, w)
         parts.append(_main_kernel(spec, formulas, st, ct, IN, tj, j_base, row, jvars, smem_elems,
-                                  nb, main_name, main_params, renderer, ranges))
+                                  nb, main_name, main_params, renderer, ranges, tc_mode))
         parts.append(_combine_kernel(st, comb_name, comb_params))
         kernels.append(SliceKernels(c0, w, main_name, comb_name, st.nf, st.ni))
     elem = 8 if T == "double" else 4
+    tc_smem = mma.smem_bytes(tc_all, MAX_BLOCK // 32, tj) if tc_mode else 0
     return TranslationUnit(
         body="\n".join(parts) + "\n",
         spec=spec,
@@ -257,11 +280,12 @@ def generate(spec, *, n_batch_dims: int = 0, idx64: bool = False, tile_j: int | 
         idx64=idx64,
         tile_j=tj,
         block=block_size(spec),
-        smem_bytes=smem_elems * elem,
+        smem_bytes=smem_elems * elem + tc_smem,
         slices=tuple(kernels),
         main_params=tuple(main_params),
         combine_params=tuple(comb_params),
         ranges=ranges,
+        tensor_cores=tc_mode or "",
     )
 
 
@@ -272,15 +296,20 @@ def _signature(name, params, bounds=None):
 
 
 def _main_kernel(spec, formulas, st, ct, IN, tj, j_base, jrow, jvars, smem_elems, nb, name, params,
-                 renderer, ranges=False):
+                 renderer, ranges=False, tc_mode=None):
     T = ct.T
     leaves = _Leaves(j_base, jrow)
-    code = render_formulas(renderer, formulas, leaves)
+    tcp = mma.tc_products(formulas) if tc_mode else []
+    given = {tp.product.node: (lambda k, tp=tp: tp.value) for tp in tcp}
+    code = render_formulas(renderer, formulas, leaves, given=given)
     upd = st.update("S", code.values, "j")
+    for tp in tcp:  # x's row pointer (row norms, difference form) and y's (the tile)
+        leaves.used.update((tp.xvar.index, tp.yvar.index))
 
     L = [_signature(name, params, MAX_BLOCK) + " {"]
     if smem_elems:
         L.append(f"  alignas(16) __shared__ {T} sj[{smem_elems}];")
+    L += _indent(mma.buffers(tcp, MAX_BLOCK // 32, tj), 2)
     used = [v for v in spec.variables if v.index in leaves.used]
     if ranges:  # one item of the block map per block (see .ranges)
         L += [
@@ -309,6 +338,12 @@ def _main_kernel(spec, formulas, st, ct, IN, tj, j_base, jrow, jvars, smem_elems
         boff = " + ".join(f"bi{d} * st{v.index}_{d}" for d in range(nb)) or "0"
         row = f" + (active ? i : 0) * {v.dim}" if v.cat == CAT_I else ""
         body.append(f"const {IN}* __restrict__ r{v.index} = a{v.index} + ({boff}){row};")
+        if any(tp.xvar.index == v.index for tp in tcp):
+            body.append(f"const {IN}* __restrict__ pk_xb{v.index} = a{v.index} + ({boff});")
+    if tcp:  # the warp's first row and the end of the rows (1D scheme, see .mma)
+        body.append("const long long pk_wrow = (long long)blockIdx.x * blockDim.x + (threadIdx.x & ~31u);")
+        body.append("const long long pk_rend = nx;")
+        body += mma.row_setup(tcp, IN, tc_mode)
     for (index, k), _v in sorted(leaves.preload.items()):
         body.append(f"const {T} v{index}_{k} = pk_ld(r{index} + {k});")
     body += code.pre
@@ -325,15 +360,36 @@ def _main_kernel(spec, formulas, st, ct, IN, tj, j_base, jrow, jvars, smem_elems
             )
         tile.append("__syncthreads();")
     inner = [f"const {ct.IDX} j = ({ct.IDX})(j0 + jj);"] if st.uses_index else []
-    inner += code.body + upd
-    tile.append("if (active) {")
-    tile += _indent(st.tile_begin("S"), 2)
-    tile.append(f"  #pragma unroll {_unroll(st, spec)}")
-    tile.append("  for (int jj = 0; jj < tn; ++jj) {")
-    tile += _indent(inner, 4)
-    tile.append("  }")
-    tile += _indent(st.tile_end("S"), 2)
-    tile.append("}")
+    if tcp:
+        norms = mma.tile_norms(tcp, jrow, j_base)
+        if norms:
+            tile += norms + ["__syncthreads();"]
+        for tp in tcp:
+            inner += mma.pair_value(tp, tc_mode, jrow, j_base)
+        inner += code.body + upd
+        # every lane of every warp runs the block products (mma.sync is warp-wide)
+        tile += st.tile_begin("S")
+        tile.append(f"for (int jc = 0; jc < tn; jc += {mma.CHUNK}) {{")
+        for tp in tcp:
+            tile += _indent(mma.chunk_block(tp, tc_mode, jrow, j_base), 2)
+        tile.append("  __syncwarp();")
+        tile.append("  if (active) {")
+        tile.append(f"    const int pk_je = jc + {mma.CHUNK} < tn ? jc + {mma.CHUNK} : tn;")
+        tile.append(f"    #pragma unroll {_unroll(st, spec)}")
+        tile.append("    for (int jj = jc; jj < pk_je; ++jj) {")
+        tile += _indent(inner, 6)
+        tile.append("    }")
+        tile.append("  }")
+        tile.append("  __syncwarp();")
+        tile.append("}")
+        tile.append("if (active) {")
+        tile += _indent(st.tile_end("S"), 2)
+        tile.append("}")
+        inner = None
+    else:
+        inner += code.body + upd
+    if inner is not None:
+        tile += _simt_tile(st, spec, inner)
     jloop = [f"for (long long j0 = jb; j0 < je; j0 += {tj}) {{", *_indent(tile, 2), "}"]
     if ranges:  # the j intervals of the block's i-range, in order
         jloop = ["for (int v = vb; v < ve; ++v) {",
@@ -359,6 +415,19 @@ def _main_kernel(spec, formulas, st, ct, IN, tj, j_base, jrow, jvars, smem_elems
     L += _indent(body, 4)
     L += ["  }", "}"]
     return "\n".join(L)
+
+
+def _simt_tile(st, spec, inner) -> list[str]:
+    """The j loop over a staged tile, one thread per row (the SIMT path)."""
+    tile = ["if (active) {"]
+    tile += _indent(st.tile_begin("S"), 2)
+    tile.append(f"  #pragma unroll {_unroll(st, spec)}")
+    tile.append("  for (int jj = 0; jj < tn; ++jj) {")
+    tile += _indent(inner, 4)
+    tile.append("  }")
+    tile += _indent(st.tile_end("S"), 2)
+    tile.append("}")
+    return tile
 
 
 def _unroll(st, spec) -> int:
@@ -409,6 +478,30 @@ PK_DEV pk_bf16 pk_f2b(float f) {
 PK_DEV float pk_inf_f() { return __int_as_float(0x7f800000); }
 PK_DEV double pk_inf_d() { return __longlong_as_double(0x7ff0000000000000LL); }
 PK_DEV float pk_nan_f() { return __int_as_float(0x7fffffff); }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+// tensor cores (see polykeops.backends.cuda.mma): d += a b on a warp, fragments as in the PTX ISA
+PK_DEV unsigned pk_tf32(float f) {
+  unsigned u; asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(f)); return u;
+}
+PK_DEV void pk_mma_f16(float* d, const unsigned* a, const unsigned* b) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+               "{%8,%9}, {%0,%1,%2,%3};"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+PK_DEV void pk_mma_bf16(float* d, const unsigned* a, const unsigned* b) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+               "{%8,%9}, {%0,%1,%2,%3};"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+PK_DEV void pk_mma_tf32(float* d, const unsigned* a, const unsigned* b) {
+  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+               "{%8,%9}, {%0,%1,%2,%3};"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
 #endif
 PK_DEV long long pk_minll(long long a, long long b) { return a < b ? a : b; }
 PK_DEV float pk_ld(const float* p) { return *p; }
@@ -423,6 +516,14 @@ PK_DEV void pk_st(unsigned short* p, double v) { *p = pk_f2h((float)v); }
 PK_DEV void pk_st(pk_bf16* p, float v) { *p = pk_f2b(v); }
 PK_DEV void pk_st(pk_bf16* p, double v) { *p = pk_f2b((float)v); }
 PK_DEV void pk_st(long long* p, long long v) { *p = v; }
+// two 16-bit values in a 32-bit register, the first in the low half (mma operands; exact for
+// values that came from float16 / bfloat16 data)
+PK_DEV unsigned pk_tc_h2(float lo, float hi) {
+  return (unsigned)pk_f2h(lo) | ((unsigned)pk_f2h(hi) << 16);
+}
+PK_DEV unsigned pk_tc_b2(float lo, float hi) {
+  return (unsigned)pk_f2b(lo).bits | ((unsigned)pk_f2b(hi).bits << 16);
+}
 PK_DEV float pk_round_h(float x) { return pk_h2f(pk_f2h(x)); }
 PK_DEV float pk_sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
 PK_DEV double pk_sign(double x) { return x > 0.0 ? 1.0 : (x < 0.0 ? -1.0 : 0.0); }

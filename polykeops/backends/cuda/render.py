@@ -152,8 +152,10 @@ class FormulaCode:
     values: list[list[str]]  # values[f][k]: C expression of component k of formula f
 
 
-def render_formulas(renderer: CRenderer, formulas, leaf) -> FormulaCode:
-    """Lay out the code computing ``formulas`` (see the module docstring)."""
+def render_formulas(renderer: CRenderer, formulas, leaf, given=None) -> FormulaCode:
+    """Lay out the code computing ``formulas`` (see the module docstring); ``given`` maps nodes
+    whose value the kernel computes itself (tensor-core inner products, :mod:`.mma`) to
+    ``k -> C expression``."""
     counter = [0]
     jdep = {n: CAT_J in d for n, d in dependencies(formulas).items()}
 
@@ -204,7 +206,8 @@ def render_formulas(renderer: CRenderer, formulas, leaf) -> FormulaCode:
     hoist = frontier(formulas, inner=lambda n: jdep[n],
                      keep=lambda n: (not jdep[n] and bool(n.args) and n.dim <= HOIST_MAX_DIM
                                      and n not in chunk_interior))
-    pre_lines, known, pre_r = render_block(hoist, {})
+    given = dict(given or {})
+    pre_lines, known, pre_r = render_block(hoist, given)
     for n in hoist:
         if n not in known:
             known[n] = lambda k, n=n, r=pre_r: r.value(n, k)
