@@ -54,7 +54,8 @@ or noisy.  It also turns special values wrong: ``x = inf`` gives ``inf - inf = N
 to the difference form ``sum_k (x_k - y_k)^2`` where a norm is not finite (inf, NaN, or
 overflow), so that NaN propagates and infinities stay infinite.
 
-Interface: :class:`InnerProduct`, :func:`find_inner_products`, :func:`group_by_operand`,
+Interface: :class:`InnerProduct`, :func:`find_inner_products`, :func:`between_variables`,
+:func:`group_by_operand`,
 :data:`MIN_DIM`.
 """
 
@@ -196,6 +197,13 @@ def find_inner_products(formulas, min_dim: int = MIN_DIM) -> list[InnerProduct]:
             if p is not None:
                 found.append(p)
     return found
+
+
+def between_variables(p: InnerProduct) -> bool:
+    """Whether ``p`` is one product (``count == 1``) between an i-variable and a j-variable, the
+    operands read in place by the backends' block paths (no expression evaluated first)."""
+    return (p.count == 1 and p.x.op == "Var" and p.x.params[2] == CAT_I
+            and p.y.op == "Var" and p.y.params[2] == CAT_J)
 
 
 def group_by_operand(products) -> dict[Node, list[InnerProduct]]:

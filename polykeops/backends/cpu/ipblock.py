@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...formula.inner_products import SQDIST, InnerProduct, find_inner_products
-from ...formula.nodes import CAT_I, CAT_J
+from ...formula.inner_products import SQDIST, InnerProduct, between_variables, find_inner_products
 
 #: smallest dimension handled by a block (below, the pair-by-pair lane code is as fast)
 MIN_DIM = 16
@@ -52,11 +51,8 @@ def block_products(formulas, min_dim: int = MIN_DIM) -> list[BlockProduct]:
     or squared distance between an i-variable and a j-variable."""
     out = []
     for p in find_inner_products(formulas, min_dim=min_dim):
-        if p.count != 1 or p.x.op != "Var" or p.x.params[2] != CAT_I:
-            continue
-        if p.y.op != "Var" or p.y.params[2] != CAT_J:
-            continue
-        out.append(BlockProduct(len(out), p, p.x, p.y))
+        if between_variables(p):
+            out.append(BlockProduct(len(out), p, p.x, p.y))
     return out
 
 

@@ -43,8 +43,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...formula.inner_products import SQDIST, find_inner_products
-from ...formula.nodes import CAT_I, CAT_J
+from ...formula.inner_products import SQDIST, between_variables, find_inner_products
 
 #: smallest inner-product dimension computed on tensor cores
 MIN_DIM = 16
@@ -127,11 +126,7 @@ def tc_products(formulas, min_dim: int = MIN_DIM) -> list[TcProduct]:
     distance between an i-variable and a j-variable (at most :data:`MAX_PRODUCTS`)."""
     out = []
     for p in find_inner_products(formulas, min_dim=min_dim):
-        if p.count != 1 or p.x.op != "Var" or p.x.params[2] != CAT_I:
-            continue
-        if p.y.op != "Var" or p.y.params[2] != CAT_J:
-            continue
-        if len(out) < MAX_PRODUCTS:
+        if between_variables(p) and len(out) < MAX_PRODUCTS:
             out.append(TcProduct(len(out), p, p.x, p.y))
     return out
 
