@@ -130,3 +130,50 @@ def test_close_pairs_far_from_the_origin_keep_their_accuracy(jit):
     ref = d2_ref(x, y).topk(3, dim=1, largest=False)
     assert torch.equal(idx, ref.indices)
     torch.testing.assert_close(vals.double(), ref.values, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("reduction", ["min", "argmin", "max", "argmax", "Kmin_argKmin"])
+def test_selections_read_the_block_directly(jit, monkeypatch, reduction):
+    """A formula that is the block itself (a distance, a dot product) reduced by a selection: the
+    rows' states take the block column by column (pk_select_block, pk_kmin_block), with the
+    results of the row-by-row reduction -- ties, NaNs and infinities included, across tiles,
+    work items and j chunks (few rows: j is split across threads)."""
+    g = torch.Generator().manual_seed(7)
+    for M, N in [(1, 2), (31, 257), (400, 1000), (3, 5000)]:
+        x = torch.randint(-2, 3, (2, M, 20), generator=g).float()  # exact products, many ties
+        y = torch.randint(-2, 3, (2, N, 20), generator=g).float()
+        y[:, N // 2] = x[:, 0]  # ties and zeros
+        if N > 10:
+            y[0, 3, 4] = float("nan")
+            y[1, 5, 0] = float("inf")
+        if M > 10:
+            x[0, 7, 1] = float("nan")
+        xi, yj = lazy(x, y)
+        for formula in [((xi - yj) ** 2).sum(-1), (xi * yj).sum(-1)]:
+            if reduction == "Kmin_argKmin":
+                got = formula.Kmin_argKmin(min(4, N), dim=2, backend="cpu")
+            else:
+                got = getattr(formula, reduction)(dim=2, backend="cpu")
+            monkeypatch.setenv("POLYKEOPS_JIT", "off")  # the generic engine: pair by pair
+            if reduction == "Kmin_argKmin":
+                ref = formula.Kmin_argKmin(min(4, N), dim=2, backend="cpu")
+            else:
+                ref = getattr(formula, reduction)(dim=2, backend="cpu")
+            monkeypatch.setenv("POLYKEOPS_JIT", "sync")
+            for a, b in zip(got if isinstance(got, tuple) else [got], ref if isinstance(ref, tuple) else [ref]):
+                torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    if reduction == "max":  # and against a dense reference: NaN wins
+        dense = (x[0, :, None] * y[0, None]).sum(-1)
+        want = torch.where(torch.isnan(dense).any(1), float("nan"), dense.nan_to_num(-float("inf")).max(1).values)
+        torch.testing.assert_close(got[0, :, 0], want, rtol=0, atol=0, equal_nan=True)
+
+
+def test_block_selection_in_the_source():
+    f, vs = parse_reduction_formula("SqDist(x, y)", ["x = Vi(0, 32)", "y = Vj(1, 32)"])
+    for red, helper in [("ArgKMin", "pk_kmin_block("), ("ArgMin", "pk_select_block(")]:
+        spec = ReductionSpec(reduction=red, formulas=(f,), variables=vs, k=3 if "K" in red else None).canonical()
+        src = KernelWriter(spec).source()
+        assert helper in src and "fb[" not in src
+    g, vs = parse_reduction_formula("Exp(-SqDist(x, y))", ["x = Vi(0, 32)", "y = Vj(1, 32)"])
+    spec = ReductionSpec(reduction="ArgMax", formulas=(g,), variables=vs).canonical()
+    assert "pk_select_block(" not in KernelWriter(spec).source()  # the formula is not the block

@@ -141,6 +141,13 @@ class State:
         """Reduce the formula buffers fb (and gb) of one row and one tile into the record ``s``."""
         raise NotImplementedError
 
+    def block_reduce(self, buf: str) -> list[str] | None:
+        """Reduce a block of a scalar formula's values (``buf[j * BIP + r]``: the rows ``i0 + r``
+        of a work item, the ``n`` columns ``jt + j`` of a tile) into the records ``st[r]``, or
+        None when the family reduces rows one at a time only.  ``thr`` is a scratch of BIP
+        values."""
+        return None
+
     def record_functions(self) -> list[str]:
         """``pk_state_init``, ``pk_state_combine`` (a covers smaller j than b) and
         ``pk_state_finalize`` (writes the outputs of one row)."""
@@ -512,6 +519,10 @@ class SelectState(_ValueIndexState):
         return [f"pk_select_tile(fb + {d} * TJ, n, jt, {kind}, &s->v[{d}], &s->i[{d}]);"
                 for d in range(self.fdims[0])]
 
+    def block_reduce(self, buf):
+        kind = 0 if self.kind == "min" else 1
+        return [f"pk_select_block({buf}, n, BIP, (int)(i1 - i0), jt, {kind}, st->v, st->i, sizeof(pk_state), thr);"]
+
     def record_combine(self):
         kind = 0 if self.kind == "min" else 1
         return [f"    for (int d = 0; d < {self.fdims[0]}; ++d)",
@@ -584,6 +595,9 @@ class KMinState(_ValueIndexState):
         D = self.D
         return [f"pk_kmin_tile(fb + {d} * TJ, n, jt, {self.K}, {D}, s->v + {d}, s->i + {d});"
                 for d in range(D)]
+
+    def block_reduce(self, buf):
+        return [f"pk_kmin_block({buf}, n, BIP, (int)(i1 - i0), jt, {self.K}, st->v, st->i, sizeof(pk_state), thr);"]
 
     def record_combine(self):
         return ["    T *tv = (T *)(scratch + OFF_kt);",

@@ -159,8 +159,15 @@ class KernelWriter:
         self.blocks = ipblock.block_products(formulas, self.ip_min_dim)
         block_known = {bp.product.node: (lambda k, bp=bp: ipblock.lane_value(bp)) for bp in self.blocks}
         known = {**tile_known, **row_known, **block_known}
-        lane_lines, lane_bufs, self.gemm = lane_code(roots, known, leaf_lane, counter, renderer=R, T=T,
-                                                     ACC=ACC, state=self.state, fused=self.fused)
+        # a formula that is one of the blocks (kNN on distances...), reduced by a selection: the
+        # rows' states take the block directly (pk_reduce.h: pk_select_block, pk_kmin_block)
+        root_block = [bp for bp in self.blocks if len(roots) == 1 and bp.product.node == roots[0]]
+        self.block_reduce = self.state.block_reduce(root_block[0].buf) if root_block else None
+        if self.block_reduce:
+            lane_lines, lane_bufs, self.gemm = [], [], None
+        else:
+            lane_lines, lane_bufs, self.gemm = lane_code(roots, known, leaf_lane, counter, renderer=R, T=T,
+                                                         ACC=ACC, state=self.state, fused=self.fused)
         # variables still read in the tile, row and lane code (not only through blocks)
         rendered = "\n".join(tile_lines + row_lines + lane_lines)
         if self.gemm is not None:
@@ -258,6 +265,8 @@ class KernelWriter:
             w(f"    {ty} *__restrict__ {name} = ({ty} *)(scratch + OFF_{name});")
         out.extend(self.state.record_prologue())
         out.extend("    " + line for line in ipblock.item_code(self.blocks))
+        if self.block_reduce:
+            w("    T thr[BIP];")
         yrows = ipblock.yvars_of(self.blocks)
         # tiles of at most TJ columns, taken from the j intervals iv[2q], iv[2q + 1] (clipped to
         # [0, ny]) in order; with PK_GATHER == 0 a tile holds columns of one interval only, the
@@ -325,6 +334,13 @@ class KernelWriter:
                 w("            " + line)
             w("        }")
         out.extend("        " + line for line in ipblock.tile_code(self.blocks))
+        if self.block_reduce:
+            out.extend("        " + line for line in self.block_reduce)
+            w("    }")
+            w("}")
+            w("")
+            w('#include "pk_kernel.h"')
+            return "\n".join(out) + "\n"
         w("        for (int64_t i = i0; i < i1; ++i) {")
         w("            pk_state *__restrict__ s = st + (i - i0);")
         if self.gemm is not None:

@@ -271,6 +271,95 @@ static inline void PK_FN(pk_kmin_tile)(const PK_T *__restrict__ f, int n, int64_
     }
 }
 
+/* Blocks of values out[j * bip + r] (rows r < nrows of a work item, columns j < n of a tile,
+ * indices j0 + j; bip a multiple of the vector width): reduced into the rows' states directly,
+ * without copying each row's values out.  Row r's entries are at v + r * stride, i + r * stride
+ * (stride in bytes: the states' record size).  For each column, one vector test of a group of
+ * rows against their thresholds (thr[bip], scratch) finds the rows it may change: a superset,
+ * each then updated exactly by the row-wise helpers (so the results are those of the tile
+ * helpers, ties and NaNs included).  The thresholds of a row: its current value to beat, NaN
+ * (every value a candidate) while its state is not full, -inf (min) or +inf (max) once its
+ * state holds NaNs that nothing can displace (only NaNs stay candidates, never taken). */
+#define PK_BLOCK_ROW(p, r, stride, ty) ((ty *)((char *)(p) + (size_t)(r) * (stride)))
+static inline PK_T PK_FN(pk_block_thr)(PK_T v, int64_t i, int kind)
+{
+    if (i < 0)
+        return (PK_T)NAN;
+    if (v != v)
+        return kind ? (PK_T)INFINITY : -(PK_T)INFINITY;
+    return v;
+}
+
+/* does any of the W values o[l] possibly beat thr[l] (kind 0: !(o >= thr), 1: !(o <= thr))? */
+static inline int PK_FN(pk_block_any)(const PK_T *__restrict__ o, const PK_T *__restrict__ thr, int kind)
+{
+    enum { W = PK_W_FOR(PK_T) };
+    int any = 0;
+    if (kind == 0) {
+#pragma omp simd reduction(| : any)
+        for (int l = 0; l < W; ++l)
+            any |= !(o[l] >= thr[l]);
+    } else {
+#pragma omp simd reduction(| : any)
+        for (int l = 0; l < W; ++l)
+            any |= !(o[l] <= thr[l]);
+    }
+    return any;
+}
+
+static inline void PK_FN(pk_select_block)(const PK_T *__restrict__ out, int n, int bip, int nrows, int64_t j0,
+                                          int kind, PK_T *v, int64_t *i, size_t stride, PK_T *__restrict__ thr)
+{
+    enum { W = PK_W_FOR(PK_T) };
+    for (int r = 0; r < bip; ++r)
+        thr[r] = r < nrows ? PK_FN(pk_block_thr)(*PK_BLOCK_ROW(v, r, stride, PK_T), *PK_BLOCK_ROW(i, r, stride, int64_t),
+                                                 kind)
+                           : (kind ? (PK_T)INFINITY : -(PK_T)INFINITY);
+    for (int j = 0; j < n; ++j) {
+        const PK_T *o = out + (size_t)j * bip;
+        for (int r0 = 0; r0 < nrows; r0 += W) {
+            if (!PK_FN(pk_block_any)(o + r0, thr + r0, kind))
+                continue;
+            const int r1 = r0 + W < nrows ? r0 + W : nrows;
+            for (int r = r0; r < r1; ++r) {
+                if (kind ? o[r] <= thr[r] : o[r] >= thr[r])
+                    continue;
+                PK_T *vr = PK_BLOCK_ROW(v, r, stride, PK_T);
+                int64_t *ir = PK_BLOCK_ROW(i, r, stride, int64_t);
+                PK_FN(pk_select_tile)(o + r, 1, j0 + j, kind, vr, ir);
+                thr[r] = PK_FN(pk_block_thr)(*vr, *ir, kind);
+            }
+        }
+    }
+}
+
+/* K-min lists (K entries each, stride 1 within a list) of the rows, from a block */
+static inline void PK_FN(pk_kmin_block)(const PK_T *__restrict__ out, int n, int bip, int nrows, int64_t j0, int K,
+                                        PK_T *v, int64_t *i, size_t stride, PK_T *__restrict__ thr)
+{
+    enum { W = PK_W_FOR(PK_T) };
+    for (int r = 0; r < bip; ++r)
+        thr[r] = r < nrows ? PK_FN(pk_block_thr)(PK_BLOCK_ROW(v, r, stride, PK_T)[K - 1],
+                                                 PK_BLOCK_ROW(i, r, stride, int64_t)[K - 1], 0)
+                           : -(PK_T)INFINITY;
+    for (int j = 0; j < n; ++j) {
+        const PK_T *o = out + (size_t)j * bip;
+        for (int r0 = 0; r0 < nrows; r0 += W) {
+            if (!PK_FN(pk_block_any)(o + r0, thr + r0, 0))
+                continue;
+            const int r1 = r0 + W < nrows ? r0 + W : nrows;
+            for (int r = r0; r < r1; ++r) {
+                if (o[r] >= thr[r])
+                    continue;
+                PK_T *vr = PK_BLOCK_ROW(v, r, stride, PK_T);
+                int64_t *ir = PK_BLOCK_ROW(i, r, stride, int64_t);
+                PK_FN(pk_kmin_tile)(o + r, 1, j0 + j, K, 1, vr, ir);
+                thr[r] = PK_FN(pk_block_thr)(vr[K - 1], ir[K - 1], 0);
+            }
+        }
+    }
+}
+
 /* merge the K-list (v2, i2) (larger j) into (v1, i1): stable, keeps the K first; tv, ti scratch of K */
 static inline void PK_FN(pk_kmin_merge)(PK_T *v1, int64_t *i1, const PK_T *v2, const int64_t *i2, int K,
                                         int D, PK_T *tv, int64_t *ti)
