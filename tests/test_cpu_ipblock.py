@@ -177,3 +177,77 @@ def test_block_selection_in_the_source():
     g, vs = parse_reduction_formula("Exp(-SqDist(x, y))", ["x = Vi(0, 32)", "y = Vj(1, 32)"])
     spec = ReductionSpec(reduction="ArgMax", formulas=(g,), variables=vs).canonical()
     assert "pk_select_block(" not in KernelWriter(spec).source()  # the formula is not the block
+
+
+_ANY_PROGRAM = r"""
+#include "pk_runtime.h"
+#include <stdio.h>
+#define PK_T T
+#define PK_ACC T
+#define PK_FN(x) x
+#define PK_EXPACC exp
+#include "pk_reduce.h"
+int main(void)
+{
+    enum { W = PK_W_FOR(T) };
+    static T o[W] __attribute__((aligned(64))), thr[W];
+    int code;
+    while (scanf("%d", &code) == 1) {  /* a value code per lane for o, then for thr */
+        for (int l = 0; l < 2 * W; ++l) {
+            if (l > 0 && scanf("%d", &code) != 1) return 1;
+            T v = code == 100 ? (T)NAN : code == 101 ? (T)INFINITY : code == -101 ? -(T)INFINITY : (T)code;
+            if (l < W) o[l] = v; else thr[l - W] = v;
+        }
+        printf("%d %d\n", pk_block_any(o, thr, 0), pk_block_any(o, thr, 1));
+    }
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("isa", ["-mavx512f", "-mavx2", "-mno-avx"])
+@pytest.mark.parametrize("T", ["float", "double"])
+def test_block_candidate_test_on_every_isa(tmp_path, isa, T):
+    """pk_block_any (the vector test of the block selections) on each code path (AVX-512, AVX2,
+    portable): true when a lane's value is NaN, or its threshold NaN, or the value beats it."""
+    import random
+    import subprocess
+    import sys
+
+    from polykeops.backends.cpu.compiler import INCLUDE_DIR, compiler_command
+
+    if sys.platform != "linux" or not __import__("platform").machine().lower() in ("x86_64", "amd64"):
+        pytest.skip("x86-64 code paths")
+    src = tmp_path / "any.c"
+    src.write_text(f"typedef {T} T;\n" + _ANY_PROGRAM)
+    exe = tmp_path / "any"
+    subprocess.run(compiler_command() + ["-O2", isa, "-I", str(INCLUDE_DIR), str(src), "-o", str(exe), "-lm"],
+                   check=True, capture_output=True)
+    W = 16 if T == "float" else 8
+    rnd = random.Random(isa + T)
+    codes = [-101, -3, 0, 2, 5, 101, 100]
+    cases, want = [], []
+    for _ in range(300):
+        o = [rnd.choice(codes) for _ in range(W)]
+        t = [rnd.choice(codes) for _ in range(W)]
+        if rnd.random() < 0.4:  # values equal to their thresholds but in a few lanes
+            o = [5 if v == 100 else v for v in o]
+            t = list(o)
+            for _ in range(rnd.randrange(3)):
+                t[rnd.randrange(W)] = rnd.choice(codes)
+        cases.append(" ".join(map(str, o + t)))
+
+        def val(c):
+            return float("nan") if c == 100 else float("inf") if c == 101 else -float("inf") if c == -101 else c
+
+        lo = any(not (val(a) >= val(b)) for a, b in zip(o, t))
+        hi = any(not (val(a) <= val(b)) for a, b in zip(o, t))
+        want.append(f"{int(lo)} {int(hi)}")
+    try:
+        out = subprocess.run([str(exe)], input="\n".join(cases) + "\n", capture_output=True, text=True, check=True)
+    except OSError:
+        pytest.skip(f"this CPU cannot run {isa} code")
+    if out.returncode < 0 or "Illegal" in out.stderr:
+        pytest.skip(f"this CPU cannot run {isa} code")
+    assert out.stdout.split("\n")[:-1] == want
+    assert set(want) == {"0 0", "0 1", "1 0", "1 1"}  # every outcome is exercised

@@ -48,9 +48,9 @@ class KernelLayout:
     tj: int  # columns per tile
 
 
-def choose_layout(spec, state_bytes: int, fbuf_dims: int, blocks: int = 0) -> KernelLayout:
+def choose_layout(spec, state_bytes: int, fbuf_dims: int, blocks: int = 0, block_dim: int = 0) -> KernelLayout:
     """Rows per item and columns per tile; ``blocks``: the number of inner products computed by
-    blocks (ipblock.py), each a [BI][TJ] buffer."""
+    blocks (ipblock.py), each a [BI][TJ] buffer, of dimension ``block_dim`` at most."""
     size = SIZEOF[spec.dtype]
     jdims = sum(v.dim for v in spec.variables if v.cat == CAT_J)
     per_col = (jdims + fbuf_dims + 2) * size
@@ -60,7 +60,7 @@ def choose_layout(spec, state_bytes: int, fbuf_dims: int, blocks: int = 0) -> Ke
     if blocks:
         # more rows per item, so that packing a tile of y serves more rows (as in a GEMM), and a
         # [BI][TJ] block of products of at most about 64 KB
-        bi = max(1, min(ipblock.BLOCK_ROWS, (256 * 1024) // max(state_bytes, 1)))
+        bi = max(1, min(ipblock.block_rows(block_dim), (256 * 1024) // max(state_bytes, 1)))
         cap = 64 * 1024 // (blocks * bi * size)
         tj = max(64, min(tj, cap // 64 * 64))
     return KernelLayout(bi=bi, tj=tj)
@@ -175,7 +175,7 @@ class KernelWriter:
         jvars_t = [v for v in jvars if f"yt{v.index}[" in rendered]
         ivars_r = [v for v in ivars if f"xr{v.index}[" in rendered]
         layout = choose_layout(spec, self.state.record_bytes(), sum(d for _, _, d in lane_bufs),
-                               len(self.blocks))
+                               len(self.blocks), max((bp.product.dim for bp in self.blocks), default=0))
         self.layout = layout
         BI, TJ = layout.bi, layout.tj
 

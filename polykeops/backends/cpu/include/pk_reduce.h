@@ -14,6 +14,9 @@
 #ifndef PK_W_FOR
 #define PK_W_FOR(T) (sizeof(T) == 4 ? 16 : 8)
 #endif
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 /* sum of f[0..n) (lane-parallel; the order of additions is unspecified) */
 static inline PK_ACC PK_FN(pk_sum_tile)(const PK_T *__restrict__ f, int n)
@@ -290,9 +293,32 @@ static inline PK_T PK_FN(pk_block_thr)(PK_T v, int64_t i, int kind)
     return v;
 }
 
-/* does any of the W values o[l] possibly beat thr[l] (kind 0: !(o >= thr), 1: !(o <= thr))? */
+/* does any of the W values o[l] possibly beat thr[l] (kind 0: !(o >= thr), 1: !(o <= thr))?
+ * (o: 64-byte aligned) */
 static inline int PK_FN(pk_block_any)(const PK_T *__restrict__ o, const PK_T *__restrict__ thr, int kind)
 {
+#if defined(__AVX512F__)
+    if (sizeof(PK_T) == 4) {
+        const __m512 x = _mm512_load_ps((const float *)o), t = _mm512_loadu_ps((const float *)thr);
+        return kind ? _mm512_cmp_ps_mask(x, t, _CMP_NLE_UQ) != 0 : _mm512_cmp_ps_mask(x, t, _CMP_NGE_UQ) != 0;
+    } else {
+        const __m512d x = _mm512_load_pd((const double *)o), t = _mm512_loadu_pd((const double *)thr);
+        return kind ? _mm512_cmp_pd_mask(x, t, _CMP_NLE_UQ) != 0 : _mm512_cmp_pd_mask(x, t, _CMP_NGE_UQ) != 0;
+    }
+#elif defined(__AVX__)
+    int m = 0;
+    for (int h = 0; h < 64; h += 32) {
+        const char *oh = (const char *)o + h, *th = (const char *)thr + h;
+        if (sizeof(PK_T) == 4) {
+            const __m256 x = _mm256_load_ps((const float *)oh), t = _mm256_loadu_ps((const float *)th);
+            m |= _mm256_movemask_ps(kind ? _mm256_cmp_ps(x, t, _CMP_NLE_UQ) : _mm256_cmp_ps(x, t, _CMP_NGE_UQ));
+        } else {
+            const __m256d x = _mm256_load_pd((const double *)oh), t = _mm256_loadu_pd((const double *)th);
+            m |= _mm256_movemask_pd(kind ? _mm256_cmp_pd(x, t, _CMP_NLE_UQ) : _mm256_cmp_pd(x, t, _CMP_NGE_UQ));
+        }
+    }
+    return m != 0;
+#else
     enum { W = PK_W_FOR(PK_T) };
     int any = 0;
     if (kind == 0) {
@@ -305,6 +331,7 @@ static inline int PK_FN(pk_block_any)(const PK_T *__restrict__ o, const PK_T *__
             any |= !(o[l] <= thr[l]);
     }
     return any;
+#endif
 }
 
 static inline void PK_FN(pk_select_block)(const PK_T *__restrict__ out, int n, int bip, int nrows, int64_t j0,
