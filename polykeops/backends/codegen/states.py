@@ -141,11 +141,11 @@ class State:
         """Reduce the formula buffers fb (and gb) of one row and one tile into the record ``s``."""
         raise NotImplementedError
 
-    def block_reduce(self, buf: str) -> list[str] | None:
-        """Reduce a block of a scalar formula's values (``buf[j * BIP + r]``: the rows ``i0 + r``
-        of a work item, the ``n`` columns ``jt + j`` of a tile) into the records ``st[r]``, or
-        None when the family reduces rows one at a time only.  ``thr`` is a scratch of BIP
-        values."""
+    def block_reduce(self, buf: str) -> tuple[list[str], list[str]] | None:
+        """Reduce blocks of a scalar formula's values (``buf[j * BIP + r]``: the rows ``i0 + r``
+        of a work item, the ``n`` columns ``jt + j`` of a tile) into the records ``st[r]``: the
+        lines run once per work item, and once per tile; None when the family reduces rows one
+        at a time only.  ``thr`` is a scratch of BIP values."""
         return None
 
     def record_functions(self) -> list[str]:
@@ -521,7 +521,8 @@ class SelectState(_ValueIndexState):
 
     def block_reduce(self, buf):
         kind = 0 if self.kind == "min" else 1
-        return [f"pk_select_block({buf}, n, BIP, (int)(i1 - i0), jt, {kind}, st->v, st->i, sizeof(pk_state), thr);"]
+        rows = f"(int)(i1 - i0), {kind}, st->v, st->i, sizeof(pk_state), thr"
+        return ([f"pk_select_block_thr(BIP, {rows});"], [f"pk_select_block({buf}, n, BIP, jt, {rows});"])
 
     def record_combine(self):
         kind = 0 if self.kind == "min" else 1
@@ -597,7 +598,8 @@ class KMinState(_ValueIndexState):
                 for d in range(D)]
 
     def block_reduce(self, buf):
-        return [f"pk_kmin_block({buf}, n, BIP, (int)(i1 - i0), jt, {self.K}, st->v, st->i, sizeof(pk_state), thr);"]
+        rows = f"(int)(i1 - i0), {self.K}, st->v, st->i, sizeof(pk_state), thr"
+        return ([f"pk_kmin_block_thr(BIP, {rows});"], [f"pk_kmin_block({buf}, n, BIP, jt, {rows});"])
 
     def record_combine(self):
         return ["    T *tv = (T *)(scratch + OFF_kt);",

@@ -4,9 +4,10 @@
 A reduction call is cut into work items: (batch, block of ``bi`` rows, chunk of j) for dense
 reductions, the items of the block table for block-sparse ones (``pk_call.items``).  The items
 run in a ``prange`` loop (OpenMP, dynamic schedule, no GIL), each thread with its own scratch
-memory and state records.  When there are fewer items than 16 x threads (few rows, large N), j
-is also cut into chunks of whole tiles; each chunk leaves a partial state per row, merged
-afterwards in j order with the reduction's combine rule (ties still go to the smallest j).
+memory and state records.  When there are fewer items than 4 x threads (few rows, large N), or
+fewer than 16 x threads and not a multiple of the threads, j is also cut into chunks of whole
+tiles; each chunk leaves a partial state per row, merged afterwards in j order with the
+reduction's combine rule (ties still go to the smallest j).
 
 An *engine* (``pk_engine.h``) only reduces rows into states: the generic engine (one per op
 program, ``_generic*.pyx``) and each specialised kernel (a module rendered and compiled at run
@@ -239,7 +240,7 @@ cdef void _run_items(drive_t *d, int nthreads, int64_t count, bint merge) noexce
 cdef int _drive(const pk_engine *e, const pk_call *c, pk_switch *sw, bint check, PyObject **exc) noexcept nogil:
     """0: done; 1: out of memory; 2: interrupted (exc[0:3]: the exception, to restore with the GIL)."""
     cdef drive_t d
-    cdef int64_t items, want, most, tj
+    cdef int64_t items, want, most, tj, k
     cdef int n = <int>c.nthreads
     memset(&d, 0, sizeof(d))
     d.e = e
@@ -261,10 +262,15 @@ cdef int _drive(const pk_engine *e, const pk_call *c, pk_switch *sw, bint check,
         d.nbi = (c.nx + e.bi - 1) // e.bi
         items = c.nbatch * d.nbi
         tj = e.tj
-        if n > 1 and items < 16 * n:
-            # few items: dynamic scheduling leaves threads idle for up to one item at the end
-            # (with 11 items on 2 threads, 9% of the time): cut j into chunks, 16 items a thread
-            want = (16 * n + items - 1) // items
+        if n > 1 and (items < 4 * n or (items < 16 * n and items % n != 0)):
+            # few items: at least 4 a thread, and a multiple of the threads while the last round
+            # counts (with 11 items on 2 threads, one thread idles 9% of the time); not more:
+            # each chunk starts its selections (K-min lists) anew
+            want = (4 * n + items - 1) // items
+            k = 0
+            while (items * want) % n != 0 and k < n:
+                want += 1
+                k += 1
             most = c.ny // (2 * tj)
             d.nch = want if want < most else most
             if d.nch < 1:

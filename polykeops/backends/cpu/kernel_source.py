@@ -267,6 +267,7 @@ class KernelWriter:
         out.extend("    " + line for line in ipblock.item_code(self.blocks))
         if self.block_reduce:
             w("    T thr[BIP];")
+            out.extend("    " + line for line in self.block_reduce[0])
         yrows = ipblock.yvars_of(self.blocks)
         # tiles of at most TJ columns, taken from the j intervals iv[2q], iv[2q + 1] (clipped to
         # [0, ny]) in order; with PK_GATHER == 0 a tile holds columns of one interval only, the
@@ -335,7 +336,7 @@ class KernelWriter:
             w("        }")
         out.extend("        " + line for line in ipblock.tile_code(self.blocks))
         if self.block_reduce:
-            out.extend("        " + line for line in self.block_reduce)
+            out.extend("        " + line for line in self.block_reduce[1])
             w("    }")
             w("}")
             w("")

@@ -280,10 +280,11 @@ static inline void PK_FN(pk_kmin_tile)(const PK_T *__restrict__ f, int n, int64_
  * (stride in bytes: the states' record size).  For each column, one vector test of a group of
  * rows against their thresholds (thr[bip], scratch) finds the rows it may change: a superset,
  * each then updated exactly by the row-wise helpers (so the results are those of the tile
- * helpers, ties and NaNs included).  The thresholds of a row: its current value to beat, NaN
+ * helpers, ties and NaNs included).  The thresholds (set once per work item by the _thr helpers,
+ * then kept up to date) of a row: its current value to beat, NaN
  * (every value a candidate) while its state is not full, -inf (min) or +inf (max) once its
  * state holds NaNs that nothing can displace (only NaNs stay candidates, never taken). */
-#define PK_BLOCK_ROW(p, r, stride, ty) ((ty *)((char *)(p) + (size_t)(r) * (stride)))
+#define PK_BLOCK_ROW(p, r, stride, ty) ((ty *)((const char *)(p) + (size_t)(r) * (stride)))
 static inline PK_T PK_FN(pk_block_thr)(PK_T v, int64_t i, int kind)
 {
     if (i < 0)
@@ -334,14 +335,29 @@ static inline int PK_FN(pk_block_any)(const PK_T *__restrict__ o, const PK_T *__
 #endif
 }
 
-static inline void PK_FN(pk_select_block)(const PK_T *__restrict__ out, int n, int bip, int nrows, int64_t j0,
+/* the thresholds of the rows (once per work item: the block helpers keep them up to date) */
+static inline void PK_FN(pk_select_block_thr)(int bip, int nrows, int kind, const PK_T *v, const int64_t *i,
+                                              size_t stride, PK_T *__restrict__ thr)
+{
+    for (int r = 0; r < bip; ++r)
+        thr[r] = r < nrows ? PK_FN(pk_block_thr)(*PK_BLOCK_ROW(v, r, stride, const PK_T),
+                                                 *PK_BLOCK_ROW(i, r, stride, const int64_t), kind)
+                           : (kind ? (PK_T)INFINITY : -(PK_T)INFINITY);
+}
+
+static inline void PK_FN(pk_kmin_block_thr)(int bip, int nrows, int K, const PK_T *v, const int64_t *i, size_t stride,
+                                            PK_T *__restrict__ thr)
+{
+    for (int r = 0; r < bip; ++r)
+        thr[r] = r < nrows ? PK_FN(pk_block_thr)(PK_BLOCK_ROW(v, r, stride, const PK_T)[K - 1],
+                                                 PK_BLOCK_ROW(i, r, stride, const int64_t)[K - 1], 0)
+                           : -(PK_T)INFINITY;
+}
+
+static inline void PK_FN(pk_select_block)(const PK_T *__restrict__ out, int n, int bip, int64_t j0, int nrows,
                                           int kind, PK_T *v, int64_t *i, size_t stride, PK_T *__restrict__ thr)
 {
     enum { W = PK_W_FOR(PK_T) };
-    for (int r = 0; r < bip; ++r)
-        thr[r] = r < nrows ? PK_FN(pk_block_thr)(*PK_BLOCK_ROW(v, r, stride, PK_T), *PK_BLOCK_ROW(i, r, stride, int64_t),
-                                                 kind)
-                           : (kind ? (PK_T)INFINITY : -(PK_T)INFINITY);
     for (int j = 0; j < n; ++j) {
         const PK_T *o = out + (size_t)j * bip;
         for (int r0 = 0; r0 < nrows; r0 += W) {
@@ -361,14 +377,10 @@ static inline void PK_FN(pk_select_block)(const PK_T *__restrict__ out, int n, i
 }
 
 /* K-min lists (K entries each, stride 1 within a list) of the rows, from a block */
-static inline void PK_FN(pk_kmin_block)(const PK_T *__restrict__ out, int n, int bip, int nrows, int64_t j0, int K,
+static inline void PK_FN(pk_kmin_block)(const PK_T *__restrict__ out, int n, int bip, int64_t j0, int nrows, int K,
                                         PK_T *v, int64_t *i, size_t stride, PK_T *__restrict__ thr)
 {
     enum { W = PK_W_FOR(PK_T) };
-    for (int r = 0; r < bip; ++r)
-        thr[r] = r < nrows ? PK_FN(pk_block_thr)(PK_BLOCK_ROW(v, r, stride, PK_T)[K - 1],
-                                                 PK_BLOCK_ROW(i, r, stride, int64_t)[K - 1], 0)
-                           : -(PK_T)INFINITY;
     for (int j = 0; j < n; ++j) {
         const PK_T *o = out + (size_t)j * bip;
         for (int r0 = 0; r0 < nrows; r0 += W) {
