@@ -251,3 +251,33 @@ def test_block_candidate_test_on_every_isa(tmp_path, isa, T):
         pytest.skip(f"this CPU cannot run {isa} code")
     assert out.stdout.split("\n")[:-1] == want
     assert set(want) == {"0 0", "0 1", "1 0", "1 1"}  # every outcome is exercised
+
+
+@pytest.mark.parametrize("isa", [["-mavx2", "-mfma"], []], ids=["avx2", "baseline"])
+def test_blocks_on_narrower_instruction_sets(jit, monkeypatch, isa):
+    """The kernels built for AVX2 (4x3 register tiles of 32-byte vectors) and for baseline x86-64:
+    kNN (block selections, fused finishing of the distances, close pairs) and a Gaussian sum,
+    against dense references."""
+    import platform
+
+    from polykeops.backends.cpu import compiler
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86-64 instruction sets")
+    if isa and "avx2" not in compiler.cpu_flags().split():
+        pytest.skip("this CPU has no AVX2")
+    monkeypatch.setattr(compiler, "_arch_flags", lambda: list(isa))
+    g = torch.Generator().manual_seed(8)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(300, 40, generator=g, dtype=dtype) + 5
+        y = torch.randn(1100, 40, generator=g, dtype=dtype) + 5
+        y[:50] = x[:50] + 1e-3  # close pairs far from the origin
+        xi, yj = lazy(x, y)
+        d2 = ((xi - yj) ** 2).sum(-1)
+        vals, idx = d2.Kmin_argKmin(4, dim=1, backend="cpu")
+        ref = d2_ref(x, y).topk(4, dim=1, largest=False)
+        assert torch.equal(idx, ref.indices)
+        torch.testing.assert_close(vals.double(), ref.values, rtol=1e-4, atol=1e-6)
+        b = torch.randn(1100, 3, generator=g, dtype=dtype)
+        s = (-d2 / 40).exp() @ b
+        torch.testing.assert_close(s.double(), (-d2_ref(x, y) / 40).exp() @ b.double(), rtol=1e-4, atol=1e-5)

@@ -80,13 +80,26 @@ def lane_value(bp: BlockProduct) -> str:
     return f"{bp.buf}[(size_t)j * BIP + (i - i0)]"
 
 
+def fused_finish(bp: BlockProduct) -> bool:
+    """Whether the micro-kernel finishes the squared distances as it stores them (unscaled ones:
+    a scale is applied by a pass of its own, after the checks of pk_ip_sqclose)."""
+    return bp.product.kind == SQDIST and bp.product.scale == 1
+
+
 def microkernel(bp: BlockProduct) -> list[str]:
     """``static void pk_ip<q>(xt, nr, yr, nc, out)``: out[j * BIP + r] = sum_k xt[k * BIP + r] yr[j * D + k]
-    for r < nr (whole vectors) and j < nc."""
+    for r < nr (whole vectors) and j < nc.
+
+    With :func:`fused_finish`, also ``(xn, yn, close)``: the stores are the squared distances
+    ``max(xn[r] + yn[j] - 2 out, 0)`` (as pk_ip_sqfinish), and ``close[j]`` is set for the
+    columns of a register tile where one may have cancelled (below PK_IP_TAU (xn + yn)), for
+    pk_ip_sqclose to check."""
     D = bp.product.dim
+    fin = fused_finish(bp)
+    extra = ", const T *__restrict__ xn, const T *__restrict__ yn, int *__restrict__ close" if fin else ""
     L = [
         f"PK_CONTRACT static void pk_ip{bp.q}(const T *__restrict__ xt, int nr, const T *__restrict__ yr,"
-        " int nc, T *__restrict__ out)",
+        f" int nc, T *__restrict__ out{extra})",
         "{",
     ]
 
@@ -105,6 +118,15 @@ def microkernel(bp: BlockProduct) -> list[str]:
             for v in range(cb):
                 o.append(f"{s}    a{c}_{v} += s{c} * x{v};")
         o.append(f"{s}}}")
+        if fin:
+            o.append(f"{s}pk_vi cl = {{0}};")
+            for v in range(cb):
+                o.append(f"{s}const pk_vt n{v} = *(const pk_vt *)(xn + r + {v} * PK_VLB);")
+            for c in range(rb):
+                for v in range(cb):
+                    o.append(f"{s}a{c}_{v} = pk_ip_sqstore(a{c}_{v}, n{v}, yn[j + {c}], &cl);")
+            o.append(f"{s}if (pk_ip_any(cl))")
+            o.append(f"{s}    for (int c = 0; c < {rb}; ++c) close[j + c] = 1;")
         for c in range(rb):
             for v in range(cb):
                 o.append(f"{s}*(pk_vt *)(out + (size_t)(j + {c}) * BIP + r + {v} * PK_VLB) = a{c}_{v};")
@@ -130,6 +152,8 @@ def microkernel(bp: BlockProduct) -> list[str]:
         V.append("}")
         return V
 
+    if fin:
+        L.append("    for (int j = 0; j < nc; ++j) close[j] = 0;")
     L.append("#if defined(__AVX512F__)")
     L.extend("    " + x for x in variant(*SHAPE_512))
     L.append("#else")
@@ -179,18 +203,27 @@ def tile_code(bps) -> list[str]:
         p = bp.product
         D = p.dim
         y = f"yp{bp.yvar.params[0]}"
-        L.append(f"pk_ip{bp.q}(ipxt{bp.q}, ipnr{bp.q}, {y}, n, {bp.buf});")
-        L.append(f"memset({bp.buf} + (size_t)n * BIP, 0, (size_t)(npad - n) * BIP * sizeof(T));")
+        q = bp.q
         if p.kind == SQDIST:
             x = f"a{bp.xvar.params[0]} + i0 * {D}"
             L.append("{")
-            L.append(f"    const int bad = pk_ip_colnorms({y}, {D}, n, ipyn{bp.q});")
-            L.append(f"    pk_ip_sqfinish({bp.buf}, n, BIP, (int)(i1 - i0), {x}, {D}, {y}, ipxn{bp.q},"
-                     f" ipyn{bp.q}, {_scale(p)});")
-            L.append(f"    pk_ip_sqfix({bp.buf}, {x}, {D}, (int)(i1 - i0), BIP, {y}, n, ipxn{bp.q},"
-                     f" ipyn{bp.q}, bad, {_scale(p)});")
+            L.append(f"    const int bad = pk_ip_colnorms({y}, {D}, n, ipyn{q});")
+            if fused_finish(bp):
+                L.append(f"    pk_ip{q}(ipxt{q}, ipnr{q}, {y}, n, {bp.buf}, ipxn{q}, ipyn{q}, ipcl{q});")
+                L.append(f"    pk_ip_sqclose({bp.buf}, n, BIP, (int)(i1 - i0), {x}, {D}, {y}, ipxn{q}, ipyn{q},"
+                         f" ipcl{q});")
+            else:
+                L.append(f"    pk_ip{q}(ipxt{q}, ipnr{q}, {y}, n, {bp.buf});")
+                L.append(f"    pk_ip_sqfinish({bp.buf}, n, BIP, (int)(i1 - i0), {x}, {D}, {y}, ipxn{q},"
+                         f" ipyn{q}, {_scale(p)});")
+            L.append(f"    pk_ip_sqfix({bp.buf}, {x}, {D}, (int)(i1 - i0), BIP, {y}, n, ipxn{q},"
+                     f" ipyn{q}, bad, {_scale(p)});")
             L.append("}")
-        elif p.scale != 1:
+            L.append(f"memset({bp.buf} + (size_t)n * BIP, 0, (size_t)(npad - n) * BIP * sizeof(T));")
+            continue
+        L.append(f"pk_ip{q}(ipxt{q}, ipnr{q}, {y}, n, {bp.buf});")
+        L.append(f"memset({bp.buf} + (size_t)n * BIP, 0, (size_t)(npad - n) * BIP * sizeof(T));")
+        if p.scale != 1:
             L.append(f"pk_ip_scale({bp.buf}, n, BIP, {_scale(p)});")
     return L
 
@@ -214,4 +247,6 @@ def buffers(bps, T: str) -> list[tuple[str, str, int | str]]:
         out.append((bp.buf, T, "BIP * TJ"))
         out.append((f"ipxt{bp.q}", T, f"{bp.product.dim} * BIP"))
         out.append((f"ipyn{bp.q}", T, 1))
+        if fused_finish(bp):
+            out.append((f"ipcl{bp.q}", "int", 1))
     return out

@@ -116,6 +116,43 @@ PK_CONTRACT static void pk_ip_sqfinish(T *__restrict__ out, int n, int bip, int 
     }
 }
 
+/* The finishing of pk_ip_sqfinish done by the micro-kernel on its registers (unscaled squared
+ * distances): a = the vector of x.y of rows r.., returns max(xn + yn - 2 a, 0) and flags in cl the
+ * lanes where the expansion may have cancelled; pk_ip_sqclose then checks the flagged columns. */
+typedef __typeof__(__builtin_choose_expr(sizeof(T) == 4, (int32_t)0, (int64_t)0)) pk_ii;
+typedef pk_ii pk_vi __attribute__((vector_size(PK_VB))); /* the lanes of a comparison of pk_vt */
+
+static inline pk_vt pk_ip_sqstore(pk_vt a, pk_vt xn, T yn, pk_vi *cl)
+{
+    const pk_vt s = xn + yn;
+    const pk_vt v = s - (T)2 * a;
+    *cl |= v < PK_IP_TAU * s;
+    return (pk_vt)((pk_vi)v & (v > 0)); /* max(v, 0), NaN to 0 as in pk_ip_sqfinish */
+}
+
+static inline int pk_ip_any(pk_vi m)
+{
+    int any = 0;
+    for (int l = 0; l < PK_VLB; ++l)
+        any |= m[l] != 0;
+    return any;
+}
+
+PK_CONTRACT static void pk_ip_sqclose(T *__restrict__ out, int n, int bip, int nrows, const T *__restrict__ x, int D,
+                          const T *__restrict__ yr, const T *__restrict__ xn, const T *__restrict__ yn,
+                          const int *__restrict__ close)
+{
+    for (int j = 0; j < n; ++j) {
+        if (!close[j])
+            continue;
+        T *o = out + (size_t)j * bip;
+        const T *y = yr + (size_t)j * D;
+        for (int r = 0; r < nrows; ++r)
+            if (o[r] < PK_IP_TAU * (xn[r] + yn[j]))
+                o[r] = pk_ip_sqdiff(x + (size_t)r * D, y, D);
+    }
+}
+
 /* the difference form where a norm is not finite (or too large for the expansion) */
 PK_CONTRACT static void pk_ip_sqfix(T *__restrict__ out, const T *__restrict__ x, int D, int nrows, int bip,
                         const T *__restrict__ yr, int n, const T *__restrict__ xn, const T *__restrict__ yn,
