@@ -99,13 +99,16 @@ def microkernel(bp: BlockProduct) -> list[str]:
     extra = ", const T *__restrict__ xn, const T *__restrict__ yn, int *__restrict__ close" if fin else ""
     L = [
         f"PK_CONTRACT static void pk_ip{bp.q}(const T *__restrict__ xt, int nr, const T *__restrict__ yr,"
-        f" int nc, T *__restrict__ out{extra})",
+        f" int nc, T *__restrict__ out{extra}, const char *pf, size_t pfbytes)",
         "{",
     ]
 
-    def tile(rb, cb, indent):
+    def tile(rb, cb, indent, prefetch=False):
         s = " " * indent
         o = []
+        if prefetch:
+            o.append(f"{s}for (size_t q = 0; q < pfper && pfo < pfbytes; ++q, pfo += 64)")
+            o.append(f"{s}    __builtin_prefetch(pf + pfo, 0, 2);")
         for c in range(rb):
             o.append(f"{s}const T *__restrict__ y{c} = yr + (size_t)(j + {c}) * {D};")
         o.append(s + " ".join(f"pk_vt a{c}_{v} = {{0}};" for c in range(rb) for v in range(cb)))
@@ -133,9 +136,13 @@ def microkernel(bp: BlockProduct) -> list[str]:
         return o
 
     def variant(rb, cb):
-        V = ["int r = 0;", f"for (; r + {cb} * PK_VLB <= nr; r += {cb} * PK_VLB) {{", "    int j = 0;"]
+        # the next tile's columns are prefetched (to L2), a share in each register tile
+        V = [f"const size_t pftiles = (size_t)(nr / ({cb} * PK_VLB)) * (size_t)(nc / {rb}) + 1;",
+             "const size_t pfper = (pfbytes / 64 + pftiles) / pftiles;",
+             "size_t pfo = 0;",
+             "int r = 0;", f"for (; r + {cb} * PK_VLB <= nr; r += {cb} * PK_VLB) {{", "    int j = 0;"]
         V.append(f"    for (; j + {rb} <= nc; j += {rb}) {{")
-        V.extend(tile(rb, cb, 8))
+        V.extend(tile(rb, cb, 8, prefetch=True))
         V.append("    }")
         V.append("    for (; j < nc; ++j) {")
         V.extend(tile(1, cb, 8))
@@ -204,16 +211,20 @@ def tile_code(bps) -> list[str]:
         D = p.dim
         y = f"yp{bp.yvar.params[0]}"
         q = bp.q
+        # the columns of the next tile, if it continues this interval (as in dense reductions)
+        v = bp.yvar.params[0]
+        pf = (f"(const char *)(a{v} + pos * {D}), pos < end ? (size_t)((end - pos) < TJ ? (end - pos) : TJ)"
+              f" * {D} * sizeof(T) : 0")
         if p.kind == SQDIST:
             x = f"a{bp.xvar.params[0]} + i0 * {D}"
             L.append("{")
             L.append(f"    const int bad = pk_ip_colnorms({y}, {D}, n, ipyn{q});")
             if fused_finish(bp):
-                L.append(f"    pk_ip{q}(ipxt{q}, ipnr{q}, {y}, n, {bp.buf}, ipxn{q}, ipyn{q}, ipcl{q});")
+                L.append(f"    pk_ip{q}(ipxt{q}, ipnr{q}, {y}, n, {bp.buf}, ipxn{q}, ipyn{q}, ipcl{q}, {pf});")
                 L.append(f"    pk_ip_sqclose({bp.buf}, n, BIP, (int)(i1 - i0), {x}, {D}, {y}, ipxn{q}, ipyn{q},"
                          f" ipcl{q});")
             else:
-                L.append(f"    pk_ip{q}(ipxt{q}, ipnr{q}, {y}, n, {bp.buf});")
+                L.append(f"    pk_ip{q}(ipxt{q}, ipnr{q}, {y}, n, {bp.buf}, {pf});")
                 L.append(f"    pk_ip_sqfinish({bp.buf}, n, BIP, (int)(i1 - i0), {x}, {D}, {y}, ipxn{q},"
                          f" ipyn{q}, {_scale(p)});")
             L.append(f"    pk_ip_sqfix({bp.buf}, {x}, {D}, (int)(i1 - i0), BIP, {y}, n, ipxn{q},"
@@ -221,7 +232,7 @@ def tile_code(bps) -> list[str]:
             L.append("}")
             L.append(f"memset({bp.buf} + (size_t)n * BIP, 0, (size_t)(npad - n) * BIP * sizeof(T));")
             continue
-        L.append(f"pk_ip{q}(ipxt{q}, ipnr{q}, {y}, n, {bp.buf});")
+        L.append(f"pk_ip{q}(ipxt{q}, ipnr{q}, {y}, n, {bp.buf}, {pf});")
         L.append(f"memset({bp.buf} + (size_t)n * BIP, 0, (size_t)(npad - n) * BIP * sizeof(T));")
         if p.scale != 1:
             L.append(f"pk_ip_scale({bp.buf}, n, BIP, {_scale(p)});")
