@@ -281,3 +281,26 @@ def test_blocks_on_narrower_instruction_sets(jit, monkeypatch, isa):
         b = torch.randn(1100, 3, generator=g, dtype=dtype)
         s = (-d2 / 40).exp() @ b
         torch.testing.assert_close(s.double(), (-d2_ref(x, y) / 40).exp() @ b.double(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [10.0, 1e3])
+def test_points_far_from_the_origin_are_centred(jit, shift):
+    """Far from the origin (for their spread), the squared-distance blocks work on x - c and
+    y - c (c: the mean of a work item's rows) so that the expansion keeps its accuracy for every
+    pair; rows with NaN or infinite entries are left out of the centre, and keep their values."""
+    f, vs = parse_reduction_formula("SqDist(x, y)", ["x = Vi(0, 48)", "y = Vj(1, 48)"])
+    spec = ReductionSpec(reduction="ArgKMin", formulas=(f,), variables=vs, k=3).canonical()
+    assert "pk_ip_centre(" in KernelWriter(spec).source()
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 300, 48, generator=g) + shift
+    y = torch.randn(2, 2000, 48, generator=g) + shift
+    x[0, 3, 2] = float("nan")
+    x[1, 4, 0] = float("inf")
+    xi, yj = lazy(x, y)
+    vals, idx = ((xi - yj) ** 2).sum(-1).Kmin_argKmin(5, dim=2, backend="cpu")
+    ref = d2_ref(x, y).topk(5, dim=2, largest=False)
+    assert torch.isnan(vals[0, 3]).all() and torch.isinf(vals[1, 4]).all()
+    ok = torch.ones(2, 300, dtype=torch.bool)
+    ok[0, 3] = ok[1, 4] = False
+    torch.testing.assert_close(vals[ok].double(), ref.values[ok], rtol=2e-6, atol=0)
+    assert (idx[ok] == ref.indices[ok]).float().mean() > 0.999  # float32 near-ties may swap

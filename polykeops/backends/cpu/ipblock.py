@@ -175,11 +175,17 @@ def item_code(bps) -> list[str]:
     their norms."""
     L = []
     for bp in bps:
-        D = bp.product.dim
-        v = bp.xvar.params[0]
-        L.append(f"T ipxn{bp.q}[BIP];")
-        L.append(f"pk_ip_packx(a{v} + i0 * {D}, {D}, (int)(i1 - i0), BIP, ipxt{bp.q}, ipxn{bp.q});")
-        L.append(f"const int ipnr{bp.q} = (int)(((i1 - i0) + PK_VLB - 1) / PK_VLB * PK_VLB);")
+        D, q = bp.product.dim, bp.q
+        x = f"a{bp.xvar.params[0]} + i0 * {D}"
+        L.append(f"T ipxn{q}[BIP];")
+        if bp.product.kind == SQDIST:
+            # squared distances are translation-invariant: far from the origin, the blocks work on
+            # x - c and y - c (c: the mean of the item's rows), so that the expansion does not cancel
+            L.append(f"const int ipcen{q} = pk_ip_centre({x}, {D}, (int)(i1 - i0), ipc{q});")
+            L.append(f"pk_ip_packx({x}, {D}, (int)(i1 - i0), BIP, ipxt{q}, ipxn{q}, ipcen{q} ? ipc{q} : 0);")
+        else:
+            L.append(f"pk_ip_packx({x}, {D}, (int)(i1 - i0), BIP, ipxt{q}, ipxn{q}, 0);")
+        L.append(f"const int ipnr{q} = (int)(((i1 - i0) + PK_VLB - 1) / PK_VLB * PK_VLB);")
     return L
 
 
@@ -218,13 +224,14 @@ def tile_code(bps) -> list[str]:
         if p.kind == SQDIST:
             x = f"a{bp.xvar.params[0]} + i0 * {D}"
             L.append("{")
-            L.append(f"    const int bad = pk_ip_colnorms({y}, {D}, n, ipyn{q});")
+            L.append(f"    const T *__restrict__ yc = ipcen{q} ? pk_ip_centre_cols({y}, {D}, n, ipc{q}, ipyc{q}) : {y};")
+            L.append(f"    const int bad = pk_ip_colnorms(yc, {D}, n, ipyn{q});")
             if fused_finish(bp):
-                L.append(f"    pk_ip{q}(ipxt{q}, ipnr{q}, {y}, n, {bp.buf}, ipxn{q}, ipyn{q}, ipcl{q}, {pf});")
+                L.append(f"    pk_ip{q}(ipxt{q}, ipnr{q}, yc, n, {bp.buf}, ipxn{q}, ipyn{q}, ipcl{q}, {pf});")
                 L.append(f"    pk_ip_sqclose({bp.buf}, n, BIP, (int)(i1 - i0), {x}, {D}, {y}, ipxn{q}, ipyn{q},"
                          f" ipcl{q});")
             else:
-                L.append(f"    pk_ip{q}(ipxt{q}, ipnr{q}, {y}, n, {bp.buf}, {pf});")
+                L.append(f"    pk_ip{q}(ipxt{q}, ipnr{q}, yc, n, {bp.buf}, {pf});")
                 L.append(f"    pk_ip_sqfinish({bp.buf}, n, BIP, (int)(i1 - i0), {x}, {D}, {y}, ipxn{q},"
                          f" ipyn{q}, {_scale(p)});")
             L.append(f"    pk_ip_sqfix({bp.buf}, {x}, {D}, (int)(i1 - i0), BIP, {y}, n, ipxn{q},"
@@ -260,4 +267,7 @@ def buffers(bps, T: str) -> list[tuple[str, str, int | str]]:
         out.append((f"ipyn{bp.q}", T, 1))
         if fused_finish(bp):
             out.append((f"ipcl{bp.q}", "int", 1))
+        if bp.product.kind == SQDIST:
+            out.append((f"ipc{bp.q}", T, str(bp.product.dim)))
+            out.append((f"ipyc{bp.q}", T, bp.product.dim))
     return out

@@ -27,8 +27,8 @@ typedef T pk_vt __attribute__((vector_size(PK_VB)));
 
 #define PK_IP_BIG ((T)(sizeof(T) == 4 ? 4.0e37 : 2.0e307))
 
-/* xt[k * bip + r] = x[r * D + k] for r < nrows, 0 for nrows <= r < bip; xn[r] = |x_r|^2 (0 for
- * the padding rows) */
+/* xt[k * bip + r] = x[r * D + k] - c[k] for r < nrows, 0 for nrows <= r < bip; xn[r] = |x_r - c|^2
+ * (0 for the padding rows); c: a centre (pk_ip_centre), or 0 for none */
 /* The blocks are one op each (a dot product, a squared distance): their multiply-adds are fused
  * (kernels are otherwise compiled with -ffp-contract=off, see pk_math.h) */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -38,14 +38,15 @@ typedef T pk_vt __attribute__((vector_size(PK_VB)));
 #endif
 
 PK_CONTRACT static void pk_ip_packx(const T *__restrict__ x, int D, int nrows, int bip, T *__restrict__ xt,
-                        T *__restrict__ xn)
+                        T *__restrict__ xn, const T *__restrict__ c)
 {
     for (int r = 0; r < nrows; ++r) {
         const T *xr = x + (size_t)r * D;
         T s = 0;
         for (int k = 0; k < D; ++k) {
-            xt[(size_t)k * bip + r] = xr[k];
-            s += xr[k] * xr[k];
+            const T v = c ? xr[k] - c[k] : xr[k];
+            xt[(size_t)k * bip + r] = v;
+            s += v * v;
         }
         xn[r] = s;
     }
@@ -54,6 +55,57 @@ PK_CONTRACT static void pk_ip_packx(const T *__restrict__ x, int D, int nrows, i
             xt[(size_t)k * bip + r] = 0;
         xn[r] = 0;
     }
+}
+
+/* c = the mean of the rows of x (those with a finite norm below PK_IP_BIG); returns whether the
+ * blocks should be centred on it: when the rows are far from the origin for their spread
+ * (|c|^2 > 4 mean |x - c|^2), where |x|^2 + |y|^2 - 2 x.y cancels for most pairs */
+PK_CONTRACT static int pk_ip_centre(const T *__restrict__ x, int D, int nrows, T *__restrict__ c)
+{
+    int m = 0;
+    for (int k = 0; k < D; ++k)
+        c[k] = 0;
+    for (int r = 0; r < nrows; ++r) {
+        const T *xr = x + (size_t)r * D;
+        T s = 0;
+        for (int k = 0; k < D; ++k)
+            s += xr[k] * xr[k];
+        if (!(s <= PK_IP_BIG))
+            continue;
+        for (int k = 0; k < D; ++k)
+            c[k] += xr[k];
+        ++m;
+    }
+    if (m == 0)
+        return 0;
+    T cn = 0;
+    for (int k = 0; k < D; ++k) {
+        c[k] /= (T)m;
+        cn += c[k] * c[k];
+    }
+    T spread = 0;
+    for (int r = 0; r < nrows; ++r) {
+        const T *xr = x + (size_t)r * D;
+        T s = 0, d = 0;
+        for (int k = 0; k < D; ++k) {
+            s += xr[k] * xr[k];
+            d += (xr[k] - c[k]) * (xr[k] - c[k]);
+        }
+        if (s <= PK_IP_BIG)
+            spread += d;
+    }
+    return cn > 4 * spread / (T)m;
+}
+
+/* yc[j * D + k] = y[j * D + k] - c[k] for j < n; returns yc */
+static const T *pk_ip_centre_cols(const T *__restrict__ y, int D, int n, const T *__restrict__ c, T *__restrict__ yc)
+{
+    for (int j = 0; j < n; ++j) {
+#pragma omp simd
+        for (int k = 0; k < D; ++k)
+            yc[(size_t)j * D + k] = y[(size_t)j * D + k] - c[k];
+    }
+    return yc;
 }
 
 /* yn[j] = |y_j|^2 for the rows j < n of yr; returns the number of them whose norm is not below
