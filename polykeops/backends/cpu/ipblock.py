@@ -224,12 +224,13 @@ def tile_code(bps) -> list[str]:
         if p.kind == SQDIST:
             x = f"a{bp.xvar.params[0]} + i0 * {D}"
             L.append("{")
-            L.append(f"    const T *__restrict__ yc = ipcen{q} ? pk_ip_centre_cols({y}, {D}, n, ipc{q}, ipyc{q}) : {y};")
+            L.append(f"    const T *__restrict__ yc = ipcen{q} ?"
+                     f" pk_ip_centre_cols({y}, {D}, n, ipc{q}, ipyc{q}) : {y};")
             L.append(f"    const int bad = pk_ip_colnorms(yc, {D}, n, ipyn{q});")
             if fused_finish(bp):
                 L.append(f"    pk_ip{q}(ipxt{q}, ipnr{q}, yc, n, {bp.buf}, ipxn{q}, ipyn{q}, ipcl{q}, {pf});")
-                L.append(f"    pk_ip_sqclose({bp.buf}, n, BIP, (int)(i1 - i0), {x}, {D}, {y}, ipxn{q}, ipyn{q},"
-                         f" ipcl{q});")
+                L.append(f"    pk_ip_sqclose({bp.buf}, n, BIP, (int)(i1 - i0), {x}, {D}, {y}, ipxn{q},"
+                         f" ipyn{q}, ipcl{q});")
             else:
                 L.append(f"    pk_ip{q}(ipxt{q}, ipnr{q}, yc, n, {bp.buf}, {pf});")
                 L.append(f"    pk_ip_sqfinish({bp.buf}, n, BIP, (int)(i1 - i0), {x}, {D}, {y}, ipxn{q},"

@@ -48,7 +48,8 @@ class KernelLayout:
     tj: int  # columns per tile
 
 
-def choose_layout(spec, state_bytes: int, fbuf_dims: int, blocks: int = 0, block_dim: int = 0) -> KernelLayout:
+def choose_layout(spec, state_bytes: int, fbuf_dims: int, blocks: int = 0,
+                  block_dim: int = 0) -> KernelLayout:
     """Rows per item and columns per tile; ``blocks``: the number of inner products computed by
     blocks (ipblock.py), each a [BI][TJ] buffer, of dimension ``block_dim`` at most."""
     size = SIZEOF[spec.dtype]
