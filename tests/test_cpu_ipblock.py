@@ -284,17 +284,22 @@ def test_blocks_on_narrower_instruction_sets(jit, monkeypatch, isa):
         torch.testing.assert_close(s.double(), (-d2_ref(x, y) / 40).exp() @ b.double(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("engine", ["sync", "off"], ids=["kernel", "generic"])
 @pytest.mark.parametrize("shift", [10.0, 1e3])
-def test_points_far_from_the_origin_are_centred(jit, shift):
+def test_points_far_from_the_origin_are_centred(jit, monkeypatch, shift, engine, dtype):
     """Far from the origin (for their spread), the squared-distance blocks work on x - c and
-    y - c (c: the mean of a work item's rows) so that the expansion keeps its accuracy for every
-    pair; rows with NaN or infinite entries are left out of the centre, and keep their values."""
+    y - c (c: the mean of a work item's rows), in the specialised kernels (pk_ip_centre) and the
+    generic engine (pkg_block_rows), so that the expansion keeps its accuracy for every pair;
+    rows with NaN or infinite entries are left out of the centre, and keep their values; an
+    i-only expression as an operand is centred like a variable."""
     f, vs = parse_reduction_formula("SqDist(x, y)", ["x = Vi(0, 48)", "y = Vj(1, 48)"])
     spec = ReductionSpec(reduction="ArgKMin", formulas=(f,), variables=vs, k=3).canonical()
     assert "pk_ip_centre(" in KernelWriter(spec).source()
+    monkeypatch.setenv("POLYKEOPS_JIT", engine)
     g = torch.Generator().manual_seed(9)
-    x = torch.randn(2, 300, 48, generator=g) + shift
-    y = torch.randn(2, 2000, 48, generator=g) + shift
+    x = (torch.randn(2, 300, 48, generator=g) + shift).to(dtype)
+    y = (torch.randn(2, 2000, 48, generator=g) + shift).to(dtype)
     x[0, 3, 2] = float("nan")
     x[1, 4, 0] = float("inf")
     xi, yj = lazy(x, y)
@@ -303,5 +308,9 @@ def test_points_far_from_the_origin_are_centred(jit, shift):
     assert torch.isnan(vals[0, 3]).all() and torch.isinf(vals[1, 4]).all()
     ok = torch.ones(2, 300, dtype=torch.bool)
     ok[0, 3] = ok[1, 4] = False
-    torch.testing.assert_close(vals[ok].double(), ref.values[ok], rtol=2e-6, atol=0)
-    assert (idx[ok] == ref.indices[ok]).float().mean() > 0.999  # float32 near-ties may swap
+    rtol = 2e-6 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(vals[ok].double(), ref.values[ok], rtol=rtol, atol=0)
+    assert (idx[ok] == ref.indices[ok]).double().mean() > 0.999  # float32 near-ties may swap
+    s = (-((xi * 2 - yj * 2) ** 2).sum(-1) / 160).exp().sum(dim=2, backend="cpu")
+    want = (-d2_ref(2 * x, 2 * y) / 160).exp().sum(2, keepdim=True)
+    torch.testing.assert_close(s[ok].double(), want[ok], rtol=100 * rtol, atol=0)

@@ -812,8 +812,12 @@ static int PK_FN(pk_gsetup)(pk_engine *e, const pk_gprogram *p)
         case PKS_LANE:
             len = (size_t)sl->dim * TJ;
             break;
-        case PKS_BLOCK: /* the products, then the row norms and the column norms */
+        case PKS_BLOCK: /* the products, then the row norms and the column norms, and for squared
+                           distances the centring area (pkg_block_rows) */
             len = (size_t)sl->dim * BI * TJ + BI + TJ;
+            for (int q = 0; q < p->nblocks; ++q)
+                if (p->blocks[q].out == s && p->blocks[q].kind != 0)
+                    len += PKG_CENTRE_LEN(p->blocks[q].dim, BI, TJ);
             break;
         default:
             break;

@@ -91,6 +91,9 @@
 #endif
 
 #define PKG_IP_TAU (1.0 / 32)
+/* the centring area of a squared-distance block, after its column norms: the flag (1 value), the
+ * centre (D), the centred rows [D][BI] and the centred columns [D][TJ] */
+#define PKG_CENTRE_LEN(D, BI, TJ) ((size_t)1 + (D) + (size_t)(D) * (BI) + (size_t)(D) * (TJ))
 #endif /* PK_GENERIC_IPBLOCK_SHAPES */
 
 /* ---- per (T, ACC) instantiation ---- */
@@ -179,7 +182,8 @@ static void PK_FN(pkg_block)(const pk_gipblock *bk, const PK_T *xb, const PK_T *
     for (int c = 0; c < bk->count; ++c) {
         const PK_T *x = xb + (size_t)c * bk->xc * BI, *y = yb + (size_t)c * bk->yc * TJ;
         PK_T *o = out + (size_t)c * BI * TJ;
-        PK_FN(pkg_gemm)(x, xs, nrows, y, ys, n, D, o, TJ);
+        if (bk->kind == 0 || out[(size_t)BI * TJ + BI + TJ] == 0) /* else centred, below */
+            PK_FN(pkg_gemm)(x, xs, nrows, y, ys, n, D, o, TJ);
         if (bk->kind == 0) {
             if (scale != 1)
                 for (int r = 0; r < nrows; ++r) {
@@ -188,10 +192,25 @@ static void PK_FN(pkg_block)(const pk_gipblock *bk, const PK_T *xb, const PK_T *
                 }
             continue;
         }
-        /* squared distance (count is 1): the row norms were computed for the item */
+        /* squared distance (count is 1): the row norms were computed for the item, centred
+         * (pkg_block_rows) when the points are far from the origin: the columns are centred too */
         const PK_T *__restrict__ xn = out + (size_t)BI * TJ;
         PK_T *__restrict__ yn = out + (size_t)BI * TJ + BI;
-        PK_FN(pkg_norms)(y, ys, n, D, yn);
+        const PK_T *cen = yn + TJ, *centre = cen + 1;
+        if (*cen != 0) {
+            const PK_T *xc = centre + D;
+            PK_T *yc = (PK_T *)xc + (size_t)D * BI;
+            for (int k = 0; k < D; ++k) {
+                const PK_T *__restrict__ yk = y + (size_t)k * ys;
+                PK_T *__restrict__ ck = yc + (size_t)k * TJ;
+                const PK_T ct = centre[k];
+                PK_SIMD for (int j = 0; j < n; ++j) ck[j] = yk[j] - ct;
+            }
+            PK_FN(pkg_gemm)(xc, BI, nrows, yc, TJ, n, D, o, TJ);
+            PK_FN(pkg_norms)(yc, TJ, n, D, yn);
+        } else {
+            PK_FN(pkg_norms)(y, ys, n, D, yn);
+        }
         int badcols = 0;
         for (int j = 0; j < n; ++j)
             badcols += !(yn[j] <= PKG_IP_BIG);
@@ -241,12 +260,53 @@ static void PK_FN(pkg_block)(const pk_gipblock *bk, const PK_T *xb, const PK_T *
     }
 }
 
-/* the row norms of the squared distance block bk for the item (once per work item) */
+/* the row norms of the squared distance block bk for the item (once per work item).  Squared
+ * distances are translation-invariant: when the rows lie far from the origin for their spread
+ * (|c|^2 > 4 mean |x - c|^2, c the mean of the rows with a finite norm below PKG_IP_BIG), where the
+ * expansion would cancel for most pairs, the block works on x - c and y - c (as the specialised
+ * kernels do, pk_ipblock.h) */
 static void PK_FN(pkg_block_rows)(const pk_gipblock *bk, const PK_T *xb, PK_T *out, int nrows, int BI, int TJ)
 {
     if (bk->kind == 0)
         return;
-    PK_FN(pkg_norms)(xb, (int64_t)bk->xk * BI, nrows, bk->dim, out + (size_t)BI * TJ);
+    const int D = bk->dim;
+    const int64_t xs = (int64_t)bk->xk * BI;
+    PK_T *xn = out + (size_t)BI * TJ;
+    PK_T *cen = xn + BI + TJ, *centre = cen + 1, *xc = centre + D;
+    PK_FN(pkg_norms)(xb, xs, nrows, D, xn);
+    int m = 0;
+    for (int r = 0; r < nrows; ++r)
+        m += xn[r] <= PKG_IP_BIG;
+    *cen = 0;
+    if (m == 0)
+        return;
+    PK_T cn = 0;
+    for (int k = 0; k < D; ++k) {
+        const PK_T *xk = xb + (size_t)k * xs;
+        PK_T sum = 0;
+        for (int r = 0; r < nrows; ++r)
+            sum += xn[r] <= PKG_IP_BIG ? xk[r] : 0;
+        centre[k] = sum / (PK_T)m;
+        cn += centre[k] * centre[k];
+    }
+    PK_T spread = 0;
+    for (int k = 0; k < D; ++k) {
+        const PK_T *xk = xb + (size_t)k * xs;
+        for (int r = 0; r < nrows; ++r) {
+            const PK_T d = xk[r] - centre[k];
+            spread += xn[r] <= PKG_IP_BIG ? d * d : 0;
+        }
+    }
+    if (!(cn > 4 * spread / (PK_T)m))
+        return;
+    *cen = 1;
+    for (int k = 0; k < D; ++k) {
+        const PK_T *__restrict__ xk = xb + (size_t)k * xs;
+        PK_T *__restrict__ ck = xc + (size_t)k * BI;
+        const PK_T ct = centre[k];
+        PK_SIMD for (int r = 0; r < nrows; ++r) ck[r] = xk[r] - ct;
+    }
+    PK_FN(pkg_norms)(xc, BI, nrows, D, xn);
 }
 
 #undef PKG_V
