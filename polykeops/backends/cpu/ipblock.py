@@ -75,9 +75,9 @@ def _scale(p: InnerProduct) -> str:
 
 
 def lane_value(bp: BlockProduct) -> str:
-    """The value of the product for row i and lane j in the lane code (``BIP``: the kernel's
-    padded rows per block, :func:`padded_rows`)."""
-    return f"{bp.buf}[(size_t)j * BIP + (i - i0)]"
+    """The value of the product for row i and lane j in the lane code: its block made row-major
+    (``ipbt<q>``, [BIP][TJ], by :func:`tile_code`), one contiguous row of lanes per row."""
+    return f"ipbt{bp.q}[(size_t)(i - i0) * TJ + j]"
 
 
 def fused_finish(bp: BlockProduct) -> bool:
@@ -209,41 +209,51 @@ def pad_code(yvars) -> list[str]:
     ]
 
 
-def tile_code(bps) -> list[str]:
-    """Run once per tile, before the row loop: the blocks of products of the item's rows."""
+def tile_code(bps, rowmajor: bool = True) -> list[str]:
+    """Run once per tile, before the row loop: the blocks of products of the item's rows, and
+    with ``rowmajor`` (the lane code reads them) their row-major copies."""
     L = []
     for bp in bps:
-        p = bp.product
-        D = p.dim
-        y = f"yp{bp.yvar.params[0]}"
-        q = bp.q
-        # the columns of the next tile, if it continues this interval (as in dense reductions)
-        v = bp.yvar.params[0]
-        pf = (f"(const char *)(a{v} + pos * {D}), pos < end ? (size_t)((end - pos) < TJ ? (end - pos) : TJ)"
-              f" * {D} * sizeof(T) : 0")
-        if p.kind == SQDIST:
-            x = f"a{bp.xvar.params[0]} + i0 * {D}"
-            L.append("{")
-            L.append(f"    const T *__restrict__ yc = ipcen{q} ?"
-                     f" pk_ip_centre_cols({y}, {D}, n, ipc{q}, ipyc{q}) : {y};")
-            L.append(f"    const int bad = pk_ip_colnorms(yc, {D}, n, ipyn{q});")
-            if fused_finish(bp):
-                L.append(f"    pk_ip{q}(ipxt{q}, ipnr{q}, yc, n, {bp.buf}, ipxn{q}, ipyn{q}, ipcl{q}, {pf});")
-                L.append(f"    pk_ip_sqclose({bp.buf}, n, BIP, (int)(i1 - i0), {x}, {D}, {y}, ipxn{q},"
-                         f" ipyn{q}, ipcl{q});")
-            else:
-                L.append(f"    pk_ip{q}(ipxt{q}, ipnr{q}, yc, n, {bp.buf}, {pf});")
-                L.append(f"    pk_ip_sqfinish({bp.buf}, n, BIP, (int)(i1 - i0), {x}, {D}, {y}, ipxn{q},"
-                         f" ipyn{q}, {_scale(p)});")
-            L.append(f"    pk_ip_sqfix({bp.buf}, {x}, {D}, (int)(i1 - i0), BIP, {y}, n, ipxn{q},"
-                     f" ipyn{q}, bad, {_scale(p)});")
-            L.append("}")
-            L.append(f"memset({bp.buf} + (size_t)n * BIP, 0, (size_t)(npad - n) * BIP * sizeof(T));")
-            continue
-        L.append(f"pk_ip{q}(ipxt{q}, ipnr{q}, {y}, n, {bp.buf}, {pf});")
+        L.extend(_block_code(bp))
+        if rowmajor:
+            L.append(f"pk_ip_rowmajor({bp.buf}, npad, BIP, ipnr{bp.q}, ipbt{bp.q}, TJ);")
+    return L
+
+
+def _block_code(bp: BlockProduct) -> list[str]:
+    """The block of one product for the tile: products, finishing (squared distances), padding."""
+    L = []
+    p = bp.product
+    D = p.dim
+    y = f"yp{bp.yvar.params[0]}"
+    q = bp.q
+    # the columns of the next tile, if it continues this interval (as in dense reductions)
+    v = bp.yvar.params[0]
+    pf = (f"(const char *)(a{v} + pos * {D}), pos < end ? (size_t)((end - pos) < TJ ? (end - pos) : TJ)"
+          f" * {D} * sizeof(T) : 0")
+    if p.kind == SQDIST:
+        x = f"a{bp.xvar.params[0]} + i0 * {D}"
+        L.append("{")
+        L.append(f"    const T *__restrict__ yc = ipcen{q} ?"
+                 f" pk_ip_centre_cols({y}, {D}, n, ipc{q}, ipyc{q}) : {y};")
+        L.append(f"    const int bad = pk_ip_colnorms(yc, {D}, n, ipyn{q});")
+        if fused_finish(bp):
+            L.append(f"    pk_ip{q}(ipxt{q}, ipnr{q}, yc, n, {bp.buf}, ipxn{q}, ipyn{q}, ipcl{q}, {pf});")
+            L.append(f"    pk_ip_sqclose({bp.buf}, n, BIP, (int)(i1 - i0), {x}, {D}, {y}, ipxn{q},"
+                     f" ipyn{q}, ipcl{q});")
+        else:
+            L.append(f"    pk_ip{q}(ipxt{q}, ipnr{q}, yc, n, {bp.buf}, {pf});")
+            L.append(f"    pk_ip_sqfinish({bp.buf}, n, BIP, (int)(i1 - i0), {x}, {D}, {y}, ipxn{q},"
+                     f" ipyn{q}, {_scale(p)});")
+        L.append(f"    pk_ip_sqfix({bp.buf}, {x}, {D}, (int)(i1 - i0), BIP, {y}, n, ipxn{q},"
+                 f" ipyn{q}, bad, {_scale(p)});")
+        L.append("}")
         L.append(f"memset({bp.buf} + (size_t)n * BIP, 0, (size_t)(npad - n) * BIP * sizeof(T));")
-        if p.scale != 1:
-            L.append(f"pk_ip_scale({bp.buf}, n, BIP, {_scale(p)});")
+        return L
+    L.append(f"pk_ip{q}(ipxt{q}, ipnr{q}, {y}, n, {bp.buf}, {pf});")
+    L.append(f"memset({bp.buf} + (size_t)n * BIP, 0, (size_t)(npad - n) * BIP * sizeof(T));")
+    if p.scale != 1:
+        L.append(f"pk_ip_scale({bp.buf}, n, BIP, {_scale(p)});")
     return L
 
 
@@ -256,7 +266,7 @@ def yvars_of(bps) -> list:
     return out
 
 
-def buffers(bps, T: str) -> list[tuple[str, str, int | str]]:
+def buffers(bps, T: str, rowmajor: bool = True) -> list[tuple[str, str, int | str]]:
     """(name, C type, size) of the scratch buffers: an int size counts rows of TJ values, a str
     is a number of values."""
     out = []
@@ -264,6 +274,8 @@ def buffers(bps, T: str) -> list[tuple[str, str, int | str]]:
         out.append((f"yr{v.params[0]}", T, v.dim))
     for bp in bps:
         out.append((bp.buf, T, "BIP * TJ"))
+        if rowmajor:
+            out.append((f"ipbt{bp.q}", T, "BIP * TJ"))
         out.append((f"ipxt{bp.q}", T, f"{bp.product.dim} * BIP"))
         out.append((f"ipyn{bp.q}", T, 1))
         if fused_finish(bp):
