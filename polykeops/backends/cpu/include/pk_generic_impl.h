@@ -8,6 +8,7 @@
  */
 
 #include "pk_reduce.h"
+#include "pk_transpose8.h"
 
 /* the PKM_* math functions of this instantiation and PK_GENERIC_ELEMENTWISE_CASES, the cases of
  * the elementwise ops, generated from the C renderer's rules (see pk_generic.h) */
@@ -525,33 +526,17 @@ static void PK_FN(pk_transpose_cols)(const PK_T *__restrict__ src, int d, int n,
 {
     typedef PK_FN(pk_v8) v8;
     typedef PK_FN(pk_m8) m8;
-    const m8 lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
-    const m8 l2 = {0, 1, 8, 9, 4, 5, 12, 13}, h2 = {2, 3, 10, 11, 6, 7, 14, 15};
-    const m8 l4 = {0, 1, 2, 3, 8, 9, 10, 11}, h4 = {4, 5, 6, 7, 12, 13, 14, 15};
     int j = 0;
     if (d >= 8) {
         for (; j + 8 <= n; j += 8) {
             int k = 0;
             for (; k + 8 <= d; k += 8) {
-                v8 r[8], t[8], u[8];
+                v8 r[8], t[8];
                 for (int q = 0; q < 8; ++q)
                     memcpy(&r[q], src + (size_t)(j + q) * d + k, sizeof(v8));
-                for (int q = 0; q < 8; q += 2) {
-                    t[q] = __builtin_shuffle(r[q], r[q + 1], lo);
-                    t[q + 1] = __builtin_shuffle(r[q], r[q + 1], hi);
-                }
-                for (int q = 0; q < 8; q += 4) {
-                    u[q] = __builtin_shuffle(t[q], t[q + 2], l2);
-                    u[q + 1] = __builtin_shuffle(t[q], t[q + 2], h2);
-                    u[q + 2] = __builtin_shuffle(t[q + 1], t[q + 3], l2);
-                    u[q + 3] = __builtin_shuffle(t[q + 1], t[q + 3], h2);
-                }
-                /* u[0..3]: components k+0..3 (and k+4..7 in their upper halves) of columns j..j+3 */
-                for (int q = 0; q < 4; ++q) {
-                    const v8 a = __builtin_shuffle(u[q], u[q + 4], l4), b = __builtin_shuffle(u[q], u[q + 4], h4);
-                    memcpy(buf + (size_t)(k + q) * TJ + j, &a, sizeof(v8));
-                    memcpy(buf + (size_t)(k + q + 4) * TJ + j, &b, sizeof(v8));
-                }
+                PK_TRANSPOSE8(v8, m8, r, t); /* t[q]: component k + q of columns j..j+7 */
+                for (int q = 0; q < 8; ++q)
+                    memcpy(buf + (size_t)(k + q) * TJ + j, &t[q], sizeof(v8));
             }
             for (; k < d; ++k)
                 for (int q = 0; q < 8; ++q)

@@ -16,6 +16,8 @@
 #ifndef PK_IPBLOCK_H
 #define PK_IPBLOCK_H
 
+#include "pk_transpose8.h"
+
 #if defined(__AVX512F__)
 #define PK_VB 64 /* bytes of the micro-kernel's vectors */
 #else
@@ -211,30 +213,15 @@ typedef T pk_ip_v8 __attribute__((vector_size(8 * sizeof(T))));
 typedef pk_ii pk_ip_m8 __attribute__((vector_size(8 * sizeof(pk_ii))));
 static void pk_ip_rowmajor(const T *__restrict__ o, int n, int bip, int nr, T *__restrict__ t, int tj)
 {
-    const pk_ip_m8 lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
-    const pk_ip_m8 l2 = {0, 1, 8, 9, 4, 5, 12, 13}, h2 = {2, 3, 10, 11, 6, 7, 14, 15};
-    const pk_ip_m8 l4 = {0, 1, 2, 3, 8, 9, 10, 11}, h4 = {4, 5, 6, 7, 12, 13, 14, 15};
     const int nr8 = nr & ~7;
     for (int j = 0; j < n; j += 8) {
         for (int r = 0; r < nr8; r += 8) {
-            pk_ip_v8 a[8], b[8], c[8];
+            pk_ip_v8 a[8], c[8];
             for (int q = 0; q < 8; ++q) /* a[q]: rows r..r+7 of column j+q */
                 memcpy(&a[q], o + (size_t)(j + q) * bip + r, sizeof(pk_ip_v8));
-            for (int q = 0; q < 8; q += 2) {
-                b[q] = __builtin_shuffle(a[q], a[q + 1], lo);
-                b[q + 1] = __builtin_shuffle(a[q], a[q + 1], hi);
-            }
-            for (int q = 0; q < 8; q += 4) {
-                c[q] = __builtin_shuffle(b[q], b[q + 2], l2);
-                c[q + 1] = __builtin_shuffle(b[q], b[q + 2], h2);
-                c[q + 2] = __builtin_shuffle(b[q + 1], b[q + 3], l2);
-                c[q + 3] = __builtin_shuffle(b[q + 1], b[q + 3], h2);
-            }
-            for (int q = 0; q < 4; ++q) { /* rows r+q and r+q+4, columns j..j+7 */
-                const pk_ip_v8 u = __builtin_shuffle(c[q], c[q + 4], l4), v = __builtin_shuffle(c[q], c[q + 4], h4);
-                memcpy(t + (size_t)(r + q) * tj + j, &u, sizeof(pk_ip_v8));
-                memcpy(t + (size_t)(r + q + 4) * tj + j, &v, sizeof(pk_ip_v8));
-            }
+            PK_TRANSPOSE8(pk_ip_v8, pk_ip_m8, a, c); /* c[q]: columns j..j+7 of row r+q */
+            for (int q = 0; q < 8; ++q)
+                memcpy(t + (size_t)(r + q) * tj + j, &c[q], sizeof(pk_ip_v8));
         }
         for (int r = nr8; r < nr; ++r)
             for (int q = 0; q < 8; ++q)
