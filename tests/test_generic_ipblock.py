@@ -64,6 +64,24 @@ def test_inner_nodes_not_computed_and_matvec_block():
     assert (b["count"], b["dim"], b["xc"], b["xk"], b["yc"], b["yk"]) == (5, 16, 16, 1, 0, 1)
 
 
+def test_matvec_of_many_outputs_keeps_its_scratch_bounded():
+    """A matvec-like product of 4096 outputs (a [4096][BI][TJ] block) feeding a scalar: fewer rows
+    per work item, so that the block stays within generic.BLOCK_BYTES; results against torch."""
+    f, vs = parse_reduction_formula("Exp(-Sum(MatVecMult(a, y)) / 100)",
+                                    ["a = Vi(0, 65536)", "y = Vj(1, 16)"])
+    prog = generic.compile_program(ReductionSpec(reduction="Sum", formulas=(f,), variables=vs).canonical())
+    (b,) = prog.blocks[: prog.struct.nblocks]
+    assert b["count"] == 4096
+    assert 4096 * prog.struct.BI * prog.struct.TJ * 4 <= generic.BLOCK_BYTES
+    g = torch.Generator().manual_seed(11)
+    a = torch.randn(70, 4096 * 16, generator=g)
+    y = torch.randn(150, 16, generator=g)
+    mv = LazyTensor(a[:, None, :]).matvecmult(LazyTensor(y[None, :, :]))
+    out = (-mv.sum(-1) / 100).exp().sum(dim=1, backend="cpu")
+    want = (-(a.double().view(70, 4096, 16) @ y.double().T).sum(1) / 100).exp().sum(1, keepdim=True)
+    torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=0)
+
+
 SIZES = [(1, 1), (2, 31), (31, 257), (257, 1000), (1000, 2)]
 
 

@@ -86,11 +86,20 @@ class Program:
     acc_double: int
 
 
+#: the most scratch memory the blocks of products of a program take, per thread (while one row per
+#: work item allows it)
+BLOCK_BYTES = 8 << 20
+
+
 def _tile_sizes(spec, lane_dims: int, tile_dims: int, state_words: int,
                 block_dims: int = 0) -> tuple[int, int]:
     size = C_SIZES[spec.dtype]
     bi = max(1, min(64, 64 * 1024 // max(8 * state_words, 1)))
-    # a block slot holds BI rows of a column: [count][BI][TJ]
+    if block_dims:
+        # a block slot holds BI rows of a column: [count][BI][TJ]; matvec-like products of many
+        # outputs (count) get fewer rows per item, so that the blocks take at most BLOCK_BYTES
+        # at the smallest TJ (64)
+        bi = max(1, min(bi, BLOCK_BYTES // (block_dims * 64 * size)))
     per_col = (lane_dims + tile_dims + 2 + bi * block_dims) * size
     tj = 128 * 1024 // max(per_col, 1)
     tj = max(64 if block_dims else 32, min(1024, tj // 32 * 32))
