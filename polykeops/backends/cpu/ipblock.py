@@ -9,10 +9,13 @@ accumulators, ``CB`` vector loads of the rows' packed operands (``xt[k][r]``, tr
 once per work item) and ``RB`` broadcasts of ``y_j[k]`` (the columns are read row-major, as
 stored: no transposition per tile) per ``RB * CB`` fused multiply-adds.  Squared distances
 are formed as ``|x|^2 + |y|^2 - 2 x.y`` (row norms once per item, column norms once per
-tile), clamped at 0, and recomputed in the difference form where the expansion cancels (values
-below ``(|x|^2 + |y|^2) / 32``: close pairs) or a norm is not finite
-(``include/pk_ipblock.h``).  The rest of the formula reads the block (``out[j][r]``) as the
-value of the product's node.
+tile), finished on the micro-kernel's registers, clamped at 0, and recomputed in the difference
+form where the expansion cancels (values below ``(|x|^2 + |y|^2) / 32``: close pairs) or a norm
+is not finite (``include/pk_ipblock.h``); points far from the origin for their spread are
+centred on the mean of the item's rows first.  The rest of the formula reads the block as the
+value of the product's node, from a row-major copy (one contiguous row of lanes per row); a
+selection of the block itself (kNN) reduces the column-major block directly
+(``State.block_reduce``).
 """
 
 from __future__ import annotations
