@@ -55,8 +55,7 @@ to the difference form ``sum_k (x_k - y_k)^2`` where a norm is not finite (inf, 
 overflow), so that NaN propagates and infinities stay infinite.
 
 Interface: :class:`InnerProduct`, :func:`find_inner_products`, :func:`between_variables`,
-:func:`group_by_operand`,
-:data:`MIN_DIM`.
+:func:`group_by_operand`, :data:`MIN_DIM`.
 """
 
 from __future__ import annotations

@@ -521,8 +521,9 @@ class SelectState(_ValueIndexState):
 
     def block_reduce(self, buf):
         kind = 0 if self.kind == "min" else 1
-        rows = f"(int)(i1 - i0), {kind}, st->v, st->i, sizeof(pk_state), thr"
-        return ([f"pk_select_block_thr(BIP, {rows});"], [f"pk_select_block({buf}, n, BIP, jt, {rows});"])
+        states = "st->v, st->i, sizeof(pk_state), thr"
+        return ([f"pk_block_select_thr(BIP, (int)(i1 - i0), {kind}, 0, {states});"],
+                [f"pk_select_block({buf}, n, BIP, jt, (int)(i1 - i0), {kind}, {states});"])
 
     def record_combine(self):
         kind = 0 if self.kind == "min" else 1
@@ -598,8 +599,9 @@ class KMinState(_ValueIndexState):
                 for d in range(D)]
 
     def block_reduce(self, buf):
-        rows = f"(int)(i1 - i0), {self.K}, st->v, st->i, sizeof(pk_state), thr"
-        return ([f"pk_kmin_block_thr(BIP, {rows});"], [f"pk_kmin_block({buf}, n, BIP, jt, {rows});"])
+        states = "st->v, st->i, sizeof(pk_state), thr"
+        return ([f"pk_block_select_thr(BIP, (int)(i1 - i0), 0, {self.K}, {states});"],
+                [f"pk_kmin_block({buf}, n, BIP, jt, (int)(i1 - i0), {self.K}, {states});"])
 
     def record_combine(self):
         return ["    T *tv = (T *)(scratch + OFF_kt);",

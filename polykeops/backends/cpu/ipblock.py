@@ -184,7 +184,7 @@ def item_code(bps) -> list[str]:
         if bp.product.kind == SQDIST:
             # squared distances are translation-invariant: far from the origin, the blocks work on
             # x - c and y - c (c: the mean of the item's rows), so that the expansion does not cancel
-            L.append(f"const int ipcen{q} = pk_ip_centre({x}, {D}, (int)(i1 - i0), ipc{q});")
+            L.append(f"const int ipcen{q} = pk_ip_centre({x}, {D}, (int)(i1 - i0), ipc{q}, ipxn{q});")
             L.append(f"pk_ip_packx({x}, {D}, (int)(i1 - i0), BIP, ipxt{q}, ipxn{q}, ipcen{q} ? ipc{q} : 0);")
         else:
             L.append(f"pk_ip_packx({x}, {D}, (int)(i1 - i0), BIP, ipxt{q}, ipxn{q}, 0);")

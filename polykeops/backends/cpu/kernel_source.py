@@ -165,7 +165,7 @@ class KernelWriter:
         block_known = {bp.product.node: (lambda k, bp=bp: ipblock.lane_value(bp)) for bp in self.blocks}
         known = {**tile_known, **row_known, **block_known}
         # a formula that is one of the blocks (kNN on distances...), reduced by a selection: the
-        # rows' states take the block directly (pk_reduce.h: pk_select_block, pk_kmin_block)
+        # rows' states take the block directly (pk_reduce.h: pk_block_select)
         root_block = [bp for bp in self.blocks if len(roots) == 1 and bp.product.node == roots[0]]
         self.block_reduce = self.state.block_reduce(root_block[0].buf) if root_block else None
         if self.block_reduce:
@@ -344,31 +344,32 @@ class KernelWriter:
         out.extend("        " + line for line in ipblock.tile_code(self.blocks, rowmajor=rowmajor))
         if self.block_reduce:
             out.extend("        " + line for line in self.block_reduce[1])
-            w("    }")
-            w("}")
-            w("")
-            w('#include "pk_kernel.h"')
-            return "\n".join(out) + "\n"
-        w("        for (int64_t i = i0; i < i1; ++i) {")
-        w("            pk_state *__restrict__ s = st + (i - i0);")
-        if self.gemm is not None:
-            g = self.gemm[0]
-            w(f"            T *__restrict__ {g} = {g}_all + (size_t)(i - i0) * TJ;")
-            w("            (void)s;")
-        for v in ivars_r:
-            w(f"            T xr{v.index}[{v.dim}];")
-            w(f"            for (int k = 0; k < {v.dim}; ++k) xr{v.index}[k] = a{v.index}[i * {v.dim} + k];")
-        for line in row_lines:
-            w("            " + line)
-        out.extend("            " + line for line in lane_lines)
-        w("        }")
-        if self.gemm is not None:
-            out.extend("        " + line for line in gemm_code(*self.gemm, R.simd_pragma))
+        else:
+            out.extend("        " + line for line in self._row_loop(ivars_r, row_lines, lane_lines))
         w("    }")
         w("}")
         w("")
         w('#include "pk_kernel.h"')
         return "\n".join(out) + "\n"
+
+    def _row_loop(self, ivars_r, row_lines, lane_lines) -> list[str]:
+        """The rows of the work item, for one tile: their i-only values, then the lane code (and
+        the tile's ``K @ b`` product, after the loop)."""
+        L = ["for (int64_t i = i0; i < i1; ++i) {",
+             "    pk_state *__restrict__ s = st + (i - i0);"]
+        if self.gemm is not None:
+            g = self.gemm[0]
+            L.append(f"    T *__restrict__ {g} = {g}_all + (size_t)(i - i0) * TJ;")
+            L.append("    (void)s;")
+        for v in ivars_r:
+            L.append(f"    T xr{v.index}[{v.dim}];")
+            L.append(f"    for (int k = 0; k < {v.dim}; ++k) xr{v.index}[k] = a{v.index}[i * {v.dim} + k];")
+        L.extend("    " + line for line in row_lines)
+        L.extend("    " + line for line in lane_lines)
+        L.append("}")
+        if self.gemm is not None:
+            L.extend(gemm_code(*self.gemm, self.renderer.simd_pragma))
+        return L
 
     # ------------------------------------------------------------------
 

@@ -171,18 +171,21 @@ static void PK_FN(pkg_norms)(const PK_T *__restrict__ v, int64_t vs, int n, int 
 
 /* the block b for the rows [0, nrows) of the item and the n columns of the tile:
  * xb: base of the x slot's [dim][BI] buffer; yb: base of the y slot's [dim][TJ] buffer;
- * out: the block slot's buffer ([count][BI][TJ], then BI row norms and TJ column norms);
- * rownorms: 1 when the row norms of this item are already in place */
+ * out: the block slot's buffer ([count][BI][TJ], then BI row norms and TJ column norms, and the
+ * centring area of a squared distance) */
 static void PK_FN(pkg_block)(const pk_gipblock *bk, const PK_T *xb, const PK_T *yb, PK_T *out, int nrows, int n,
                               int BI, int TJ)
 {
     const int D = bk->dim;
     const int64_t xs = (int64_t)bk->xk * BI, ys = (int64_t)bk->yk * TJ;
     const PK_T scale = (PK_T)bk->scale;
+    /* squared distances: the centring area after the row and column norms (pkg_block_rows) */
+    const PK_T *cen = out + (size_t)BI * TJ + BI + TJ, *centre = cen + 1;
+    const int centred = bk->kind != 0 && *cen != 0;
     for (int c = 0; c < bk->count; ++c) {
         const PK_T *x = xb + (size_t)c * bk->xc * BI, *y = yb + (size_t)c * bk->yc * TJ;
         PK_T *o = out + (size_t)c * BI * TJ;
-        if (bk->kind == 0 || out[(size_t)BI * TJ + BI + TJ] == 0) /* else centred, below */
+        if (!centred) /* else on the centred operands, below */
             PK_FN(pkg_gemm)(x, xs, nrows, y, ys, n, D, o, TJ);
         if (bk->kind == 0) {
             if (scale != 1)
@@ -196,8 +199,7 @@ static void PK_FN(pkg_block)(const pk_gipblock *bk, const PK_T *xb, const PK_T *
          * (pkg_block_rows) when the points are far from the origin: the columns are centred too */
         const PK_T *__restrict__ xn = out + (size_t)BI * TJ;
         PK_T *__restrict__ yn = out + (size_t)BI * TJ + BI;
-        const PK_T *cen = yn + TJ, *centre = cen + 1;
-        if (*cen != 0) {
+        if (centred) {
             const PK_T *xc = centre + D;
             PK_T *yc = (PK_T *)xc + (size_t)D * BI;
             for (int k = 0; k < D; ++k) {

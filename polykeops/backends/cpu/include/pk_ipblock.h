@@ -61,8 +61,10 @@ PK_CONTRACT static void pk_ip_packx(const T *__restrict__ x, int D, int nrows, i
 
 /* c = the mean of the rows of x (those with a finite norm below PK_IP_BIG); returns whether the
  * blocks should be centred on it: when the rows are far from the origin for their spread
- * (|c|^2 > 4 mean |x - c|^2), where |x|^2 + |y|^2 - 2 x.y cancels for most pairs */
-PK_CONTRACT static int pk_ip_centre(const T *__restrict__ x, int D, int nrows, T *__restrict__ c)
+ * (|c|^2 > 4 mean |x - c|^2), where |x|^2 + |y|^2 - 2 x.y cancels for most pairs.  xn: scratch of
+ * nrows values (the rows' norms) */
+PK_CONTRACT static int pk_ip_centre(const T *__restrict__ x, int D, int nrows, T *__restrict__ c,
+                                    T *__restrict__ xn)
 {
     int m = 0;
     for (int k = 0; k < D; ++k)
@@ -72,6 +74,7 @@ PK_CONTRACT static int pk_ip_centre(const T *__restrict__ x, int D, int nrows, T
         T s = 0;
         for (int k = 0; k < D; ++k)
             s += xr[k] * xr[k];
+        xn[r] = s;
         if (!(s <= PK_IP_BIG))
             continue;
         for (int k = 0; k < D; ++k)
@@ -87,14 +90,11 @@ PK_CONTRACT static int pk_ip_centre(const T *__restrict__ x, int D, int nrows, T
     }
     T spread = 0;
     for (int r = 0; r < nrows; ++r) {
+        if (!(xn[r] <= PK_IP_BIG))
+            continue;
         const T *xr = x + (size_t)r * D;
-        T s = 0, d = 0;
-        for (int k = 0; k < D; ++k) {
-            s += xr[k] * xr[k];
-            d += (xr[k] - c[k]) * (xr[k] - c[k]);
-        }
-        if (s <= PK_IP_BIG)
-            spread += d;
+        for (int k = 0; k < D; ++k)
+            spread += (xr[k] - c[k]) * (xr[k] - c[k]);
     }
     return cn > 4 * spread / (T)m;
 }

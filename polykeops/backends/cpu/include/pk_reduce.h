@@ -280,9 +280,9 @@ static inline void PK_FN(pk_kmin_tile)(const PK_T *__restrict__ f, int n, int64_
  * (stride in bytes: the states' record size).  For each column, one vector test of a group of
  * rows against their thresholds (thr[bip], scratch) finds the rows it may change: a superset,
  * each then updated exactly by the row-wise helpers (so the results are those of the tile
- * helpers, ties and NaNs included).  The thresholds (set once per work item by the _thr helpers,
- * then kept up to date) of a row: its current value to beat, NaN
- * (every value a candidate) while its state is not full, -inf (min) or +inf (max) once its
+ * helpers, ties and NaNs included).  The thresholds (set once per work item by
+ * pk_block_select_thr, then kept up to date) of a row: its current value to beat, NaN (every
+ * value a candidate) while its state is not full, -inf (min) or +inf (max) once its
  * state holds NaNs that nothing can displace (only NaNs stay candidates, never taken). */
 #define PK_BLOCK_ROW(p, r, stride, ty) ((ty *)((const char *)(p) + (size_t)(r) * (stride)))
 static inline PK_T PK_FN(pk_block_thr)(PK_T v, int64_t i, int kind)
@@ -335,29 +335,26 @@ static inline int PK_FN(pk_block_any)(const PK_T *__restrict__ o, const PK_T *__
 #endif
 }
 
-/* the thresholds of the rows (once per work item: the block helpers keep them up to date) */
-static inline void PK_FN(pk_select_block_thr)(int bip, int nrows, int kind, const PK_T *v, const int64_t *i,
+/* The selection of the rows: K == 0 for one value (Min, Max...: pk_select_tile, kind 0 for min, 1
+ * for max), K >= 1 for a K-min list (pk_kmin_tile, kind 0); the threshold reads the last entry. */
+
+/* the thresholds of the rows (once per work item: pk_block_select keeps them up to date) */
+static inline void PK_FN(pk_block_select_thr)(int bip, int nrows, int kind, int K, const PK_T *v, const int64_t *i,
                                               size_t stride, PK_T *__restrict__ thr)
 {
+    const int e = K > 0 ? K - 1 : 0;
     for (int r = 0; r < bip; ++r)
-        thr[r] = r < nrows ? PK_FN(pk_block_thr)(*PK_BLOCK_ROW(v, r, stride, const PK_T),
-                                                 *PK_BLOCK_ROW(i, r, stride, const int64_t), kind)
+        thr[r] = r < nrows ? PK_FN(pk_block_thr)(PK_BLOCK_ROW(v, r, stride, const PK_T)[e],
+                                                 PK_BLOCK_ROW(i, r, stride, const int64_t)[e], kind)
                            : (kind ? (PK_T)INFINITY : -(PK_T)INFINITY);
 }
 
-static inline void PK_FN(pk_kmin_block_thr)(int bip, int nrows, int K, const PK_T *v, const int64_t *i, size_t stride,
-                                            PK_T *__restrict__ thr)
-{
-    for (int r = 0; r < bip; ++r)
-        thr[r] = r < nrows ? PK_FN(pk_block_thr)(PK_BLOCK_ROW(v, r, stride, const PK_T)[K - 1],
-                                                 PK_BLOCK_ROW(i, r, stride, const int64_t)[K - 1], 0)
-                           : -(PK_T)INFINITY;
-}
-
-static inline void PK_FN(pk_select_block)(const PK_T *__restrict__ out, int n, int bip, int64_t j0, int nrows,
-                                          int kind, PK_T *v, int64_t *i, size_t stride, PK_T *__restrict__ thr)
+static inline void PK_FN(pk_block_select)(const PK_T *__restrict__ out, int n, int bip, int64_t j0, int nrows,
+                                          int kind, int K, PK_T *v, int64_t *i, size_t stride,
+                                          PK_T *__restrict__ thr)
 {
     enum { W = PK_W_FOR(PK_T) };
+    const int e = K > 0 ? K - 1 : 0;
     for (int j = 0; j < n; ++j) {
         const PK_T *o = out + (size_t)j * bip;
         for (int r0 = 0; r0 < nrows; r0 += W) {
@@ -369,34 +366,27 @@ static inline void PK_FN(pk_select_block)(const PK_T *__restrict__ out, int n, i
                     continue;
                 PK_T *vr = PK_BLOCK_ROW(v, r, stride, PK_T);
                 int64_t *ir = PK_BLOCK_ROW(i, r, stride, int64_t);
-                PK_FN(pk_select_tile)(o + r, 1, j0 + j, kind, vr, ir);
-                thr[r] = PK_FN(pk_block_thr)(*vr, *ir, kind);
+                if (K > 0)
+                    PK_FN(pk_kmin_tile)(o + r, 1, j0 + j, K, 1, vr, ir);
+                else
+                    PK_FN(pk_select_tile)(o + r, 1, j0 + j, kind, vr, ir);
+                thr[r] = PK_FN(pk_block_thr)(vr[e], ir[e], kind);
             }
         }
     }
 }
 
-/* K-min lists (K entries each, stride 1 within a list) of the rows, from a block */
+/* the two selections, as the kernels call them */
+static inline void PK_FN(pk_select_block)(const PK_T *__restrict__ out, int n, int bip, int64_t j0, int nrows,
+                                          int kind, PK_T *v, int64_t *i, size_t stride, PK_T *__restrict__ thr)
+{
+    PK_FN(pk_block_select)(out, n, bip, j0, nrows, kind, 0, v, i, stride, thr);
+}
+
 static inline void PK_FN(pk_kmin_block)(const PK_T *__restrict__ out, int n, int bip, int64_t j0, int nrows, int K,
                                         PK_T *v, int64_t *i, size_t stride, PK_T *__restrict__ thr)
 {
-    enum { W = PK_W_FOR(PK_T) };
-    for (int j = 0; j < n; ++j) {
-        const PK_T *o = out + (size_t)j * bip;
-        for (int r0 = 0; r0 < nrows; r0 += W) {
-            if (!PK_FN(pk_block_any)(o + r0, thr + r0, 0))
-                continue;
-            const int r1 = r0 + W < nrows ? r0 + W : nrows;
-            for (int r = r0; r < r1; ++r) {
-                if (o[r] >= thr[r])
-                    continue;
-                PK_T *vr = PK_BLOCK_ROW(v, r, stride, PK_T);
-                int64_t *ir = PK_BLOCK_ROW(i, r, stride, int64_t);
-                PK_FN(pk_kmin_tile)(o + r, 1, j0 + j, K, 1, vr, ir);
-                thr[r] = PK_FN(pk_block_thr)(vr[K - 1], ir[K - 1], 0);
-            }
-        }
-    }
+    PK_FN(pk_block_select)(out, n, bip, j0, nrows, 0, K, v, i, stride, thr);
 }
 
 /* merge the K-list (v2, i2) (larger j) into (v1, i1): stable, keeps the K first; tv, ti scratch of K */
