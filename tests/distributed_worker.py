@@ -12,9 +12,11 @@ other ranks waiting.
 from __future__ import annotations
 
 import datetime
+import faulthandler
 import json
 import os
 import sys
+import time
 import traceback
 
 import torch
@@ -292,10 +294,13 @@ CASES["errors"] = _errors
 
 
 def main():
+    faulthandler.enable()  # a crash (SIGABRT from a C++ library included) prints every thread's stack
     rank, world, port, out_dir = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     names = sys.argv[5:] or list(CASES)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+    timeout = datetime.timedelta(seconds=60)
+    # rank 0 hosts the rendezvous store; it leaves last (see the end)
+    store = dist.TCPStore("127.0.0.1", port, world, rank == 0, timeout=timeout)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
     import polykeops
 
     results = {"__file__": polykeops.__file__}
@@ -311,11 +316,17 @@ def main():
         dist.barrier()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(results, f)
-    # every rank is done with the group before any tears it down: a rank destroying its Gloo
-    # pairs while a peer's threads still use theirs could abort that peer ("terminate called
-    # without an active exception": once in 8 runs of test_torch_distributed.py on a loaded machine)
+    # An orderly teardown: every rank is done with the group before any destroys it (a rank
+    # closing its Gloo pairs while a peer still used them aborted the peer: "terminate called
+    # without an active exception", once in 8 runs on a loaded machine), and the store's host
+    # outlives every rank's use of the store.
     dist.barrier()
     dist.destroy_process_group()
+    store.add("left", 1)
+    if rank == 0:
+        end = time.monotonic() + 30
+        while store.add("left", 0) < world and time.monotonic() < end:
+            time.sleep(0.01)
 
 
 if __name__ == "__main__":

@@ -66,8 +66,9 @@ def run_group(world: int, out_dir: Path, cases=()) -> list[dict]:
     results = []
     for r, (p, log) in enumerate(zip(procs, logs)):
         path = out_dir / f"rank{r}.json"
+        when = "after writing its results (at teardown)" if path.exists() else "before writing its results"
         assert p.returncode == 0 and path.exists(), \
-            f"rank {r} of {world} failed (exit {p.returncode}):\n{log[-3000:]}"
+            f"rank {r} of {world} failed (exit {p.returncode}) {when}:\n{log[-6000:]}"
         results.append(json.loads(path.read_text()))
     return results
 
