@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ... import config
+from ...formula import inner_products
 from ...formula.inner_products import COLUMNS, SQDIST, InnerProduct, find_inner_products
 from ...formula.nodes import CAT_I, CAT_J, CAT_P, Node, walk
 from ...formula.reductions import ACCUMULATOR, FAMILIES, VALUE
@@ -57,8 +58,9 @@ BLOCK_DTYPE = np.dtype(
      ("xc", "<i4"), ("xk", "<i4"), ("yc", "<i4"), ("yk", "<i4"), ("scale", "<f8")]
 )
 
-#: smallest dimension of the inner products computed by blocks (below, the pair-by-pair code wins)
-MIN_DIM = 16
+#: smallest dimension of the inner products computed by blocks: the formula layer's threshold,
+#: measured on this engine and the specialised kernels alike (below, the pair-by-pair code wins)
+MIN_DIM = inner_products.MIN_DIM
 
 
 class PkProgram(ctypes.Structure):

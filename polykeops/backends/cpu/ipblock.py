@@ -22,10 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...formula import inner_products
 from ...formula.inner_products import SQDIST, InnerProduct, between_variables, find_inner_products
 
-#: smallest dimension handled by a block (below, the pair-by-pair lane code is as fast)
-MIN_DIM = 16
+#: smallest dimension handled by a block: the formula layer's threshold, shared with the generic
+#: engine (below, the pair-by-pair lane code is as fast)
+MIN_DIM = inner_products.MIN_DIM
 
 #: rows per work item of a kernel with blocks (a multiple of the register tiles' rows), by the
 #: largest dimension of its products: each column of y read from memory serves BI rows, which

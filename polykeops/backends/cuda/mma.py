@@ -45,7 +45,8 @@ from dataclasses import dataclass
 
 from ...formula.inner_products import SQDIST, between_variables, find_inner_products
 
-#: smallest inner-product dimension computed on tensor cores
+#: smallest inner-product dimension computed on tensor cores: one k-step of an m16n8k16 fragment
+#: (two of m16n8k8 for tf32); the CPU blocks' threshold, inner_products.MIN_DIM, is a measured one
 MIN_DIM = 16
 #: columns of j per block product (two n8 tiles)
 CHUNK = 16
