@@ -85,6 +85,25 @@ def test_matvec_of_many_outputs_keeps_its_scratch_bounded():
 SIZES = [(1, 1), (2, 31), (31, 257), (257, 1000), (1000, 2)]
 
 
+@pytest.mark.parametrize("D", [16, 128, 256])
+def test_rows_per_item_grow_with_the_dimension(D):
+    """Programs of products of D >= 128 take 128 or 256 rows per work item (generic.BLOCK_ROWS);
+    kNN and Gaussian K @ b at sizes crossing those items and the tiles, against torch."""
+    rows = next(r for least, r in generic.BLOCK_ROWS if D >= least)
+    prog = generic.compile_program(spec_of("SqDist(x, y)", D, reduction="ArgKMin", k=5))
+    assert prog.struct.BI == rows
+    g = torch.Generator().manual_seed(D)
+    x = torch.randn(2 * rows + 3, D, generator=g)
+    y = torch.randn(3 * prog.struct.TJ + 5, D, generator=g)
+    b = torch.randn(len(y), 2, generator=g)
+    xi, yj = lazy(x, y)
+    d2 = d2_ref(x, y)
+    idx = ((xi - yj) ** 2).sum(-1).argKmin(5, dim=1, backend="cpu")
+    assert torch.equal(idx, d2.topk(5, dim=1, largest=False).indices)
+    out = ((-((xi - yj) ** 2).sum(-1) / D).exp() @ b)
+    torch.testing.assert_close(out.double(), torch.exp(-d2 / D) @ b.double(), rtol=2e-4, atol=2e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("D", [16, 17, 64, 100, 256])
 def test_sum_lse_knn_and_dot(D, dtype):

@@ -93,10 +93,23 @@ class Program:
 BLOCK_BYTES = 8 << 20
 
 
+#: rows per work item of a program with blocks, by the largest dimension of its products: the
+#: y operand is transposed once per tile for all of them, which counts at large D (kNN K=10,
+#: D = 256, 2 threads: 0.40 -> 0.31 s with 256 rows; Gaussian K @ b: 0.19 -> 0.17 s); below
+#: D = 128 more rows only push the blocks and the states out of L1 (K @ b, D = 16: -30% at 256)
+BLOCK_ROWS = ((256, 256), (128, 128), (0, 64))
+
+
 def _tile_sizes(spec, lane_dims: int, tile_dims: int, state_words: int,
-                block_dims: int = 0) -> tuple[int, int]:
+                block_dims: int = 0, block_dim: int = 0) -> tuple[int, int]:
+    """(BI, TJ): rows per work item and columns per tile.  ``block_dims``: the values per pair of
+    the program's blocks; ``block_dim``: the largest dimension of their products."""
     size = C_SIZES[spec.dtype]
-    bi = max(1, min(64, 64 * 1024 // max(8 * state_words, 1)))
+    rows, states = 64, 64 * 1024  # rows per item, at most so many bytes of their states
+    if block_dims:
+        rows = next(r for least, r in BLOCK_ROWS if block_dim >= least)
+        states = 256 * 1024 if rows > 64 else states
+    bi = max(1, min(rows, states // max(8 * state_words, 1)))
     if block_dims:
         # a block slot holds BI rows of a column: [count][BI][TJ]; matvec-like products of many
         # outputs (count) get fewer rows per item, so that the blocks take at most BLOCK_BYTES
@@ -261,7 +274,8 @@ def compile_program(spec) -> Program:
     state_words = _state_words(spec, compensated=True)  # the worst case of the sums' schemes
     fields = layout(spec)
     block_dims = sum(d for (k, d, _) in slots if k == S_BLOCK)
-    bi, tj = _tile_sizes(spec, lane_dims, tile_dims, state_words, block_dims)
+    bi, tj = _tile_sizes(spec, lane_dims, tile_dims, state_words, block_dims,
+                         max((int(b["dim"]) for b in block_arr[:len(blocks)]), default=0))
     acc = spec.accumulation_dtype
     st = PkProgram(
         nslots=len(slots), ninstr=len(code_list),
