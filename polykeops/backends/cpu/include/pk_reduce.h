@@ -238,6 +238,37 @@ static inline void PK_FN(pk_select_combine)(PK_T *v1, int64_t *i1, PK_T v2, int6
     }
 }
 
+/* may any of the 16 values f[0..16) go into a K-min list whose worst kept value is thr, i.e. is
+ * any !(f[l] >= thr) (below it, or NaN)?  One mask test per vector (f: any alignment). */
+static inline int PK_FN(pk_any_below16)(const PK_T *__restrict__ f, PK_T thr)
+{
+#if defined(__AVX512F__)
+    if (sizeof(PK_T) == 4)
+        return _mm512_cmp_ps_mask(_mm512_loadu_ps((const float *)f), _mm512_set1_ps((float)thr), _CMP_NGE_UQ) != 0;
+    const __m512d t = _mm512_set1_pd((double)thr);
+    return (_mm512_cmp_pd_mask(_mm512_loadu_pd((const double *)f), t, _CMP_NGE_UQ) |
+            _mm512_cmp_pd_mask(_mm512_loadu_pd((const double *)f + 8), t, _CMP_NGE_UQ)) != 0;
+#elif defined(__AVX__)
+    int m = 0;
+    for (int h = 0; h < 16 * (int)sizeof(PK_T); h += 32) {
+        const char *fh = (const char *)f + h;
+        if (sizeof(PK_T) == 4)
+            m |= _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps((const float *)fh), _mm256_set1_ps((float)thr),
+                                                  _CMP_NGE_UQ));
+        else
+            m |= _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd((const double *)fh), _mm256_set1_pd((double)thr),
+                                                  _CMP_NGE_UQ));
+    }
+    return m != 0;
+#else
+    int any = 0;
+#pragma omp simd reduction(| : any)
+    for (int l = 0; l < 16; ++l)
+        any |= !(f[l] >= thr);
+    return any;
+#endif
+}
+
 /* insert the values f[0..n) (indices j0 + j) into the sorted K-list (v, i) of stride D */
 static inline void PK_FN(pk_kmin_tile)(const PK_T *__restrict__ f, int n, int64_t j0, int K, int D, PK_T *v,
                                        int64_t *i)
@@ -245,20 +276,15 @@ static inline void PK_FN(pk_kmin_tile)(const PK_T *__restrict__ f, int n, int64_
     const size_t last = (size_t)(K - 1) * D;
     enum { CH = 16 };
     for (int j = 0; j < n; ++j) {
-        if ((j & (CH - 1)) == 0 && j + CH <= n && i[last] >= 0) {
-            /* SIMD pre-filter of the next CH values against the current worst kept value
-             * (a superset of the values to insert: the worst only improves) */
+        if ((j & (CH - 1)) == 0 && i[last] >= 0) {
+            /* skip the chunks of CH values that cannot enter the full list (a vector test
+             * against its current worst value: a superset of the values to insert, since the
+             * worst only improves); the values of the first other chunk go one by one */
             const PK_T thr = v[last];
-            int any = 0;
-#pragma omp simd reduction(| : any)
-            for (int l = 0; l < CH; ++l) {
-                const PK_T x = f[j + l];
-                any |= (x != x) | (x < thr);
-            }
-            if (!any) {
-                j += CH - 1;
-                continue;
-            }
+            while (j + CH <= n && !PK_FN(pk_any_below16)(f + j, thr))
+                j += CH;
+            if (j >= n)
+                break;
         }
         PK_T x = f[j];
         if (i[last] >= 0 && !PK_LT_NANFIRST(x, v[last]))
